@@ -1,0 +1,146 @@
+"""PLL scoring speed: masklm's batched scorer against the straightforward approach, same model, same run.
+
+- anchor ("straightforward"): for each sentence, one batch holding its N masked copies, the full
+  forward with full-vocabulary logits at every position (``[N, L, V]``), log-softmax, pick the
+  masked positions. This is how most PLL code (and the minicons/LTG-BERT scripts) runs.
+- ``sparse_head_per_sentence`` (attribution only): the same one batch per sentence, but the MLM head
+  runs only at the masked position of each copy.
+- masklm: ``pipe.score(sentences, metric="pll")``: the copies of all sentences sorted by length and
+  packed into batches of at most ``--batch-tokens`` tokens, the head only at the scored positions.
+
+The model is a BERT with hidden 256, 4 layers, 4 heads, FFN 1024 and a vocabulary of 8192 (a WordPiece
+trained on the built-in KJV corpus); weights are untrained (speed does not depend on them). Sentences
+are KJV sentences of 10-30 tokens. Every approach tokenizes inside its timed region. The script checks
+that all approaches give the same scores and prints one JSON object.
+
+    python benchmarks/score_speed.py                 # 1,000 sentences, CPU, a few minutes on 2 cores
+    python benchmarks/score_speed.py --n 100         # quick look
+    python benchmarks/score_speed.py --device cuda   # GPU (names the card in the JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+
+import torch
+
+
+def load_sentences(tokenizer, n: int, lo: int = 10, hi: int = 30) -> list[str]:
+    from masklm.data.corpus import iter_documents
+
+    out: list[str] = []
+    for doc in iter_documents(["kjv"]):
+        for sentence in re.split(r"(?<=[.?!])\s+", doc):
+            sentence = sentence.strip()
+            if sentence and lo <= len(tokenizer.encode(sentence).ids) - 2 <= hi:
+                out.append(sentence)
+                if len(out) == n:
+                    return out
+    raise SystemExit(f"only {len(out)} sentences of {lo}-{hi} tokens found")
+
+
+@torch.inference_mode()
+def straightforward(model, tokenizer, sentences: list[str], sparse_head: bool = False) -> list[float]:
+    device = next(model.parameters()).device
+    scores = []
+    for s in sentences:
+        enc = tokenizer.encode(s)
+        ids = torch.tensor(enc.ids, device=device)
+        pos = torch.tensor([p for p, m in enumerate(enc.special_tokens_mask) if not m], device=device)
+        rows = torch.arange(len(pos), device=device)
+        copies = ids.repeat(len(pos), 1)                        # [N, L]
+        copies[rows, pos] = tokenizer.mask_id
+        if sparse_head:
+            hidden = model.encode(copies)                         # [N, L, D]
+            logprobs = model.predict(hidden[rows, pos]).float().log_softmax(-1)  # [N, V]
+            scores.append(logprobs[rows, ids[pos]].double().sum().item())
+        else:
+            logits = model(copies).logits.float()                 # [N, L, V]
+            logprobs = logits.log_softmax(-1)
+            scores.append(logprobs[rows, pos, ids[pos]].double().sum().item())
+    return scores
+
+
+def timed(fn, arg, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn(arg)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="sentences (default 1000)")
+    ap.add_argument("--batch-tokens", type=int, default=8192, help="masklm's token budget per batch")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved chunks (default 4)")
+    ap.add_argument("--skip-attribution", action="store_true", help="do not time the sparse-head-only variant")
+    args = ap.parse_args()
+
+    from masklm.config import ModelConfig
+    from masklm.data.corpus import iter_documents
+    from masklm.inference.pipeline import Pipeline
+    from masklm.models import build_model
+    from masklm.tokenizer import train_tokenizer
+
+    device = torch.device(args.device)
+    tokenizer = train_tokenizer(iter_documents(["kjv"]), kind="wordpiece", vocab_size=8192)
+    torch.manual_seed(0)
+    config = ModelConfig(arch="bert", vocab_size=8192, hidden_size=256, num_hidden_layers=4,
+                         num_attention_heads=4, intermediate_size=1024, max_position_embeddings=512)
+    model = build_model(config).to(device).eval()
+    pipe = Pipeline(model, tokenizer)
+    sentences = load_sentences(tokenizer, args.n)
+    n_tokens = sum(len(e.ids) - 2 for e in tokenizer.encode_batch(sentences))
+
+    # warm-up (allocator, kernels) on both paths
+    straightforward(model, tokenizer, sentences[:20])
+    pipe.score(sentences[:50], batch_tokens=args.batch_tokens)
+
+    # The sentences go in --rounds chunks; in each, every approach scores the chunk, in an order that
+    # rotates, so drift in machine load (other processes, clocks) hits all approaches alike.
+    approaches = {
+        "straightforward": lambda chunk: straightforward(model, tokenizer, chunk),
+        "masklm": lambda chunk: pipe.score(chunk, metric="pll", batch_tokens=args.batch_tokens),
+    }
+    if not args.skip_attribution:
+        approaches["sparse_head_per_sentence"] = lambda chunk: straightforward(model, tokenizer, chunk, True)
+    scores = {k: [] for k in approaches}
+    seconds = dict.fromkeys(approaches, 0.0)
+    size = -(-len(sentences) // args.rounds)
+    for r, lo in enumerate(range(0, len(sentences), size)):
+        names = list(approaches)
+        names = names[r % len(names):] + names[:r % len(names)]
+        for name in names:
+            out, t = timed(approaches[name], sentences[lo:lo + size], device)
+            scores[name] += out
+            seconds[name] += t
+    n = len(sentences)
+    result = {
+        "benchmark": "pll_score_speed",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "model": "bert hidden 256, 4 layers, 4 heads, ffn 1024, vocab 8192 (untrained)",
+        "sentences": n, "scored_tokens": n_tokens, "batch_tokens": args.batch_tokens, "rounds": args.rounds,
+        "straightforward_sentences_per_s": round(n / seconds["straightforward"], 2),
+        "masklm_sentences_per_s": round(n / seconds["masklm"], 2),
+        "speedup": round(seconds["straightforward"] / seconds["masklm"], 2),
+        "max_abs_score_diff": max(abs(a - b) for a, b in zip(scores["straightforward"], scores["masklm"])),
+    }
+    if not args.skip_attribution:
+        result["sparse_head_per_sentence_sentences_per_s"] = round(n / seconds["sparse_head_per_sentence"], 2)
+        result["max_abs_score_diff_sparse"] = max(
+            abs(a - b) for a, b in zip(scores["straightforward"], scores["sparse_head_per_sentence"]))
+    assert result["max_abs_score_diff"] < 1e-3, result
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from masklm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""The ``masklm`` command. One module per command group; each has ``register(subparsers)``.
+
+Data goes to stdout, progress and logs to stderr. A ``MaskLMError`` becomes one line on stderr and
+exit status 2; anything else is a bug and keeps its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from masklm.errors import MaskLMError
+
+# Command-group modules under masklm.cli, in the order `masklm --help` lists them.
+COMMAND_MODULES = ["demo", "corpus", "tokenizer", "data", "train", "fill_mask", "score", "eval", "embed", "hf"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors also exit 2, in one line
+        self.exit(2, f"masklm: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from masklm import __version__
+
+    parser = _Parser(prog="masklm", description="Masked language models: train, use, evaluate and serve.")
+    parser.add_argument("--version", action="version", version=f"masklm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"masklm.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        result = args.func(args)
+    except MaskLMError as exc:
+        print(f"masklm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("masklm: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``masklm embed``: sentence embeddings to a .npy or .jsonl file (or JSONL on stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from masklm.cli.score import read_texts
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="sentence embeddings (mean or [CLS] pooling)",
+                       description="Embed texts with the encoder's last hidden states. mean pooling averages "
+                                   "all non-padding tokens ([CLS] and [SEP] included, like "
+                                   "sentence-transformers); vectors are L2-normalised unless --no-normalize.")
+    p.add_argument("texts", nargs="*", help="texts to embed")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--input", help="file with one text per line (.txt), a .jsonl with \"text\", or - for stdin")
+    p.add_argument("--out", help="FILE.npy (float32 [N, D]) or FILE.jsonl ({text, embedding} per line); "
+                                 "default: JSONL on stdout")
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default mean")
+    p.add_argument("--no-normalize", action="store_true", help="keep the raw vector lengths")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from masklm.errors import InputError
+    from masklm.inference.pipeline import load
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix not in (".npy", ".jsonl"):
+        raise InputError(f"--out {out}: unknown format; end the file name in .npy or .jsonl")
+    texts = read_texts(args.input, args.texts)
+    if not texts:
+        raise InputError("no texts given; pass them as arguments or with --input FILE")
+    pipe = load(args.model, device=args.device)
+    vectors = pipe.embed(texts, pooling=args.pooling, normalize=not args.no_normalize,
+                         batch_tokens=args.batch_tokens)
+    if out is None:
+        for text, vec in zip(texts, vectors):
+            print(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False))
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:  # written under a temporary name and renamed, so no half-written file is left behind
+        if out.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for text, vec in zip(texts, vectors):
+                    f.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"masklm: wrote {len(texts)} embeddings of size {vectors.shape[1]} to {out}", file=sys.stderr)
+    return 0

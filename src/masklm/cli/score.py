@@ -1,0 +1,83 @@
+"""``masklm score``: sentence log-probabilities (PLL, PLL-word-l2r, causal, MNTP)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from masklm.errors import DataError, InputError
+
+
+def read_texts(path: str | None, positional: list[str]) -> list[str]:
+    """Texts from ``--input`` (``.txt``: one per non-blank line; ``.jsonl``: the ``text`` field; ``-``:
+    stdin lines) or from the command line, not both."""
+    if path is None:
+        return list(positional)
+    if positional:
+        raise InputError("give texts either on the command line or with --input, not both")
+    if path == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"input file {file} does not exist; check the path")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
+    if not file.name.endswith(".jsonl"):
+        return [line for line in lines if line.strip()]
+    texts = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}:{n}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f"{file}:{n}: expected an object with a string \"text\" field; add it")
+        texts.append(record["text"])
+    return texts
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from masklm.scoring.pll import METRICS
+
+    p = sub.add_parser("score", help="score sentences (pseudo-log-likelihood and friends)",
+                       description="Log-probability of each sentence in nats. pll: mask each token alone "
+                                   "(Salazar et al.); pll-word-l2r: also mask the later pieces of its word "
+                                   "(Kauf & Ivanova); causal: left-to-right; mntp: GPT-BERT's masked "
+                                   "next-token reading. Special tokens are never scored.")
+    p.add_argument("sentences", nargs="*", help="sentences to score")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--input", help="file with one sentence per line (.txt), a .jsonl with \"text\", or - for stdin")
+    p.add_argument("--metric", choices=METRICS, default="pll", help="scoring metric (default pll)")
+    p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
+                   help="sum or mean of the token log-probabilities (default sum)")
+    p.add_argument("--per-token", action="store_true", help="also print each token's log-probability")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {sentence, score[, tokens]}")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from masklm.inference.pipeline import load
+
+    texts = read_texts(args.input, args.sentences)
+    if not texts:
+        raise InputError("no sentences given; pass them as arguments or with --input FILE")
+    pipe = load(args.model, device=args.device)
+    results = pipe.score(texts, metric=args.metric, reduction=args.reduction, per_token=args.per_token,
+                         batch_tokens=args.batch_tokens)
+    rows = [{"sentence": t, **(r if args.per_token else {"score": r})} for t, r in zip(texts, results)]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['score']:.4f}\t{row['sentence']}")
+        for token, logprob in row.get("tokens", []):
+            print(f"  {logprob:9.4f}  {token}")
+    return 0

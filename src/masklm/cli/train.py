@@ -1,0 +1,73 @@
+"""``masklm train``: pretrain a model from a TOML config, flags overriding it."""
+
+from __future__ import annotations
+
+import argparse
+
+from masklm.config import TrainConfig
+
+# flag -> (TrainConfig field, type). Only flags the user gives override the config file.
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "--arch": ("arch", str, "architecture (bert)"),
+    "--size": ("size", str, "size preset: tiny, small, base"),
+    "--out": ("out", str, "run folder"),
+    "--init-from": ("init_from", str, "start from this model folder's weights and tokenizer"),
+    "--tokenizer": ("tokenizer", str, "use this tokenizer folder instead of training one"),
+    "--tokenizer-kind": ("tokenizer_kind", str, "wordpiece or bpe, when a tokenizer is trained"),
+    "--vocab-size": ("vocab_size", int, "vocabulary size, when a tokenizer is trained"),
+    "--max-steps": ("max_steps", int, "optimizer steps to run"),
+    "--epochs": ("epochs", float, "epochs to run (when --max-steps is not given)"),
+    "--batch-size": ("batch_size", int, "rows per micro-batch per process"),
+    "--grad-accum": ("grad_accum", int, "micro-batches per optimizer step"),
+    "--seq-len": ("seq_len", int, "tokens per packed row"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--warmup": ("warmup_steps", float, "warmup steps, or a fraction of the run when < 1"),
+    "--schedule": ("schedule", str, "cosine, linear or constant after warmup"),
+    "--objective": ("objective", str, "training objective (mlm)"),
+    "--masking": ("masking", str, "token or whole-word"),
+    "--mask-rate": ("mask_rate", float, "share of tokens to predict"),
+    "--seed": ("seed", int, "random seed"),
+    "--save-every": ("save_every", int, "write a checkpoint every N steps (0: never)"),
+    "--keep-last": ("keep_last", int, "checkpoints to keep"),
+    "--eval-every": ("eval_every", int, "held-out evaluation every N steps (0: only at the end)"),
+    "--log-every": ("log_every", int, "write metrics every N steps"),
+    "--heldout-fraction": ("heldout_fraction", float, "share of documents held out"),
+    "--device": ("device", str, "cpu, cuda, cuda:N (default: cuda when available)"),
+    "--time-limit": ("time_limit", float, "stop within this many minutes"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="pretrain a model on a corpus",
+                       description="Pretrain a masked language model. Flags override --config.")
+    p.add_argument("--config", help="TOML file with TrainConfig fields ([model] table for sizes)")
+    p.add_argument("--corpus", nargs="+", help="text files, folders, .jsonl(.gz) or built-in names (kjv)")
+    for flag, (_, typ, text) in FLAGS.items():
+        p.add_argument(flag, type=typ, help=text, default=None)
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest good checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {field: getattr(args, flag[2:].replace("-", "_"))
+                 for flag, (field, _, _) in FLAGS.items()
+                 if getattr(args, flag[2:].replace("-", "_")) is not None}
+    if args.corpus:
+        overrides["corpus"] = args.corpus
+    if args.resume:
+        overrides["resume"] = True
+    if args.no_progress:
+        overrides["progress"] = False
+    if isinstance(overrides.get("warmup_steps"), float) and overrides["warmup_steps"] >= 1:
+        overrides["warmup_steps"] = int(overrides["warmup_steps"])
+    if args.config:
+        return TrainConfig.from_toml(args.config, overrides)
+    return TrainConfig.from_dict(overrides, where="flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    from masklm.training.trainer import train
+
+    train(config_from_args(args))
+    return 0

@@ -1,0 +1,382 @@
+"""Tokenized corpora on disk: memory-mapped token shards, document offsets and word starts.
+
+A shard folder holds::
+
+    manifest.json              what was built from what (written last: it marks a complete folder)
+    tokens-00000.bin ...       token ids, uint16 (vocab <= 65536) or uint32, documents back to back
+    word_starts-00000.bin ...  one uint8 per token: 1 where a word starts
+    doc_offsets.npy            int64 [num_documents + 1]: global token offset of each document
+    tokenizer/                 the tokenizer that produced it
+
+Each document is stored as the tokenizer encodes it (``[CLS] text [SEP]``) and never straddles two
+shards. The folder is built under a temporary name and renamed into place, so an interrupted run
+never leaves a complete-looking folder.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
+from pathlib import Path
+
+import numpy as np
+
+from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
+from masklm.errors import DataError
+from masklm.tokenizer import Tokenizer, word_starts
+
+FORMAT_VERSION = 1
+CHUNK_DOCUMENTS = 1000          # documents per worker task: bounds memory, amortises IPC
+SHARD_TOKENS = 1 << 28          # 256M tokens (512 MiB at uint16) per shard file
+HASH_LIMIT = 256 << 20          # sha256 files up to 256 MiB; bigger ones are tracked by size+mtime
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe_files(files: list[Path]) -> list[dict]:
+    described = []
+    for path in files:
+        st = path.stat()
+        described.append({"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return described
+
+
+def _same_files(old: list[dict], new: list[dict]) -> bool:
+    """Same paths and sizes, and each file either untouched (mtime) or with the same content (sha)."""
+    if [(f["path"], f["size"]) for f in old] != [(f["path"], f["size"]) for f in new]:
+        return False
+    for before, now in zip(old, new):
+        if before["mtime_ns"] != now["mtime_ns"]:
+            if "sha256" not in before or before["sha256"] != _sha256(Path(now["path"])):
+                return False
+    return True
+
+
+# ---------------------------------------------------------------- tokenization (runs in workers)
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer_json: str) -> None:
+    global _WORKER_TOKENIZER
+    from tokenizers import Tokenizer as Backend
+
+    _WORKER_TOKENIZER = Backend.from_str(tokenizer_json)
+
+
+def _encode_chunk(texts: list[str], backend=None, dtype: str = "uint16") -> tuple[np.ndarray, ...]:
+    """Tokenize documents -> (ids [N] dtype, word_starts [N] uint8, lengths [D] int64)."""
+    backend = backend if backend is not None else _WORKER_TOKENIZER
+    encodings = backend.encode_batch(texts)
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    total = int(lengths.sum())
+    ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=dtype, count=total)
+    starts = np.concatenate([word_starts(e, t) for e, t in zip(encodings, texts)] or [np.zeros(0, bool)])
+    return ids, starts.astype(np.uint8), lengths
+
+
+def _chunks(documents: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(documents)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _encoded_chunks(documents: Iterable[str], tokenizer: Tokenizer, dtype: np.dtype,
+                    num_workers: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """Encoded chunks in corpus order; at most 2 x workers chunks are in flight (bounded memory)."""
+    if num_workers <= 1:
+        for chunk in _chunks(documents, CHUNK_DOCUMENTS):
+            yield _encode_chunk(chunk, tokenizer.backend, dtype.name)
+        return
+    # Children get one thread each; setting the variable also stops tokenizers' fork warning.
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = multiprocessing.get_context(method).Pool(
+            num_workers, initializer=_init_worker, initargs=(tokenizer.backend.to_str(),)
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    try:
+        pending: collections.deque = collections.deque()
+        for chunk in _chunks(documents, CHUNK_DOCUMENTS):
+            pending.append(pool.apply_async(_encode_chunk, (chunk, None, dtype.name)))
+            if len(pending) >= 2 * num_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+class _ShardWriter:
+    """Appends encoded documents to shard files, starting a new shard rather than split a document."""
+
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int) -> None:
+        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self.lengths: list[np.ndarray] = []
+        self.total = 0
+        self._files = None
+
+    def _new_shard(self) -> None:
+        self.close()
+        index = len(self.shards)
+        shard = {"tokens": f"tokens-{index:05d}.bin", "word_starts": f"word_starts-{index:05d}.bin",
+                 "start": self.total, "num_tokens": 0}
+        self.shards.append(shard)
+        self._files = (open(self.folder / shard["tokens"], "wb"), open(self.folder / shard["word_starts"], "wb"))
+
+    def add(self, ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+        self.lengths.append(lengths)
+        cum = np.concatenate([[0], np.cumsum(lengths)])
+        i = 0
+        while i < len(lengths):
+            used = self.shards[-1]["num_tokens"] if self.shards else self.shard_tokens
+            room = self.shard_tokens - used
+            j = int(np.searchsorted(cum, cum[i] + room, side="right")) - 1
+            if j <= i:
+                if used > 0:
+                    self._new_shard()
+                    continue
+                j = i + 1  # a document longer than a shard gets a shard of its own
+            lo, hi = cum[i], cum[j]
+            self._files[0].write(ids[lo:hi].tobytes())
+            self._files[1].write(starts[lo:hi].tobytes())
+            self.shards[-1]["num_tokens"] += int(hi - lo)
+            self.total += int(hi - lo)
+            i = j
+
+    def close(self) -> None:
+        if self._files:
+            for handle in self._files:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+            self._files = None
+
+
+# ---------------------------------------------------------------- building
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _up_to_date(out_dir: Path, fingerprint: str, files: list[dict]) -> dict | None:
+    manifest = _read_manifest(out_dir)
+    if not manifest or manifest.get("format_version") != FORMAT_VERSION:
+        return None
+    if manifest.get("tokenizer_fingerprint") != fingerprint:
+        return None
+    if not _same_files(manifest.get("source_files", []), files):
+        return None
+    try:
+        ShardedCorpus(out_dir)  # every file present, with the expected size
+    except DataError:
+        return None
+    return manifest
+
+
+def prepare_shards(
+    sources: list[str] | str,
+    tokenizer: Tokenizer,
+    out_dir: str | Path,
+    num_workers: int | None = None,
+    log: Callable[[str], None] = _stderr,
+    shard_tokens: int = SHARD_TOKENS,
+) -> dict:
+    """Tokenize ``sources`` in parallel into a shard folder; returns its manifest.
+
+    Does nothing (logs "up to date") when ``out_dir`` already holds shards of the same files made
+    with the same tokenizer; rebuilds when either changed.
+    """
+    from masklm import __version__
+
+    out_dir = Path(out_dir)
+    files = resolve_files(sources)
+    described = _describe_files(files)
+    fingerprint = tokenizer.fingerprint()
+    manifest = _up_to_date(out_dir, fingerprint, described)
+    if manifest is not None:
+        log(f"{out_dir}: up to date ({manifest['num_documents']} documents, {manifest['num_tokens']} tokens)")
+        return manifest
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
+        raise DataError(f"{out_dir} exists and is not a shard folder; pass an empty or new folder to --out")
+    for entry in described:
+        if entry["size"] <= HASH_LIMIT:
+            entry["sha256"] = _sha256(Path(entry["path"]))
+
+    num_workers = num_workers or min(os.cpu_count() or 1, 8)
+    dtype = token_dtype(tokenizer.vocab_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        stats = CorpusStats()
+        writer = _ShardWriter(tmp, dtype, shard_tokens)
+        documents = iter_documents([str(f) for f in files], stats)
+        for n, (ids, starts, lengths) in enumerate(_encoded_chunks(documents, tokenizer, dtype, num_workers)):
+            writer.add(ids, starts, lengths)
+            if n % 50 == 49:
+                log(f"tokenized {stats.documents} documents, {writer.total} tokens")
+        writer.close()
+        lengths = np.concatenate(writer.lengths)
+        np.save(tmp / "doc_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        tokenizer.save(tmp / "tokenizer")
+        manifest = {
+            "format": "masklm-shards", "format_version": FORMAT_VERSION, "masklm_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "num_tokens": writer.total, "num_documents": int(len(lengths)), "dtype": dtype.name,
+            "vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": fingerprint,
+            "tokenizer_kind": tokenizer.kind, "special_ids": tokenizer.special_ids,
+            "sources": [str(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)],
+            "source_files": described, "corpus_stats": stats.to_dict(),
+            "doc_offsets": "doc_offsets.npy", "shards": writer.shards,
+        }
+        with open(tmp / "manifest.json", "w") as handle:
+            json.dump(manifest, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"{out_dir}: {manifest['num_documents']} documents, {manifest['num_tokens']} tokens ({stats.summary()})")
+    return manifest
+
+
+# ---------------------------------------------------------------- reading
+
+class ShardedCorpus:
+    """Read-only view of a shard folder through ``np.memmap`` (nothing loaded up front).
+
+    ``doc_offsets`` int64 [D+1] and ``doc_lengths`` int64 [D] index the global token stream;
+    ``gather(positions)`` reads token ids and word starts at arbitrary global positions.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise DataError(f"shard folder {self.directory} not found; create it with 'masklm data prepare'")
+        manifest = _read_manifest(self.directory)
+        if manifest is None or manifest.get("format") != "masklm-shards":
+            raise DataError(
+                f"{self.directory} has no valid manifest.json (not prepared, or interrupted); "
+                "run 'masklm data prepare' again"
+            )
+        self.manifest = manifest
+        self.dtype = np.dtype(manifest["dtype"])
+        self.num_tokens = int(manifest["num_tokens"])
+        self.num_documents = int(manifest["num_documents"])
+        self.vocab_size = int(manifest["vocab_size"])
+        self.tokenizer_fingerprint = manifest["tokenizer_fingerprint"]
+        self._check_files()
+        self.doc_offsets = np.load(self.directory / manifest["doc_offsets"]).astype(np.int64)
+        if len(self.doc_offsets) != self.num_documents + 1 or self.doc_offsets[-1] != self.num_tokens:
+            raise DataError(f"{self.directory}: doc_offsets.npy does not match the manifest; run 'masklm data prepare' again")
+        self.doc_lengths = np.diff(self.doc_offsets)
+        self._open()
+
+    def _check_files(self) -> None:
+        expected = [(self.manifest["doc_offsets"], None)]
+        for shard in self.manifest["shards"]:
+            expected.append((shard["tokens"], shard["num_tokens"] * self.dtype.itemsize))
+            expected.append((shard["word_starts"], shard["num_tokens"]))
+        for name, size in expected:
+            path = self.directory / name
+            if not path.is_file() or (size is not None and path.stat().st_size != size):
+                raise DataError(f"{path} is missing or truncated; run 'masklm data prepare' again")
+
+    def _open(self) -> None:
+        shards = self.manifest["shards"]
+        self._starts = np.array([s["start"] for s in shards], dtype=np.int64)
+        self._tokens = [np.memmap(self.directory / s["tokens"], dtype=self.dtype, mode="r",
+                                  shape=(s["num_tokens"],)) for s in shards]
+        self._word_starts = [np.memmap(self.directory / s["word_starts"], dtype=np.uint8, mode="r",
+                                       shape=(s["num_tokens"],)) for s in shards]
+
+    # memmaps would pickle as full copies; reopen them in the receiving process instead.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_tokens", "_word_starts"):
+            state.pop(key)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return self.num_documents
+
+    def __repr__(self) -> str:
+        return f"ShardedCorpus({str(self.directory)!r}, documents={self.num_documents}, tokens={self.num_tokens})"
+
+    def gather(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (int64) and word starts (bool) at global ``positions`` (any shape)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(self._tokens) == 1:
+            return self._tokens[0][positions].astype(np.int64), self._word_starts[0][positions].astype(bool)
+        shard = np.searchsorted(self._starts, positions, side="right") - 1
+        ids = np.empty(positions.shape, dtype=np.int64)
+        starts = np.empty(positions.shape, dtype=bool)
+        for s in np.unique(shard):
+            sel = shard == s
+            local = positions[sel] - self._starts[s]
+            ids[sel] = self._tokens[s][local]
+            starts[sel] = self._word_starts[s][local]
+        return ids, starts
+
+    def _document_slice(self, i: int) -> tuple[int, int, int]:
+        if not 0 <= i < self.num_documents:
+            raise IndexError(f"document {i} out of range (corpus has {self.num_documents})")
+        lo, hi = int(self.doc_offsets[i]), int(self.doc_offsets[i + 1])
+        s = int(np.searchsorted(self._starts, lo, side="right")) - 1  # documents never straddle shards
+        return s, lo - int(self._starts[s]), hi - int(self._starts[s])
+
+    def document(self, i: int) -> np.ndarray:
+        """Token ids of document ``i`` (int64 [L]), including its [CLS] ... [SEP]."""
+        s, lo, hi = self._document_slice(i)
+        return np.asarray(self._tokens[s][lo:hi], dtype=np.int64)
+
+    def word_starts(self, i: int) -> np.ndarray:
+        """bool [L]: True where a word starts in document ``i``."""
+        s, lo, hi = self._document_slice(i)
+        return np.asarray(self._word_starts[s][lo:hi], dtype=bool)

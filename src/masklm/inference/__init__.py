@@ -1,0 +1,1 @@
+"""Inference: the pipeline object and its tasks."""

@@ -1,0 +1,177 @@
+"""The pipeline: a loaded model folder and the tasks it serves.
+
+``pipe = masklm.load(dir)`` gives ``pipe.model``, ``pipe.tokenizer``, ``pipe.config`` and the tasks.
+``fill_mask`` follows the Hugging Face fill-mask pipeline's output schema (``score``, ``token``,
+``token_str``, ``sequence``) and runs the MLM head only at the mask positions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from masklm.errors import InputError
+from masklm.modeldir import load_model_dir, save_model_dir
+from masklm.training.distributed import pick_device
+
+
+def load(path: str | Path, device: str | None = None) -> Pipeline:
+    """Load a model folder (as written by ``masklm train`` or ``import-hf``) for inference."""
+    dev = pick_device(device)
+    model, config, tokenizer = load_model_dir(path, device=str(dev))
+    return Pipeline(model, tokenizer, path=Path(path))
+
+
+class Pipeline:
+    def __init__(self, model: torch.nn.Module, tokenizer, path: Path | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.path = path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_position_embeddings
+
+    def save(self, path: str | Path) -> Path:
+        return save_model_dir(path, self.model, self.tokenizer)
+
+    # ---- shared helpers -----------------------------------------------------------------------
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with special tokens; a clear error for empty or over-long inputs."""
+        encoded = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"input {i} is {type(text).__name__}, not a string; pass text")
+            ids = self.tokenizer.encode(text).ids
+            if len(ids) > self.max_length:
+                raise InputError(
+                    f"input {i} is {len(ids)} tokens long, more than the model's maximum of {self.max_length}; "
+                    "shorten it (nothing is truncated silently)"
+                )
+            encoded.append(ids)
+        return encoded
+
+    def _pad(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T]`` ids and attention mask, right-padded to the longest input."""
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, :len(row)] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    # ---- fill-mask ----------------------------------------------------------------------------
+
+    def _target_ids(self, targets: str | list[str]) -> list[int]:
+        """Vocabulary ids for ``targets``; a word outside the vocabulary uses its first piece, as HF does."""
+        if isinstance(targets, str):
+            targets = [targets]
+        if not targets:
+            raise InputError("targets is empty; pass at least one word or leave it out")
+        ids = []
+        for word in targets:
+            tid = self.tokenizer.token_to_id(word)
+            if tid is None:
+                pieces = self.tokenizer.encode(word, add_special_tokens=False).ids
+                if not pieces:
+                    raise InputError(f"target {word!r} gives no tokens; pass a word the tokenizer knows")
+                tid = pieces[0]
+                print(f"masklm: target {word!r} is not in the vocabulary; using its first piece "
+                      f"{self.tokenizer.id_to_token(tid)!r}", file=sys.stderr)
+            ids.append(tid)
+        return list(dict.fromkeys(ids))
+
+    @torch.no_grad()
+    def fill_mask(self, inputs: str | list[str], top_k: int = 5, targets: str | list[str] | None = None,
+                  batch_size: int = 64) -> list:
+        """Top-k predictions at each [MASK].
+
+        One input with one mask gives a list of ``{score, token, token_str, sequence}``; several masks
+        give one such list per mask; a list of inputs gives one result per input (a one-element list is
+        unwrapped, as in Hugging Face's pipeline). Scores are independent per-position marginals.
+        """
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        if not texts:
+            raise InputError("no inputs given; pass a text with [MASK] or a list of them")
+        if top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {top_k}")
+        encoded = self._encode(texts)
+        mask_id = self.tokenizer.mask_id
+        for i, ids in enumerate(encoded):
+            if mask_id not in ids:
+                raise InputError(
+                    f"no {self.tokenizer.mask_token} in input {i} ({texts[i][:60]!r}); "
+                    f"put {self.tokenizer.mask_token} where a word should be predicted"
+                )
+        target_ids = torch.tensor(self._target_ids(targets), device=self.device) if targets is not None else None
+        k = min(top_k, len(target_ids)) if target_ids is not None else min(top_k, self.config.vocab_size)
+
+        results = []
+        for lo in range(0, len(encoded), batch_size):
+            chunk = encoded[lo:lo + batch_size]
+            input_ids, attention_mask = self._pad(chunk)
+            hidden = self.model.encode(input_ids, attention_mask=attention_mask)
+            where = input_ids == mask_id                        # [B, T]
+            logits = self.model.predict(hidden[where]).float()  # [M, V], the head only at the masks
+            probs = logits.softmax(-1)
+            if target_ids is not None:
+                probs = probs[:, target_ids]
+            scores, idx = probs.topk(k, dim=-1)
+            if target_ids is not None:
+                idx = target_ids[idx]
+            scores, idx = scores.tolist(), idx.tolist()
+            m = 0
+            for ids in chunk:
+                per_mask = []
+                positions = [p for p, t in enumerate(ids) if t == mask_id]
+                for pos in positions:
+                    # As in HF: with several masks, specials stay in `sequence` so the other masks show.
+                    per_mask.append([self._candidate(ids, pos, tid, s, skip_special=len(positions) == 1)
+                                     for s, tid in zip(scores[m], idx[m])])
+                    m += 1
+                results.append(per_mask[0] if len(per_mask) == 1 else per_mask)
+        return results[0] if single or len(results) == 1 else results
+
+    def _candidate(self, ids: list[int], pos: int, token_id: int, score: float,
+                   skip_special: bool) -> dict[str, Any]:
+        filled = list(ids)
+        filled[pos] = token_id
+        return {
+            "score": score,
+            "token": token_id,
+            "token_str": self.tokenizer.decode([token_id], skip_special_tokens=False),
+            "sequence": self.tokenizer.decode(filled, skip_special_tokens=skip_special),
+        }
+
+    # ---- scoring and embeddings (the work is in masklm.scoring and masklm.inference.embed) ------
+
+    def score(self, sentences: str | list[str], metric: str = "pll", reduction: str = "sum",
+              per_token: bool = False, batch_tokens: int = 8192) -> Any:
+        """Sentence log-probabilities (nats): ``pll``, ``pll-word-l2r``, ``causal`` or ``mntp``.
+
+        A float per sentence (a list for a list); with ``per_token=True`` a dict
+        ``{"score", "tokens": [(token, logprob), ...]}`` each. See ``masklm.scoring.pll``.
+        """
+        from masklm.scoring.pll import score_sentences
+
+        return score_sentences(self.model, self.tokenizer, sentences, metric=metric, reduction=reduction,
+                               per_token=per_token, batch_tokens=batch_tokens, max_length=self.max_length)
+
+    def embed(self, texts: str | list[str], pooling: str = "mean", normalize: bool = True,
+              batch_tokens: int = 8192):
+        """Sentence embeddings: float32 numpy ``[N, D]`` (``[D]`` for one string). See ``masklm.inference.embed``."""
+        from masklm.inference.embed import embed_texts
+
+        return embed_texts(self.model, self.tokenizer, texts, pooling=pooling, normalize=normalize,
+                           batch_tokens=batch_tokens, max_length=self.max_length)

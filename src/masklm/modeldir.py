@@ -1,0 +1,199 @@
+"""Model folders: what ``train`` writes as ``final/`` and what ``load``, ``serve`` and ``export-hf`` read.
+
+A folder holds ``config.json`` (``ModelConfig.to_json_dict()``; for BERT a valid Hugging Face
+``BertConfig``), ``model.safetensors``, ``tokenizer.json`` + ``tokenizer_config.json`` and, when trained
+here, ``training_args.json``. For ``arch = "bert"`` it loads as is with
+``transformers.AutoModelForMaskedLM.from_pretrained(dir)``: parameter names are Hugging Face's, and the
+tied decoder is left out of the file exactly as Hugging Face leaves it out.
+
+Writes go to a hidden temporary sibling that is renamed into place, so a crash never leaves a
+half-written folder under the final name. Weights are read through safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from masklm.config import ModelConfig
+from masklm.errors import ConfigError, ModelDirError
+
+if TYPE_CHECKING:
+    from masklm.tokenizer import Tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TRAINING_ARGS_FILE = "training_args.json"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of the parameters and persistent buffers, by name."""
+    return {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is swapped out, then deleted."""
+    old = None
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ModelDirError(f"{out} exists and is not a folder; choose another output path or remove it")
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_model_dir(
+    out_dir: str | Path,
+    config_json: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    tokenizer: Tokenizer,
+    training_args: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write a model folder from its parts (shared by save_model_dir and export-hf)."""
+    out = Path(out_dir).expanduser().absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        _write_json(tmp / CONFIG_FILE, config_json)
+        # "format": "pt" is what transformers checks before trusting a safetensors file
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _fsync(tmp / WEIGHTS_FILE)
+        tokenizer.save(tmp)
+        if training_args is not None:
+            _write_json(tmp / TRAINING_ARGS_FILE, training_args)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_model_dir(
+    out_dir: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    training_args: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (with ``model.config``) and ``tokenizer`` as a model folder; returns its path.
+
+    An existing folder at ``out_dir`` is replaced only once the new one is complete.
+    """
+    config: ModelConfig = model.config
+    return write_model_dir(out_dir, config.to_json_dict(), state_dict_for_saving(model), tokenizer, training_args)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a folder, or a ModelDirError that says what is wrong."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelDirError(
+            f"model folder {folder} does not exist; pass a folder written by 'masklm train' (its final/ folder)"
+        )
+    file = folder / CONFIG_FILE
+    if not file.is_file():
+        raise ModelDirError(f"no {CONFIG_FILE} in {folder}; pass a model folder written by masklm or export-hf")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{file} is not valid JSON ({exc}); fix it or re-save the model") from None
+    if not isinstance(data, dict):
+        raise ModelDirError(f"{file} must hold a JSON object; fix it or re-save the model")
+    return data
+
+
+def config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
+    """A ModelConfig from a folder's config.json data; unknown architectures become ModelDirError."""
+    model_type = data.get("model_type")
+    if "arch" not in data and model_type not in (None, "bert"):
+        raise ModelDirError(
+            f"{where} describes a {model_type!r} model, which masklm cannot load; "
+            "masklm reads bert, ltg-bert and gpt-bert folders (convert BERT folders with 'masklm import-hf')"
+        )
+    try:
+        return ModelConfig.from_json_dict(data, where=where)
+    except ConfigError as exc:
+        raise ModelDirError(f"{exc} (in a model folder: fix config.json or re-save the model)") from None
+
+
+def check_state_dict(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str
+) -> None:
+    """Raise ModelDirError naming the first missing, unexpected or wrongly shaped tensor."""
+    fix = "the weights do not match config.json; re-save the model or use the config it was trained with"
+    missing = [k for k in expected if k not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelDirError(f"{where} lacks tensor {missing[0]!r}{more}; {fix}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise ModelDirError(f"{where} has unexpected tensor {unexpected[0]!r}{more}; {fix}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelDirError(
+                f"{where}: tensor {name!r} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(expected[name].shape)}; {fix}"
+            )
+
+
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file on CPU, or ModelDirError."""
+    if not file.is_file():
+        raise ModelDirError(f"no {file.name} in {file.parent}; the model folder is incomplete, re-save the model")
+    try:
+        return load_file(str(file), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelDirError(f"{file} is not a readable safetensors file ({exc}); re-save the model") from None
+
+
+def load_model_dir(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
+    """Load a model folder -> ``(model in eval mode, config, tokenizer)``; ``device`` None means CPU."""
+    from masklm.models import build_model
+    from masklm.tokenizer import Tokenizer
+
+    folder = Path(path)
+    config = config_from_json(read_config(folder), where=str(folder / CONFIG_FILE))
+    state = load_weights(folder / WEIGHTS_FILE)
+    tokenizer = Tokenizer.load(folder)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ModelDirError(
+            f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model only "
+            f"{config.vocab_size}; the folder mixes files of different models, re-save it"
+        )
+    try:
+        model = build_model(config)
+    except ConfigError as exc:
+        raise ModelDirError(f"{folder / CONFIG_FILE}: {exc}") from None
+    check_state_dict(state, model.state_dict(), where=str(folder / WEIGHTS_FILE))
+    model.load_state_dict(state, strict=True)
+    if device is not None:
+        model.to(device)
+    return model.eval(), config, tokenizer

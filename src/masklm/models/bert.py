@@ -1,0 +1,299 @@
+"""BERT (Devlin et al., 2019): post-LayerNorm encoder, learned absolute positions, tied MLM head.
+
+Parameter names and shapes are exactly those of ``transformers.BertForMaskedLM``'s saved state dict
+(``bert.embeddings.word_embeddings.weight``, ``bert.encoder.layer.{i}.attention.self.query.weight``, ...,
+``cls.predictions.transform.dense.weight``, ``cls.predictions.bias``), so weights move between the two
+by name alone. The decoder has no parameters of its own: it is the word-embedding matrix plus
+``cls.predictions.bias``, which is also how Hugging Face saves it (tied keys are left out of the file).
+
+What makes training fast, without changing the maths:
+- sparse prediction: with labels, the MLM head and the loss run only on rows where ``labels != -100``
+  (~15% of tokens); the head's ``[N, V]`` vocabulary projection dominates a small BERT otherwise;
+- a cross-entropy whose backward is one pass over ``[N, V]``;
+- one fused QKV matmul per layer (the three HF-named weights are concatenated inside forward);
+- ``scaled_dot_product_attention``, with no mask at all when nothing is masked;
+- positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
+  instead of two ``[B, T, D]`` gathers.
+
+Position ids are 0..T-1 in every row, also in packed rows with several documents (documents are kept
+apart by ``document_ids`` in attention, not by restarting positions).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from masklm.config import ModelConfig
+from masklm.errors import ConfigError, InputError
+from masklm.models.attention import AttentionMask, attend, build_attention_mask, dropout
+from masklm.models.outputs import MaskedLMOutput
+
+# Hugging Face's names for activations (transformers.activations.ACT2FN) that BERT checkpoints use.
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact, erf-based
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose backward is one pass: softmax - onehot (F.cross_entropy takes three)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)  # [N, V]
+        ctx.save_for_backward(logp, target)
+        return -logp.gather(1, target[:, None]).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        logp, target = ctx.saved_tensors
+        grad = logp.exp()  # not in place: backward may run again with retain_graph=True
+        grad[torch.arange(target.numel(), device=target.device), target] -= 1.0
+        return grad.mul_(grad_loss / target.numel()), None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean CE of logits ``[N, V]`` against ids ``[N]`` (no ignore index: rows are preselected)."""
+    if logits.requires_grad:
+        return _CrossEntropy.apply(logits, target)
+    return F.cross_entropy(logits, target)
+
+
+class BertEmbeddings(nn.Module):
+    """input_ids ``[B, T]`` -> LayerNorm(word + position + token_type[0]) ``[B, T, D]``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, D, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, D)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, D)
+        self.LayerNorm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        # every token is segment 0, so the type embedding is a single row: fold it into the position table
+        pos_type = self.position_embeddings.weight[:T] + self.token_type_embeddings.weight[0]  # [T, D]
+        x = self.word_embeddings(input_ids) + pos_type
+        return dropout(self.LayerNorm(x), self.dropout_p, self.training)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention; ``[B, T, D]`` -> context ``[B, T, D]`` (before the output dense)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(D, D)
+        self.key = nn.Linear(D, D)
+        self.value = nn.Linear(D, D)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
+        B, T, D = x.shape
+        H = self.num_heads
+        # One [D, 3D] matmul instead of three [D, D] ones; concatenating the weights is tiny next to it.
+        # The 1/sqrt(d) attention scale is folded into the query weights ([D, D]) instead of the scores.
+        s = (D // H) ** -0.5
+        w = torch.cat([self.query.weight * s, self.key.weight, self.value.weight])
+        b = torch.cat([self.query.bias * s, self.key.bias, self.value.bias])
+        qkv = F.linear(x, w, b).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+        q, k, v = qkv.unbind(0)  # one gradient copy in backward, not three zero-filled [3, ...] buffers
+        y = attend(q, k, v, attn, self.dropout_p if self.training else 0.0, scale=1.0)
+        return y.transpose(1, 2).reshape(B, T, D)
+
+
+class BertAddNorm(nn.Module):
+    """Post-LN sublayer exit: LayerNorm(residual + dropout(dense(x))). HF's BertSelfOutput / BertOutput."""
+
+    def __init__(self, in_features: int, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + dropout(self.dense(x), self.dropout_p, self.training))
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertAddNorm(config.hidden_size, config)
+
+    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
+        return self.output(self.self(x, attn), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.hidden_act not in ACTIVATIONS:
+            raise ConfigError(
+                f"hidden_act {config.hidden_act!r} is not supported; use one of: {', '.join(ACTIVATIONS)}"
+            )
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    """One post-LN transformer block ``[B, T, D]`` -> ``[B, T, D]``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertAddNorm(config.intermediate_size, config)
+
+    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
+        x = self.attention(x, attn)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
+        for block in self.layer:
+            x = block(x, attn)
+        return x
+
+
+class BertModel(nn.Module):
+    """Embeddings + encoder (HF's BertModel without the pooler)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+
+
+class BertPredictionTransform(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictions(nn.Module):
+    """MLM head parameters: transform and the output bias; the decoder weight is the word embedding."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.transform = BertPredictionTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+
+class BertHeads(nn.Module):
+    """Holds ``predictions`` so names read ``cls.predictions.*`` as in Hugging Face."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.predictions = BertLMPredictions(config)
+
+
+class BertForMaskedLM(nn.Module):
+    """BERT with its masked-language-model head. See the module docstring for names and speed."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.cls = BertHeads(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Hugging Face's BERT init: N(0, initializer_range), zero biases and padding row, LayerNorm 1/0."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, BertLMPredictions):
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``forward``."""
+        T = input_ids.shape[1]
+        if T > self.config.max_position_embeddings:
+            raise InputError(
+                f"input has {T} tokens but this model takes at most "
+                f"{self.config.max_position_embeddings} (max_position_embeddings); truncate or split the input"
+            )
+        x = self.bert.embeddings(input_ids)
+        attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+        return self.bert.encoder(x, attn)
+
+    def predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        """MLM head: hidden ``[..., D]`` -> logits ``[..., V]`` (decoder tied to the word embeddings)."""
+        head = self.cls.predictions
+        return F.linear(head.transform(hidden), self.bert.embeddings.word_embeddings.weight, head.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        causal: bool = False,
+        document_ids: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """Encode and predict.
+
+        input_ids:      ``[B, T]`` token ids.
+        attention_mask: ``[B, T]``, 1 = token, 0 = padding (never attended to); None = no padding.
+        labels:         ``[B, T]``, target id or -100 = not predicted. When given, the head runs only on
+                        the selected positions: logits ``[N, V]`` in row-major order, loss = mean CE.
+        causal:         each position attends only to itself and earlier positions.
+        document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
+        Without labels, logits are ``[B, T, V]`` and loss is None.
+        """
+        hidden = self.encode(input_ids, attention_mask, causal, document_ids)  # [B, T, D]
+        if labels is None:
+            return MaskedLMOutput(loss=None, logits=self.predict(hidden), hidden_states=hidden)
+
+        flat_labels = labels.reshape(-1)
+        selected = (flat_labels != -100).nonzero().squeeze(1)  # [N]
+        logits = self.predict(hidden.reshape(-1, hidden.shape[-1]).index_select(0, selected))  # [N, V]
+        if selected.numel() == 0:
+            # nothing to predict: a zero loss that still backpropagates (to nothing) instead of NaN
+            loss = logits.sum() * 0.0
+        else:
+            loss = cross_entropy(logits, flat_labels.index_select(0, selected))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden)

@@ -1,0 +1,317 @@
+"""LTG-BERT (Samuel et al., 2023) and GPT-BERT (Charpentier & Samuel, 2024) in one module.
+
+The maths follows the reference code (research/ltg_bert.md §1-§4): a pre-LN encoder with extra
+NormFormer-style norms, disentangled attention over log-bucketed relative positions (no absolute
+positions), a GEGLU feed-forward with a LayerNorm inside, and a tied MLM head with its own LayerNorms.
+GPT-BERT adds an attention gate (``config.attention_gate``) and DenseFormer-style weighting of all
+earlier block outputs (``config.dwa``).
+
+Parameter names (``ltg_reference.py`` maps the reference checkpoints onto them):
+
+    embedding.word_embedding.weight           [V, D]   (also the MLM decoder: tied, stored once)
+    embedding.relative_embedding              [2*bucket-1, D]
+    embedding.relative_layer_norm.{weight,bias}
+    transformer.layers.{i}.attention.in_proj_qk.{weight,bias}    [2D, D]  rows: Q then K
+    transformer.layers.{i}.attention.in_proj_v.{weight,bias}     [D, D]   (LTG-BERT)
+    transformer.layers.{i}.attention.in_proj_vg.{weight,bias}    [2D, D]  rows: V then gate (GPT-BERT)
+    transformer.layers.{i}.attention.out_proj.{weight,bias}
+    transformer.layers.{i}.attention.post_layer_norm.{weight,bias}  (only without the gate)
+    transformer.layers.{i}.mlp.up_proj.weight    [2I, D]  rows: value then gate
+    transformer.layers.{i}.mlp.down_proj.weight  [D, I]
+    transformer.dwa_alphas.{j}                   [j+2]    (only with dwa; j = 0 .. 2L-1)
+    classifier.dense.{weight,bias}, classifier.bias [V]
+
+Attention never materialises the ``[T, T, 2D]`` position vectors of the reference: the two position
+terms are computed against the 63-row projected table (``[B, H, T, 63]``), gathered with the ``[T, T]``
+bucket indices, and handed to ``scaled_dot_product_attention`` as a float bias together with the mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklm.config import ModelConfig
+from masklm.models.attention import build_attention_mask, dropout
+from masklm.models.outputs import MaskedLMOutput
+
+# The reference buckets relative positions with M = 512 for every length (also when it recomputes the
+# indices for T > 512), whatever max_position_embeddings says; pretrained tables are only valid for it.
+MAX_RELATIVE_POSITION = 512
+
+
+def position_bucket(relative_pos: torch.Tensor, bucket_size: int = 32,
+                    max_position: int = MAX_RELATIVE_POSITION) -> torch.Tensor:
+    """Log-bucketed relative positions (query index minus key index) -> bucket in [-(bucket_size-1), bucket_size-1].
+
+    |rel| <= bucket_size/2 is kept exactly; beyond that the bucket grows with log|rel| up to max_position-1.
+    """
+    mid = bucket_size // 2
+    abs_pos = relative_pos.abs().clamp(max=max_position - 1)
+    # float64: at |rel| = M-1 the value before ceil is exactly mid-1; float32 may round it just above.
+    scaled = torch.log(abs_pos.clamp(min=mid).double() / mid) / math.log((max_position - 1) / mid) * (mid - 1)
+    log_pos = (torch.ceil(scaled).long() + mid).clamp(max=bucket_size - 1)
+    return torch.where(abs_pos <= mid, relative_pos, log_pos * relative_pos.sign())
+
+
+def relative_position_indices(seq_len: int, bucket_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[T, T]`` rows of the relative table for query i and key j: position_bucket(i - j) + bucket_size - 1."""
+    rel = torch.arange(-(seq_len - 1), seq_len)  # every i - j that occurs, computed once each
+    table = position_bucket(rel, bucket_size) + bucket_size - 1  # [2T-1]
+    pos = torch.arange(seq_len)
+    return table[pos[:, None] - pos[None, :] + seq_len - 1].to(device)
+
+
+def _layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Parameter-free LayerNorm over the last dimension."""
+    return F.layer_norm(x, x.shape[-1:], eps=eps)
+
+
+class Embedding(nn.Module):
+    """Word embedding (no positions, no scaling) and the relative-position table, LayerNormed once."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.word_embedding = nn.Embedding(config.vocab_size, D)
+        self.relative_embedding = nn.Parameter(torch.empty(2 * config.position_bucket_size - 1, D))
+        self.relative_layer_norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.eps = config.layer_norm_eps
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids ``[B, T]`` -> (x ``[B, T, D]``, relative table ``[2*bucket-1, D]``)."""
+        x = dropout(_layer_norm(self.word_embedding(input_ids), self.eps), self.dropout_p, self.training)
+        return x, self.relative_layer_norm(self.relative_embedding)
+
+
+class Attention(nn.Module):
+    """Pre-LN disentangled self-attention sub-block, ``[B, T, D]`` -> ``[B, T, D]`` (residual not added).
+
+    logits[i, j] = s * (Q_i.K_j + Q_i.K_r[d_ij] + K_j.Q_r[d_ij]) with s = 1/sqrt(3 d) and d_ij the bucket
+    of i - j; [Q_r | K_r] = in_proj_qk(relative table), i.e. the content projection, bias included.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        D = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_size = D // self.num_heads
+        self.scale = 1.0 / math.sqrt(3 * self.head_size)
+        self.gated = bool(config.attention_gate)
+        self.interleaved = config.position_split == "interleaved"
+        self.eps = config.layer_norm_eps
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.in_proj_qk = nn.Linear(D, 2 * D)
+        if self.gated:
+            self.in_proj_vg = nn.Linear(D, 2 * D)
+        else:
+            self.in_proj_v = nn.Linear(D, D)
+            self.post_layer_norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.out_proj = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor, relative: torch.Tensor, position_indices: torch.Tensor,
+                mask: torch.Tensor | None, keep_rows: torch.Tensor | None) -> torch.Tensor:
+        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[T, T]`` (long, in [0, R)),
+        mask additive ``[B|1, 1, T|1, T]`` (0 or -inf) or None, keep_rows ``[B, 1, T, 1]`` or None."""
+        B, T, D = x.shape
+        H, d = self.num_heads, self.head_size
+        p = self.dropout_p if self.training else 0.0
+        h = _layer_norm(x, self.eps)
+        q, k = self.in_proj_qk(h).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        if self.gated:
+            v, gate = self.in_proj_vg(h).chunk(2, dim=-1)
+        else:
+            v = self.in_proj_v(h)
+        v = v.view(B, T, H, d).transpose(1, 2)  # [B, H, T, d]
+
+        pos = self.in_proj_qk(dropout(relative, p, self.training))  # [R, 2D]
+        R = pos.shape[0]
+        if self.interleaved:  # BNC-era checkpoints: head h owns columns [2hd, 2hd+2d) = Q_r then K_r
+            q_pos, k_pos = pos.view(R, H, 2, d).unbind(2)  # [R, H, d]
+        else:  # same cut as the content Q and K
+            q_pos, k_pos = pos.view(R, 2, H, d).unbind(1)
+        # content-to-position against the R-row table, then pick row d_ij for each (i, j)
+        c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, T, R]
+        p2c = torch.matmul(q_pos.transpose(0, 1), k.transpose(-1, -2))  # [B, H, R, T]
+        index = position_indices.expand(B, H, T, T)
+        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, T, T]
+        if mask is not None:
+            bias = bias + mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
+        if keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
+            y = y * keep_rows
+        y = y.transpose(1, 2).reshape(B, T, D)
+        if self.gated:  # GPT-BERT: gate, then a parameter-free LN, then the output projection
+            y = self.out_proj(_layer_norm(y * F.gelu(gate), self.eps))
+        else:  # LTG-BERT: output projection, then an affine LN
+            y = self.post_layer_norm(self.out_proj(y))
+        return dropout(y, p, self.training)
+
+
+class FeedForward(nn.Module):
+    """Pre-LN GEGLU sub-block: LN -> W1 -> value * gelu_tanh(gate) -> LN over I -> W2 -> dropout."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.eps = config.layer_norm_eps
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D]`` -> ``[B, T, D]`` (residual not added)."""
+        value, gate = self.up_proj(_layer_norm(x, self.eps)).chunk(2, dim=-1)  # [B, T, I] each
+        z = _layer_norm(value * F.gelu(gate, approximate="tanh"), self.eps)
+        return dropout(self.down_proj(z), self.dropout_p, self.training)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = Attention(config)
+        self.mlp = FeedForward(config)
+
+
+class Encoder(nn.Module):
+    """The layers, plus GPT-BERT's DWA weights. There is no final LayerNorm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        # DWA: attention and FFN are separate blocks j = 0..2L-1; block j mixes j+2 stored states
+        self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
+                                            for j in range(2 * config.num_hidden_layers))
+                           if config.dwa else None)
+
+    def forward(self, x: torch.Tensor, relative: torch.Tensor, position_indices: torch.Tensor,
+                mask: torch.Tensor | None, keep_rows: torch.Tensor | None) -> torch.Tensor:
+        """x ``[B, T, D]`` (embedding output) -> final hidden states ``[B, T, D]``."""
+        states = [x]  # DWA's s_0, s_1, ...: the un-mixed output of every block
+        for i, layer in enumerate(self.layers):
+            x = x + layer.attention(x, relative, position_indices, mask, keep_rows)
+            x = self._mix(2 * i, states, x)
+            x = x + layer.mlp(x)
+            x = self._mix(2 * i + 1, states, x)
+        return x
+
+    def _mix(self, block: int, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """DWA: store this block's output and return sum_m alpha_block[m] * s_m (identity without DWA)."""
+        if self.dwa_alphas is None:
+            return x
+        states.append(x)
+        alpha = self.dwa_alphas[block]
+        # a running sum keeps only the states themselves alive for backward (stacking would copy them)
+        out = alpha[0] * states[0]
+        for m in range(1, len(states)):
+            out = out + alpha[m] * states[m]
+        return out
+
+
+class MaskClassifier(nn.Module):
+    """MLM head parameters: LN -> dense -> GELU (exact) -> LN -> dropout -> word_embedding^T + bias."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+
+class LtgBertForMaskedLM(nn.Module):
+    """LTG-BERT / GPT-BERT with the tied MLM head, following the forward contract of DESIGN.md §2."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.arch not in ("ltg-bert", "gpt-bert"):
+            raise ValueError(f"LtgBertForMaskedLM needs arch ltg-bert or gpt-bert, got {config.arch!r}")
+        self.config = config
+        self.embedding = Embedding(config)
+        self.transformer = Encoder(config)
+        self.classifier = MaskClassifier(config)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Reference init: truncated normal (sigma = sqrt(2/(5D)), cut at 2 sigma) for every matrix, zero
+        biases, LN 1/0, FFN W1/W2 of layer i scaled by sqrt(1/(2(i+1))), DWA weights one-hot on the last."""
+        std = math.sqrt(2.0 / (5.0 * self.config.hidden_size))
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+        nn.init.trunc_normal_(self.embedding.relative_embedding, mean=0.0, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(self.classifier.bias)
+        for i, layer in enumerate(self.transformer.layers):
+            layer.mlp.up_proj.weight.mul_(math.sqrt(1.0 / (2.0 * (i + 1))))
+            layer.mlp.down_proj.weight.mul_(math.sqrt(1.0 / (2.0 * (i + 1))))
+        if self.transformer.dwa_alphas is not None:
+            for alpha in self.transformer.dwa_alphas:
+                alpha.zero_()
+                alpha[-1] = 1.0
+
+    def num_parameters(self) -> int:
+        """Unique parameters (the tied decoder weight is the word embedding, counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``forward``; any T works."""
+        T = input_ids.shape[1]
+        x, relative = self.embedding(input_ids)
+        attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+        allowed = attn.mask  # bool, True = may attend
+        if allowed is None and attn.is_causal:
+            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        mask = None
+        if allowed is not None:  # the relative bias is a float mask already, so fold the mask into it
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, float("-inf"))
+        indices = relative_position_indices(T, self.config.position_bucket_size, x.device)
+        return self.transformer(x, relative, indices, mask, attn.keep_rows)
+
+    def predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        """MLM head: hidden ``[..., D]`` -> logits ``[..., V]``."""
+        eps = self.config.layer_norm_eps
+        h = F.gelu(self.classifier.dense(_layer_norm(hidden, eps)))
+        h = dropout(_layer_norm(h, eps), self.config.hidden_dropout_prob, self.training)
+        return F.linear(h, self.embedding.word_embedding.weight, self.classifier.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        causal: bool = False,
+        document_ids: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """Encode and predict.
+
+        input_ids:      ``[B, T]`` token ids.
+        attention_mask: ``[B, T]``, 1 = token, 0 = padding (never attended to); None = no padding.
+        labels:         ``[B, T]``, target id or -100 = not predicted. When given, the head runs only on
+                        the selected positions: logits ``[N, V]`` in row-major order, loss = mean CE.
+        causal:         each position attends only to itself and earlier positions.
+        document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
+        Without labels, logits are ``[B, T, V]`` and loss is None.
+        """
+        hidden = self.encode(input_ids, attention_mask, causal, document_ids)  # [B, T, D]
+        if labels is None:
+            return MaskedLMOutput(loss=None, logits=self.predict(hidden), hidden_states=hidden)
+        flat_labels = labels.reshape(-1)
+        selected = (flat_labels != -100).nonzero().squeeze(1)  # [N]
+        logits = self.predict(hidden.reshape(-1, hidden.shape[-1]).index_select(0, selected))  # [N, V]
+        if selected.numel() == 0:  # nothing to predict: a zero loss that still backpropagates, not NaN
+            loss = logits.sum() * 0.0
+        else:
+            loss = F.cross_entropy(logits, flat_labels.index_select(0, selected))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden)

@@ -1,0 +1,179 @@
+"""The objective contract, the loss every objective shares, and the masked-LM objective.
+
+An objective sees a packed batch (``input_ids``, ``attention_mask``, ``document_ids``, ``word_starts``,
+all ``[B, T]``) plus the global row indices and the epoch, and returns an ``ObjectiveBatch``: the model
+inputs, the labels (-100 where nothing is predicted), whether attention is causal, and how its loss is
+weighted and normalised. It knows nothing about architectures.
+
+The model returns logits only where ``labels != -100`` (``[N, V]``, row-major), and
+``objective_loss(logits, batch)`` turns them into ``(loss_sum, denominator)``. MLM, CLM and MNTP are
+plain token means (weights None, denominator = number of targets); masked diffusion weights each
+target by 1/t, divides by every maskable token and removes [MASK] from the softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from masklm.data.masking import IGNORE_INDEX, mask_tokens
+from masklm.errors import ConfigError
+from masklm.tokenizer import Tokenizer
+
+
+@dataclass
+class ObjectiveBatch:
+    """What an objective hands to the model and the loss.
+
+    input_ids [B, T], labels [B, T] (-100 = not predicted), attention_mask [B, T] (1 = token),
+    document_ids [B, T] (-1 at pads), causal: attention mode.
+    weights [N]: per-target loss weights in the row-major order of ``labels != -100``; None = all 1.
+    loss_denominator: what the loss sum is divided by; None = the number of targets N.
+    excluded_token_id: a token whose logit is set to -inf before the softmax (MDLM's "zero masking
+        probabilities": the denoiser may never predict [MASK]); None = none.
+    objective: the name of the objective that made the batch (for logging and per-objective means).
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    document_ids: torch.Tensor
+    causal: bool = False
+    weights: torch.Tensor | None = None
+    loss_denominator: float | None = None
+    excluded_token_id: int | None = None
+    objective: str = ""
+
+
+def batch_denominator(batch: ObjectiveBatch) -> float:
+    """The normaliser of one micro-batch: ``loss_denominator``, or the number of targets."""
+    if batch.loss_denominator is not None:
+        return float(batch.loss_denominator)
+    return float((batch.labels != IGNORE_INDEX).sum())
+
+
+def objective_log_probs(logits: torch.Tensor, excluded_token_id: int | None = None) -> torch.Tensor:
+    """Logits ``[..., V]`` -> fp32 log-probabilities ``[..., V]``, with ``excluded_token_id`` at exactly -inf
+    (probability exactly 0) and the rest renormalised over the other tokens."""
+    logits = logits.float()
+    if excluded_token_id is not None:
+        # index_fill is out of place: the model's logits stay intact for accuracy metrics.
+        index = torch.tensor([excluded_token_id], device=logits.device)
+        logits = logits.index_fill(-1, index, float("-inf"))
+    return F.log_softmax(logits, dim=-1)
+
+
+def objective_loss(logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, float]:
+    """Sparse logits ``[N, V]`` (at ``batch.labels != -100``, row-major) -> (loss sum (0-dim fp32), denominator).
+
+    loss sum = sum_n weights[n] * CE(logits[n], target[n]), with ``excluded_token_id``'s logit at -inf
+    first. The trainer divides by the denominator summed over micro-batches (and ranks) of the same
+    objective; see ``step_loss_scales``.
+    """
+    target = batch.labels[batch.labels != IGNORE_INDEX]  # [N]
+    ce = F.nll_loss(objective_log_probs(logits, batch.excluded_token_id), target, reduction="none")  # [N]
+    if batch.weights is not None:
+        ce = ce * batch.weights.to(ce.dtype)
+    return ce.sum(), batch_denominator(batch)
+
+
+def step_loss_scales(objectives: Sequence[str], denominators: Sequence[float]) -> list[float]:
+    """Scale of each micro-batch's loss sum in one optimizer step.
+
+    objectives[a]: the objective of micro-batch a; denominators[a]: its denominator summed over ranks.
+    The step loss is sum_a scale[a] * loss_sum[a] = sum_o share(o) * (sum_{a in o} loss_sum[a] /
+    sum_{a in o} denominators[a]), with share(o) = (micro-batches of o) / (all micro-batches): each
+    objective is its own token mean, mixed in the ratio of micro-batches, as GPT-BERT's 15:1 split by
+    rank averages per-GPU means. With one objective it is the plain global token mean.
+    """
+    if len(objectives) != len(denominators):
+        raise ValueError("one denominator per micro-batch")
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for name, den in zip(objectives, denominators):
+        totals[name] = totals.get(name, 0.0) + float(den)
+        counts[name] = counts.get(name, 0) + 1
+    n = len(objectives)
+    return [counts[name] / n / max(totals[name], 1.0) for name in objectives]
+
+
+def next_token_labels(targets: torch.Tensor, attention_mask: torch.Tensor,
+                      document_ids: torch.Tensor) -> torch.Tensor:
+    """Shift labels left by one inside documents: out[:, i] = targets[:, i+1] -> ``[B, T]`` long.
+
+    -100 where i or i+1 is a pad, where i+1 starts another document, at the end of the row, and
+    wherever ``targets[:, i+1]`` is -100. So the output at position i predicts token i+1, never across
+    a document boundary.
+    """
+    out = torch.full_like(targets, IGNORE_INDEX)
+    same_doc = (document_ids[:, 1:] == document_ids[:, :-1]) & (document_ids[:, 1:] >= 0)
+    same_doc &= attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    out[:, :-1] = torch.where(same_doc, targets[:, 1:], torch.full_like(targets[:, 1:], IGNORE_INDEX))
+    return out
+
+
+def has_predecessor(attention_mask: torch.Tensor, document_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: token i is real and token i-1 is a real token of the same document."""
+    out = torch.zeros_like(attention_mask, dtype=torch.bool)
+    out[:, 1:] = (document_ids[:, 1:] == document_ids[:, :-1]) & (document_ids[:, 1:] >= 0)
+    out[:, 1:] &= attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    return out
+
+
+class MaskedLM:
+    """BERT's objective: mask a share of tokens (token-level or whole-word), predict the originals."""
+
+    name = "mlm"
+
+    def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
+                 whole_word: bool = False, seed: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.rate = rate
+        self.split = tuple(split)
+        self.whole_word = whole_word
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
+        inputs, labels = mask_tokens(
+            batch["input_ids"], rows=rows, seed=self.seed, epoch=epoch, rate=self.rate, split=self.split,
+            mask_id=self.tokenizer.mask_id, vocab_size=self.tokenizer.vocab_size,
+            special_ids=self.tokenizer.special_ids, attention_mask=batch["attention_mask"],
+            whole_word=self.whole_word, word_starts=batch.get("word_starts"),
+        )
+        return ObjectiveBatch(inputs, labels, batch["attention_mask"], batch["document_ids"], causal=False,
+                              objective=self.name)
+
+
+def _registry() -> dict[str, type]:
+    # Imported here: the other objectives import this module.
+    from masklm.objectives.clm import CausalLM
+    from masklm.objectives.diffusion import MaskedDiffusion
+    from masklm.objectives.mntp import MaskedNextToken
+
+    return {"mlm": MaskedLM, "clm": CausalLM, "mntp": MaskedNextToken, "diffusion": MaskedDiffusion}
+
+
+OBJECTIVE_NAMES = ("mlm", "clm", "mntp", "diffusion")
+
+
+def build_objective(name: str, tokenizer: Tokenizer, *, rate: float = 0.15,
+                    split: Sequence[float] = (0.8, 0.1, 0.1), masking: str = "token", seed: int = 0,
+                    diffusion_eps: float = 1e-3):
+    """An objective by name: ``mlm``, ``clm``, ``mntp`` (GPT-BERT) or ``diffusion`` (MDLM).
+
+    ``rate``, ``split`` and ``masking`` apply to mlm and mntp; ``diffusion_eps`` is the smallest t.
+    """
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVE_NAMES)}")
+    if name == "clm":
+        return registry[name](tokenizer)
+    if name == "diffusion":
+        if not (math.isfinite(diffusion_eps) and 0.0 < diffusion_eps < 1.0):
+            raise ConfigError(f"diffusion eps must be in (0, 1) (got {diffusion_eps})")
+        return registry[name](tokenizer, eps=diffusion_eps, seed=seed)
+    return registry[name](tokenizer, rate=rate, split=split, whole_word=masking == "whole-word", seed=seed)

@@ -1,0 +1,52 @@
+"""GPT-BERT's masked next-token prediction (MNTP).
+
+The input is corrupted like MLM (``mask_tokens``: token or whole-word, 80/10/10), attention is
+bidirectional, and the labels are shifted left by one: the output at position i predicts the
+*original* token at i+1, and only where i+1 was selected. Causal LM has the same alignment (output i
+predicts token i+1), so one head and one set of weights serve both objectives; only the attention
+mask differs (research/ltg_bert.md §6).
+
+Only tokens that have a predecessor in their own document (in this row) may be selected: a selected
+token at the start of a row or of a document would have no position to be predicted from, so it
+would be corrupted without ever being a target. Excluding them keeps the realised target rate at
+``rate`` of the predictable tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from masklm.data.masking import mask_tokens
+from masklm.objectives.base import ObjectiveBatch, has_predecessor, next_token_labels
+from masklm.tokenizer import Tokenizer
+
+
+class MaskedNextToken:
+    """``obj(batch, rows, epoch) -> ObjectiveBatch``: MLM corruption, bidirectional, labels[i] = orig[i+1].
+
+    Deterministic per (seed, epoch, row) through ``mask_tokens``.
+    """
+
+    name = "mntp"
+
+    def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
+                 whole_word: bool = False, seed: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.rate = rate
+        self.split = tuple(split)
+        self.whole_word = whole_word
+        self.seed = seed
+
+    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
+        ids, attention, docs = batch["input_ids"], batch["attention_mask"], batch["document_ids"]
+        selectable = has_predecessor(attention, docs)  # [B, T]
+        inputs, masked_labels = mask_tokens(
+            ids, rows=rows, seed=self.seed, epoch=epoch, rate=self.rate, split=self.split,
+            mask_id=self.tokenizer.mask_id, vocab_size=self.tokenizer.vocab_size,
+            special_ids=self.tokenizer.special_ids, attention_mask=selectable.long(),
+            whole_word=self.whole_word, word_starts=batch.get("word_starts"),
+        )
+        labels = next_token_labels(masked_labels, attention, docs)  # [B, T]: orig[i+1] where i+1 selected
+        return ObjectiveBatch(inputs, labels, attention, docs, causal=False, objective=self.name)

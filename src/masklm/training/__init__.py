@@ -1,0 +1,1 @@
+"""Training: optimizers and LR schedules, checkpoints, distributed set-up and the loop."""

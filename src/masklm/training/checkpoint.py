@@ -1,0 +1,149 @@
+"""Training checkpoints: written atomically, verified on load, older ones pruned.
+
+A checkpoint is a folder ``checkpoints/step-N/`` holding the model (safetensors), the optimizer state,
+the trainer state (step, schedule, data position) and the RNG states. It is written under a temporary
+name, every file is flushed to disk, a ``manifest.json`` with each file's size and sha256 is written
+last, and only then is the folder renamed into place. A folder without a valid manifest is never used:
+``latest_good`` falls back to the newest checkpoint that verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain numbers, so they load with ``weights_only=True``."""
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "python": [int(py_version), torch.tensor(py_state, dtype=torch.int64), py_gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in py_state.tolist()), py_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict[str, Any], keep_last: int) -> Path:
+    """Write ``checkpoints/step-{step}`` atomically and prune all but the newest ``keep_last``."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+    for name in FILES:
+        _fsync_file(tmp / name)
+    manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+                                        for n in FILES}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _fsync_file(tmp / MANIFEST)
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete-looking checkpoint folders, oldest first (temporary folders are never listed)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit():
+            found.append((int(p.name[5:]), p))
+    return [p for _, p in sorted(found)]
+
+
+def verify(path: Path) -> str | None:
+    """None when the checkpoint's manifest matches its files, else what is wrong."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest (the write did not finish)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for name, meta in manifest["files"].items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
+                return f"{name} does not match its checksum"
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable manifest ({exc})"
+    return None
+
+
+def latest_good(run_dir: Path, log=print) -> Path | None:
+    """The newest checkpoint that verifies; broken ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        problem = verify(path)
+        if problem is None:
+            return path
+        log(f"skipping checkpoint {path}: {problem}")
+    return None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states in place; returns the trainer state."""
+    device = next(model.parameters()).device
+    load_model(model, str(path / "model.safetensors"), device=str(device))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))

@@ -1,0 +1,347 @@
+"""The training loop: text -> tokenizer -> shards -> packed rows -> objective -> model -> loss.
+
+One run folder holds everything: ``tokenizer/``, ``data/`` (shards), ``checkpoints/step-N/``,
+``final/`` (a model folder), ``metrics.jsonl``, ``training_args.json`` and ``loss.png``.
+
+Determinism: the row order of epoch e is a permutation seeded by (seed, e), masks depend only on
+(seed, epoch, row), and checkpoints carry every RNG state, so on CPU N steps + resume + N steps gives
+the same weights as 2N steps straight. Under ``torchrun`` each rank takes its slice of every global
+batch, and the loss is normalised by the masked-token count of the whole global batch, so the
+gradients equal those of one process running the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklm.config import TrainConfig
+from masklm.data.corpus import iter_documents
+from masklm.data.packing import PackedRows, split_documents
+from masklm.data.shards import ShardedCorpus, prepare_shards
+from masklm.errors import ConfigError, MaskLMError
+from masklm.modeldir import load_model_dir, save_model_dir
+from masklm.models import build_model
+from masklm.objectives import build_objective
+from masklm.tokenizer import Tokenizer, train_tokenizer
+from masklm.training import checkpoint as ckpt
+from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
+from masklm.training.optim import LRSchedule, build_optimizer, set_lr, warmup_steps_for
+
+EVAL_MASK_RATE = 0.15
+EVAL_SEED_OFFSET = 1_000_003  # held-out masks never coincide with training masks
+
+
+def _log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = _log_to_stderr) -> Path:
+    """Run ``cfg`` to the end (or to its time limit) and return the run folder."""
+    info = setup(cfg.device)
+    run_dir = Path(cfg.out)
+    created = not run_dir.exists()
+    try:
+        return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
+    except MaskLMError:
+        # Bad input found before training wrote anything of value: leave nothing half-made behind.
+        if created and info.is_main and not ckpt.list_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        cleanup(info)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, log: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.log = log
+        self.run_dir = Path(cfg.out)
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def _check_run_folder(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"--out {self.run_dir} is a file; choose a folder for the run")
+        if ckpt.list_checkpoints(self.run_dir) and not self.cfg.resume:
+            raise ConfigError(
+                f"run folder {self.run_dir} already has checkpoints; pass --resume to continue it "
+                "or choose another --out"
+            )
+
+    def _tokenizer(self) -> Tokenizer:
+        cfg, tok_dir = self.cfg, self.run_dir / "tokenizer"
+        if cfg.init_from:
+            return Tokenizer.load(cfg.init_from)
+        if cfg.tokenizer:
+            return Tokenizer.load(cfg.tokenizer)
+        if not (tok_dir / "tokenizer.json").is_file():
+            if self.info.is_main:
+                self.log(f"training a {cfg.tokenizer_kind} tokenizer (vocab {cfg.vocab_size}) on the corpus")
+                tok = train_tokenizer(iter_documents(cfg.corpus), kind=cfg.tokenizer_kind,
+                                      vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
+                tok.save(tok_dir)
+            barrier(self.info)
+        return Tokenizer.load(tok_dir)
+
+    def _data(self, tok: Tokenizer) -> tuple[PackedRows, PackedRows]:
+        data_dir = self.run_dir / "data"
+        if self.info.is_main:
+            prepare_shards(self.cfg.corpus, tok, data_dir, log=self.log)
+        barrier(self.info)
+        corpus = ShardedCorpus(data_dir)
+        train_docs, heldout_docs = split_documents(corpus.num_documents, self.cfg.heldout_fraction, self.cfg.seed)
+        train_rows = PackedRows(corpus, train_docs, self.cfg.seq_len, tok.pad_id)
+        heldout_rows = PackedRows(corpus, heldout_docs, self.cfg.seq_len, tok.pad_id)
+        if len(train_rows) == 0:
+            raise ConfigError("the training split is empty; use a larger corpus or a smaller --heldout-fraction")
+        return train_rows, heldout_rows
+
+    def _model(self, tok: Tokenizer) -> nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        if self.cfg.init_from:
+            model, _, _ = load_model_dir(self.cfg.init_from)
+            self.log(f"starting from the weights in {self.cfg.init_from}")
+        else:
+            model = build_model(self.cfg.model_config(tok.vocab_size))
+        if model.config.max_position_embeddings < self.cfg.seq_len and model.config.arch == "bert":
+            raise ConfigError(
+                f"--seq-len {self.cfg.seq_len} exceeds the model's max_position_embeddings "
+                f"{model.config.max_position_embeddings}; lower --seq-len"
+            )
+        return model.to(self.info.device)
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        cfg, info = self.cfg, self.info
+        self._check_run_folder()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tok = self._tokenizer()
+        train_rows, heldout_rows = self._data(tok)
+        model = self.model = self._model(tok)
+        objective = build_objective(cfg.objective, tok, rate=cfg.mask_rate, split=cfg.mask_split,
+                                    masking=cfg.masking, seed=cfg.seed)
+        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
+
+        rows_per_step = cfg.batch_size * cfg.grad_accum * info.world_size
+        steps_per_epoch = math.ceil(len(train_rows) / rows_per_step)
+        if cfg.max_steps is not None:
+            total = cfg.max_steps
+        else:
+            total = max(1, math.ceil((cfg.epochs or 1.0) * steps_per_epoch))
+        schedule = LRSchedule(cfg.schedule, total, warmup_steps_for(cfg.warmup_steps, total), cfg.min_lr_ratio)
+
+        start_step, tokens_seen = 0, 0
+        if cfg.resume:
+            found = ckpt.latest_good(self.run_dir, log=self.log)
+            if found is None:
+                self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from step 0")
+            else:
+                state = ckpt.load_checkpoint(found, model, optimizer)
+                start_step, tokens_seen = state["step"], state["tokens_seen"]
+                schedule.total_steps = state["schedule_total_steps"]
+                total = schedule.total_steps
+                self.log(f"resumed from {found} at step {start_step}")
+        if info.is_main:
+            cfg.save_json(self.run_dir / "training_args.json")
+            self.log(
+                f"{model.config.arch}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                f"{len(train_rows):,} training rows of {cfg.seq_len} tokens ({train_rows.num_tokens:,} tokens), "
+                f"{len(heldout_rows):,} held-out rows; {total:,} steps of {rows_per_step} rows "
+                f"({steps_per_epoch:,} steps per epoch)"
+            )
+
+        ddp = None
+        if info.enabled:
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        step_model = ddp or model
+
+        orders: dict[int, np.ndarray] = {}
+
+        def rows_for(step: int) -> tuple[int, np.ndarray]:
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch not in orders:
+                orders.clear()
+                perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_rows))
+                # The last step of an epoch wraps around so every step has a full global batch; no row is dropped.
+                orders[epoch] = np.resize(perm, steps_per_epoch * rows_per_step)
+            return epoch, orders[epoch][k * rows_per_step:(k + 1) * rows_per_step]
+
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if info.is_main:
+            _truncate_metrics(metrics_path, start_step)
+        progress = _progress(total, start_step, enabled=cfg.progress and info.is_main)
+        model.train()
+        t_start = t_last = time.perf_counter()
+        window_tokens, window_loss, window_steps = 0, 0.0, 0
+        step = start_step
+        for step in range(start_step, total):
+            epoch, global_rows = rows_for(step)
+            lr = set_lr(optimizer, cfg.lr, schedule, step)
+            micro = []
+            for a in range(cfg.grad_accum):
+                lo = (a * info.world_size + info.rank) * cfg.batch_size
+                rows = global_rows[lo:lo + cfg.batch_size]
+                batch = {k: v.to(info.device) for k, v in train_rows.batch(rows).items()}
+                micro.append(objective(batch, rows.tolist(), epoch))
+            counts = torch.tensor([float(sum(int((m.labels != -100).sum()) for m in micro)),
+                                   float(sum(int(m.attention_mask.sum()) for m in micro))], device=info.device)
+            counts = all_reduce_sum(counts, info)
+            n_targets = max(1.0, counts[0].item())
+            loss_sum = torch.zeros((), device=info.device)
+            for a, mb in enumerate(micro):
+                sync = a == len(micro) - 1
+                with (ddp.no_sync() if ddp is not None and not sync else nullcontext()):
+                    out = step_model(mb.input_ids, attention_mask=mb.attention_mask, labels=mb.labels,
+                                     causal=mb.causal, document_ids=mb.document_ids)
+                    target = mb.labels[mb.labels != -100]
+                    part = F.cross_entropy(out.logits.float(), target, reduction="sum")
+                    # DDP averages gradients over ranks; scale so the result is the global token mean.
+                    (part * info.world_size / n_targets).backward()
+                loss_sum += part.detach()
+            if cfg.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = all_reduce_sum(loss_sum, info).item() / n_targets
+            tokens_seen += int(counts[1].item())
+            window_tokens += int(counts[1].item())
+            window_loss += loss
+            window_steps += 1
+            done = step + 1
+            progress.update(1)
+
+            if cfg.time_limit and step == start_step + 4 and done < total:
+                total = self._fit_time_limit(total, done, time.perf_counter() - t_start, schedule)
+                progress.total = total
+
+            if done % cfg.log_every == 0 or done == total:
+                now = time.perf_counter()
+                record = {"step": done, "objective": objective.name, "loss": window_loss / window_steps,
+                          "lr": lr, "tokens_per_s": window_tokens / max(now - t_last, 1e-9),
+                          "epoch": epoch, "tokens": tokens_seen}
+                progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                self._write_metrics(metrics_path, record)
+                t_last, window_tokens, window_loss, window_steps = now, 0, 0.0, 0
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != total:
+                self._eval(model, heldout_rows, tok, done, metrics_path)
+            if cfg.save_every and done % cfg.save_every == 0 and info.is_main:
+                ckpt.save_checkpoint(self.run_dir, done, model, optimizer, {
+                    "step": done, "tokens_seen": tokens_seen, "schedule_total_steps": schedule.total_steps,
+                    "epoch": epoch, "config": cfg.to_dict(),
+                }, keep_last=cfg.keep_last)
+            if done >= total:
+                break
+        progress.close()
+
+        final_eval = self._eval(model, heldout_rows, tok, total, metrics_path)
+        if info.is_main:
+            args = cfg.to_dict() | {"objectives": [objective.name], "steps": total, "tokens_seen": tokens_seen}
+            save_model_dir(self.run_dir / "final", model, tok, training_args=args)
+            from masklm.training.plots import plot_metrics
+
+            plot_metrics(metrics_path, self.run_dir / "loss.png")
+            if final_eval:
+                self.log(f"held-out masked-token accuracy {final_eval['eval_accuracy']:.4f}, "
+                         f"loss {final_eval['eval_loss']:.4f}")
+            self.log(f"model saved to {self.run_dir / 'final'}")
+        barrier(info)
+        return self.run_dir
+
+    def _fit_time_limit(self, total: int, done: int, elapsed: float, schedule: LRSchedule) -> int:
+        """Shorten the run so it ends within ``time_limit`` minutes; the LR schedule follows."""
+        per_step = elapsed / done
+        remaining = self.cfg.time_limit * 60.0 - elapsed
+        fit = torch.tensor([float(done + max(1, int(remaining / per_step)))], device=self.info.device)
+        if self.info.enabled:  # every rank must agree on the length
+            torch.distributed.broadcast(fit, src=0)
+        new_total = min(total, int(fit.item()))
+        if new_total < total:
+            schedule.total_steps = new_total
+            schedule.warmup_steps = min(schedule.warmup_steps, warmup_steps_for(self.cfg.warmup_steps, new_total))
+            self.log(f"time limit {self.cfg.time_limit:g} min: training for {new_total} steps")
+        return new_total
+
+    def _write_metrics(self, path: Path, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _eval(self, model: nn.Module, rows: PackedRows, tok: Tokenizer, step: int,
+              metrics_path: Path) -> dict[str, float] | None:
+        if not self.info.is_main or len(rows) == 0:
+            barrier(self.info)
+            return None
+        result = evaluate_mlm(model, rows, tok, batch_size=self.cfg.batch_size,
+                              max_batches=self.cfg.eval_batches, seed=self.cfg.seed)
+        self._write_metrics(metrics_path, {"step": step, "objective": "eval-mlm", **result})
+        barrier(self.info)
+        return result
+
+
+@torch.no_grad()
+def evaluate_mlm(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, batch_size: int, max_batches: int,
+                 seed: int, baseline_id: int | None = None) -> dict[str, float]:
+    """Masked-token loss and accuracy at a fixed 15% rate, with the same masks at every call.
+
+    With ``baseline_id``, also the accuracy of always guessing that token on the same positions.
+    """
+    from masklm.data.masking import mask_tokens
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct, count, baseline = 0.0, 0, 0, 0
+    n_rows = min(len(rows), batch_size * max_batches)
+    for lo in range(0, n_rows, batch_size):
+        row_ids = list(range(lo, min(lo + batch_size, n_rows)))
+        batch = {k: v.to(device) for k, v in rows.batch(row_ids).items()}
+        inputs, labels = mask_tokens(batch["input_ids"], rows=row_ids, seed=seed + EVAL_SEED_OFFSET, epoch=0,
+                                     rate=EVAL_MASK_RATE, mask_id=tok.mask_id, vocab_size=tok.vocab_size,
+                                     special_ids=tok.special_ids, attention_mask=batch["attention_mask"])
+        if not (labels != -100).any():
+            continue
+        out = model(inputs, attention_mask=batch["attention_mask"], labels=labels,
+                    document_ids=batch["document_ids"])
+        target = labels[labels != -100]
+        loss_sum += F.cross_entropy(out.logits.float(), target, reduction="sum").item()
+        correct += int((out.logits.argmax(-1) == target).sum())
+        count += int(target.numel())
+        if baseline_id is not None:
+            baseline += int((target == baseline_id).sum())
+    model.train(was_training)
+    result = {"eval_loss": loss_sum / max(count, 1), "eval_accuracy": correct / max(count, 1), "eval_tokens": count}
+    if baseline_id is not None:
+        result["baseline_accuracy"] = baseline / max(count, 1)
+    return result
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Keep only the records up to ``after_step``: a resumed run rewrites what came after its checkpoint."""
+    kept = []
+    if after_step > 0 and path.is_file():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= after_step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, unit="step",
+                dynamic_ncols=True, desc="train")

@@ -1,0 +1,96 @@
+"""Embeddings: shapes, normalisation, pooling against a manual computation, batching, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import masklm
+from masklm.cli import main
+from masklm.config import ModelConfig
+from masklm.errors import InputError
+from masklm.modeldir import save_model_dir
+from masklm.models import build_model
+from masklm.tokenizer import train_tokenizer
+
+TEXTS = ["the cat sat on the mat .", "a dog", "", "the bird flew over the house and then the dog ran ."]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    tokenizer = train_tokenizer(TEXTS * 5, kind="wordpiece", vocab_size=80, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="ltg-bert", vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    max_position_embeddings=32))
+    return save_model_dir(tmp_path_factory.mktemp("emb") / "model", model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return masklm.load(model_dir)
+
+
+def manual(pipe, text: str, pooling: str) -> np.ndarray:
+    """One text alone, no padding: mean over every position ([CLS]/[SEP] included) or position 0."""
+    ids = torch.tensor([pipe.tokenizer.encode(text).ids])
+    with torch.no_grad():
+        hidden = pipe.model.encode(ids)[0]  # [T, D]
+    return (hidden.mean(0) if pooling == "mean" else hidden[0]).numpy()
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_pooling_equals_manual_and_normalises(pipe, pooling):
+    raw = pipe.embed(TEXTS, pooling=pooling, normalize=False)
+    assert isinstance(raw, np.ndarray) and raw.dtype == np.float32
+    assert raw.shape == (len(TEXTS), pipe.config.hidden_size)
+    for text, vec in zip(TEXTS, raw):
+        np.testing.assert_allclose(vec, manual(pipe, text, pooling), atol=1e-5)
+    unit = pipe.embed(TEXTS, pooling=pooling)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    assert pipe.embed(TEXTS[0], pooling=pooling).shape == (pipe.config.hidden_size,)
+
+
+def test_mean_and_cls_differ_and_batching_is_invariant(pipe):
+    mean = pipe.embed(TEXTS, pooling="mean")
+    assert not np.allclose(mean, pipe.embed(TEXTS, pooling="cls"), atol=1e-3)
+    for budget in (1, 17, 10**6):  # one text per batch, mixed, everything in one padded batch
+        np.testing.assert_allclose(pipe.embed(TEXTS, batch_tokens=budget), mean, atol=1e-5)
+
+
+def test_bad_input(pipe):
+    with pytest.raises(InputError, match="maximum of 32"):
+        pipe.embed(["fine", "the cat " * 40])
+    with pytest.raises(InputError, match="unknown pooling"):
+        pipe.embed("x", pooling="max")
+    with pytest.raises(InputError, match="no texts"):
+        pipe.embed([])
+    with pytest.raises(InputError, match="not a string"):
+        pipe.embed([None])
+
+
+def test_cli(model_dir, pipe, tmp_path, capsys):
+    want = pipe.embed(TEXTS[:2])
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--model", str(model_dir), "--out", str(out), *TEXTS[:2]]) == 0
+    np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[:2]) + "\n")
+    out = tmp_path / "e.jsonl"
+    assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"), "--out", str(out),
+                 "--pooling", "cls", "--no-normalize"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == TEXTS[:2]
+    np.testing.assert_allclose([r["embedding"] for r in rows], pipe.embed(TEXTS[:2], "cls", False), atol=1e-5)
+    capsys.readouterr()
+    assert main(["embed", "--model", str(model_dir), "a dog"]) == 0  # JSONL on stdout
+    row = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(row["embedding"], want[1], atol=1e-5)
+    assert main(["embed", "--model", str(model_dir), "--out", str(tmp_path / "x.csv"), "a"]) == 2
+    assert ".npy or .jsonl" in capsys.readouterr().err
+    assert main(["embed", "--model", str(model_dir), "--out", str(tmp_path / "y.npy"), "the cat " * 40]) == 2
+    assert "maximum" in capsys.readouterr().err and not (tmp_path / "y.npy").exists()

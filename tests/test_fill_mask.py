@@ -1,0 +1,94 @@
+"""fill-mask: the Hugging Face schema and numbers, several masks, targets, and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import masklm
+from masklm.cli import main
+from masklm.errors import InputError, MaskLMError
+
+WORDS = "the a cat dog bird sat ran flew on under over mat tree house and then".split()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from masklm.config import TrainConfig
+    from masklm.training.trainer import train
+
+    root = tmp_path_factory.mktemp("fm")
+    rng = random.Random(1)
+    text = "\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30)) + " ." for _ in range(40))
+    (root / "c.txt").write_text(text)
+    cfg = TrainConfig(out=str(root / "run"), corpus=[str(root / "c.txt")], vocab_size=100, seq_len=32,
+                      batch_size=8, max_steps=10, progress=False, log_every=5,
+                      model={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                             "intermediate_size": 64, "max_position_embeddings": 64})
+    return train(cfg) / "final"
+
+
+def test_schema_and_numbers_match_transformers_pipeline(model_dir):
+    transformers = pytest.importorskip("transformers")
+    ours = masklm.load(model_dir)
+    hf = transformers.pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+    for text in ["the cat [MASK] on the mat .", "a dog ran [MASK] the tree and [MASK] ."]:
+        a, b = ours.fill_mask(text, top_k=4), hf(text, top_k=4)
+        flat_a = a if isinstance(a[0], dict) else [c for m in a for c in m]
+        flat_b = b if isinstance(b[0], dict) else [c for m in b for c in m]
+        assert len(flat_a) == len(flat_b)
+        for x, y in zip(flat_a, flat_b):
+            assert set(x) == {"score", "token", "token_str", "sequence"}
+            assert x["token"] == y["token"] and x["sequence"] == y["sequence"]
+            assert x["token_str"] == y["token_str"]
+            assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+    # targets restrict the candidates and are ranked like HF does
+    a = ours.fill_mask("the cat [MASK] on the mat .", targets=["sat", "ran", "mat"], top_k=5)
+    b = hf("the cat [MASK] on the mat .", targets=["sat", "ran", "mat"], top_k=5)
+    assert [c["token_str"] for c in a] == [c["token_str"] for c in b] and len(a) == 3
+    assert [c["score"] for c in a] == pytest.approx([c["score"] for c in b], abs=1e-5)
+
+
+def test_output_shapes(model_dir):
+    pipe = masklm.load(model_dir)
+    one = pipe.fill_mask("the [MASK] sat .", top_k=3)
+    assert isinstance(one, list) and len(one) == 3 and isinstance(one[0], dict)
+    assert one[0]["score"] >= one[1]["score"] >= one[2]["score"]
+    two = pipe.fill_mask("the [MASK] sat [MASK] .", top_k=2)
+    assert len(two) == 2 and all(len(m) == 2 for m in two)
+    many = pipe.fill_mask(["the [MASK] sat .", "a [MASK] ran ."], top_k=2)
+    assert len(many) == 2 and all(len(r) == 2 and isinstance(r[0], dict) for r in many)
+    # batching does not change the numbers
+    alone = pipe.fill_mask("a [MASK] ran .", top_k=2)
+    assert [c["score"] for c in alone] == pytest.approx([c["score"] for c in many[1]], abs=1e-6)
+    # scores are probabilities from the softmax over the vocabulary
+    full = pipe.fill_mask("the [MASK] sat .", top_k=pipe.config.vocab_size)
+    assert sum(c["score"] for c in full) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_input(model_dir, tmp_path, capsys):
+    pipe = masklm.load(model_dir)
+    with pytest.raises(InputError, match=r"no \[MASK\]"):
+        pipe.fill_mask("no mask here")
+    with pytest.raises(InputError, match="maximum of 64"):
+        pipe.fill_mask("the " * 80 + "[MASK]")
+    assert main(["fill-mask", "--model", str(model_dir), "nothing to fill"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[MASK]" in err and "Traceback" not in err
+    assert main(["fill-mask", "--model", str(tmp_path / "nowhere"), "the [MASK] ."]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(MaskLMError):
+        masklm.load(tmp_path)
+
+
+def test_cli_json(model_dir, capsys):
+    assert main(["fill-mask", "--model", str(model_dir), "the [MASK] sat .", "--top-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 2 and out[0]["sequence"].startswith("the ")
+    pipe = masklm.load(model_dir)
+    assert out == json.loads(json.dumps(pipe.fill_mask("the [MASK] sat .", top_k=2)))
+    assert torch.is_tensor(next(pipe.model.parameters()))

@@ -1,0 +1,242 @@
+"""Sentence scoring: every metric against a naive loop, a hand-computed toy, batching, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Tokenizer as Backend
+from tokenizers import models, pre_tokenizers, processors
+
+from masklm.cli import main
+from masklm.config import ModelConfig
+from masklm.errors import InputError
+from masklm.inference.pipeline import Pipeline
+from masklm.modeldir import save_model_dir
+from masklm.models import build_model
+from masklm.scoring import METRICS
+from masklm.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
+
+# Long words and a small vocabulary, so many words split into several pieces (pll-word-l2r matters).
+WORDS = "the a of cat dog sat ran unbelievable extraordinary wandering shepherds lantern river .".split()
+SENTENCES = [
+    "the cat sat .",
+    "unbelievable shepherds ran of the river",
+    "a dog sat",
+    "the extraordinary lantern .",
+    "wandering",
+]
+
+
+def _tokenizer() -> Tokenizer:
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(80)]
+    return train_tokenizer(docs, kind="wordpiece", vocab_size=70, min_frequency=1)
+
+
+def _pipe(arch: str, tokenizer: Tokenizer) -> Pipeline:
+    torch.manual_seed(1)
+    config = ModelConfig(arch=arch, vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=48)
+    model = build_model(config)
+    with torch.no_grad():  # an untrained model is nearly uniform; large weights make peaked, varied scores
+        for p in model.parameters():
+            p.normal_(0.0, 0.4)
+    return Pipeline(model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return _tokenizer()
+
+
+@pytest.fixture(scope="module", params=["bert", "gpt-bert"])
+def pipe(request, tokenizer) -> Pipeline:
+    return _pipe(request.param, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    p = _pipe("bert", tokenizer)
+    return save_model_dir(tmp_path_factory.mktemp("score") / "model", p.model, tokenizer)
+
+
+def naive_logprobs(pipe: Pipeline, sentence: str, metric: str) -> list[float]:
+    """One sentence, one token at a time, a full forward with full logits at every position."""
+    enc = pipe.tokenizer.encode(sentence)
+    ids = torch.tensor(enc.ids)
+    mask = pipe.tokenizer.mask_id
+    out = []
+    with torch.no_grad():
+        for p in range(len(ids)):
+            if enc.special_tokens_mask[p]:
+                continue
+            if metric == "causal":
+                logits = pipe.model(ids[None], causal=True).logits[0]          # [T, V]
+                out.append(float(logits[p - 1].log_softmax(-1)[ids[p]]))
+                continue
+            x = ids.clone()
+            x[p] = mask
+            if metric == "pll-word-l2r":
+                for q in range(p + 1, len(ids)):
+                    if enc.word_ids[q] is not None and enc.word_ids[q] == enc.word_ids[p]:
+                        x[q] = mask
+            logits = pipe.model(x[None]).logits[0]                              # [T, V]
+            read = p - 1 if metric == "mntp" else p
+            out.append(float(logits[read].log_softmax(-1)[ids[p]]))
+    return out
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_every_metric_equals_the_naive_loop(pipe, metric):
+    got = pipe.score(SENTENCES, metric=metric, per_token=True, batch_tokens=64)
+    for sentence, result in zip(SENTENCES, got):
+        want = naive_logprobs(pipe, sentence, metric)
+        assert len(result["tokens"]) == len(want)
+        assert [lp for _, lp in result["tokens"]] == pytest.approx(want, abs=1e-5)
+        assert result["score"] == pytest.approx(sum(want), abs=1e-5)
+        pieces = pipe.tokenizer.encode(sentence).tokens[1:-1]
+        assert [t for t, _ in result["tokens"]] == pieces  # specials never scored
+    # the scores are far from uniform, so a wrong position or mask would show
+    flat = [lp for r in got for _, lp in r["tokens"]]
+    assert max(flat) - min(flat) > 2.0
+
+
+def test_metrics_differ_where_they_should(pipe):
+    pll = pipe.score(SENTENCES, metric="pll")
+    l2r = pipe.score(SENTENCES, metric="pll-word-l2r")
+    multi = [len(set(w for w in pipe.tokenizer.encode(s).word_ids if w is not None))
+             < len(pipe.tokenizer.encode(s).ids) - 2 for s in SENTENCES]
+    assert any(multi)
+    for a, b, has_multi_piece_word in zip(pll, l2r, multi):
+        if has_multi_piece_word:
+            assert abs(a - b) > 1e-3
+        else:
+            assert a == pytest.approx(b, abs=1e-5)
+    assert pipe.score(SENTENCES[0], metric="mntp") != pytest.approx(pll[0], abs=1e-3)
+
+
+def test_reduction_single_and_batching(pipe):
+    sums = pipe.score(SENTENCES, reduction="sum")
+    means = pipe.score(SENTENCES, reduction="mean")
+    counts = [len(pipe.tokenizer.encode(s).ids) - 2 for s in SENTENCES]
+    assert means == pytest.approx([s / n for s, n in zip(sums, counts)], abs=1e-6)
+    assert isinstance(pipe.score(SENTENCES[1]), float)
+    assert pipe.score(SENTENCES[1]) == pytest.approx(sums[1], abs=1e-5)
+    # one row per batch, one huge batch and the default give the same numbers
+    for budget in (1, 10**6):
+        assert pipe.score(SENTENCES, batch_tokens=budget) == pytest.approx(sums, abs=1e-5)
+
+
+def test_head_runs_only_at_scored_positions_and_batches_respect_the_budget(pipe, monkeypatch):
+    model = pipe.model
+    shapes, heads = [], []
+    encode, predict = model.encode, model.predict
+    monkeypatch.setattr(model, "encode", lambda ids, **kw: (shapes.append(tuple(ids.shape)), encode(ids, **kw))[1])
+    monkeypatch.setattr(model, "predict", lambda h: (heads.append(tuple(h.shape)), predict(h))[1])
+    n_tokens = sum(len(pipe.tokenizer.encode(s).ids) - 2 for s in SENTENCES)
+    pipe.score(SENTENCES, metric="pll", batch_tokens=40)
+    assert all(b * t <= 40 for b, t in shapes)
+    assert sum(b for b, _ in shapes) == n_tokens  # one masked copy per scored token
+    assert all(len(h) == 2 for h in heads) and sum(h[0] for h in heads) == n_tokens
+    # several sentences' copies share one batch when the budget allows
+    shapes.clear()
+    pipe.score(SENTENCES, metric="pll", batch_tokens=10**6)
+    assert len(shapes) == 1 and shapes[0][0] == n_tokens
+    shapes.clear()
+    heads.clear()
+    pipe.score(SENTENCES, metric="causal", batch_tokens=10**6)
+    assert shapes[0][0] == len(SENTENCES) and heads[0][0] == n_tokens  # causal: one row per sentence
+
+
+class CountingModel(torch.nn.Module):
+    """A toy with a two-token vocabulary {a, b}: logit(a) = number of unmasked 'a' the position sees,
+    logit(b) = 0, every other token -inf. So P(a) = e^c / (e^c + 1), computable by hand."""
+
+    def __init__(self, a_id: int, b_id: int, vocab: int) -> None:
+        super().__init__()
+        self.a_id, self.b_id, self.vocab = a_id, b_id, vocab
+        self.config = SimpleNamespace(max_position_embeddings=16, hidden_size=1)
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def encode(self, input_ids, attention_mask=None, causal=False, document_ids=None):
+        a = (input_ids == self.a_id).float()                      # [B, T]
+        if attention_mask is not None:
+            a = a * attention_mask
+        count = a.cumsum(1) if causal else a.sum(1, keepdim=True).expand_as(a)
+        return count[..., None]                                   # [B, T, 1]
+
+    def predict(self, hidden):
+        logits = torch.full((*hidden.shape[:-1], self.vocab), float("-inf"))
+        logits[..., self.a_id] = hidden[..., 0]
+        logits[..., self.b_id] = 0.0
+        return logits
+
+
+def test_pll_equals_a_hand_computed_value():
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + ["a", "b"])}
+    backend = Backend(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok = Tokenizer(backend)
+    pipe = Pipeline(CountingModel(vocab["a"], vocab["b"], len(vocab)), tok)
+    e = math.e
+    # "a b a": masking an 'a' leaves one 'a' visible -> log(e / (1 + e)); masking 'b' leaves two -> log(1 / (1 + e^2))
+    log_a1 = 1 - math.log(1 + e)
+    log_b2 = -math.log(1 + e * e)
+    assert pipe.score("a b a") == pytest.approx(2 * log_a1 + log_b2, abs=1e-6)
+    assert pipe.score("a b a", reduction="mean") == pytest.approx((2 * log_a1 + log_b2) / 3, abs=1e-6)
+    res = pipe.score("a b a", per_token=True)
+    assert res["tokens"] == [("a", pytest.approx(log_a1)), ("b", pytest.approx(log_b2)), ("a", pytest.approx(log_a1))]
+    # "b b": no 'a' anywhere -> each b has probability 1/2
+    assert pipe.score("b b") == pytest.approx(2 * math.log(0.5), abs=1e-6)
+    # causal "a b a": read at i-1, which sees the 'a's up to i-1: [CLS] -> 0, "a" -> 1, "a b" -> 1
+    assert pipe.score("a b a", metric="causal") == pytest.approx(math.log(0.5) - math.log(1 + e) + log_a1, abs=1e-6)
+
+
+def test_bad_input(pipe):
+    with pytest.raises(InputError, match="sentence 1 .*no tokens to score"):
+        pipe.score(["the cat", ""])
+    with pytest.raises(InputError, match="no tokens to score"):
+        pipe.score("   ")
+    with pytest.raises(InputError, match="maximum of 48.*nothing is truncated"):
+        pipe.score("the cat " * 40)
+    with pytest.raises(InputError, match="unknown metric 'ppl'"):
+        pipe.score("the cat", metric="ppl")
+    with pytest.raises(InputError, match="unknown reduction"):
+        pipe.score("the cat", reduction="max")
+    with pytest.raises(InputError, match="not a string"):
+        pipe.score(["the cat", 3])
+    with pytest.raises(InputError, match="no sentences"):
+        pipe.score([])
+
+
+def test_cli(model_dir, tmp_path, capsys):
+    import masklm
+
+    pipe = masklm.load(model_dir)
+    want = pipe.score(SENTENCES[:2], metric="pll-word-l2r")
+    assert main(["score", "--model", str(model_dir), "--metric", "pll-word-l2r", "--json", *SENTENCES[:2]]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["sentence"] for r in out] == SENTENCES[:2]
+    assert [r["score"] for r in out] == pytest.approx(want, abs=1e-6)
+    (tmp_path / "in.txt").write_text("\n".join(SENTENCES[:2]) + "\n\n")
+    assert main(["score", "--model", str(model_dir), "--input", str(tmp_path / "in.txt"), "--metric",
+                 "pll-word-l2r", "--reduction", "mean", "--per-token"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    first = lines[0].split("\t")
+    n = len(pipe.tokenizer.encode(SENTENCES[0]).ids) - 2
+    assert float(first[0]) == pytest.approx(want[0] / n, abs=1e-4) and first[1] == SENTENCES[0]
+    assert any(line.startswith("  ") for line in lines)  # per-token lines
+    assert main(["score", "--model", str(model_dir), ""]) == 2
+    assert "no tokens to score" in capsys.readouterr().err
+    assert main(["score", "--model", str(model_dir), "--input", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    assert main(["score", "--model", str(model_dir)]) == 2
+    assert "no sentences" in capsys.readouterr().err
