@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import socket
@@ -256,3 +257,50 @@ def test_ddp_two_processes_match_one(tmp_path, corpus, tokenizer_dir):
     for name, value in w1.items():
         key = name
         assert torch.allclose(value, r0[key], atol=1e-5), name
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["bert", "ltg-bert", "gpt-bert"])
+def test_antlm_schedule_phases_and_evaluations(tmp_path, corpus, tokenizer_dir, arch, capsys):
+    """clm:2,mlm:2,clm:2 in steps: every metrics line names its objective; phase changes at steps 2 and 4."""
+    from masklm.training.trainer import train
+
+    run = train(tiny_config(tmp_path / arch, corpus, tokenizer_dir, arch=arch,
+                            objective="clm:2,mlm:2,clm:2", schedule_unit="steps", max_steps=None))
+    recs = _records(run)
+    train_recs = [r for r in recs if "loss" in r]
+    assert [(r["step"], r["objective"]) for r in train_recs] == [
+        (1, "clm"), (2, "clm"), (3, "mlm"), (4, "mlm"), (5, "clm"), (6, "clm")]  # the schedule sets the length
+    assert [(r["step"], r["objective"]) for r in recs if "phase" in r] == [(2, "mlm"), (4, "clm")]
+    final = [r for r in recs if r.get("objective") == "eval"][-1]
+    assert {"eval_accuracy", "causal_ppl"} <= set(final) and final["causal_ppl"] > 1
+    assert json.loads((run / "final" / "training_args.json").read_text())["objectives"] == ["clm", "mlm"]
+    assert "phase 2 of the schedule begins (mlm)" in capsys.readouterr().err
+
+
+def test_mix_and_diffusion_objectives(tmp_path, corpus, tokenizer_dir):
+    from masklm.training.trainer import train
+
+    run = train(tiny_config(tmp_path / "mix", corpus, tokenizer_dir, objective="mntp=3,clm=1", max_steps=8,
+                            log_every=4, mask_rate="0.30->0.15"))
+    train_recs = [r for r in _records(run) if "loss" in r]
+    # a 3:1 mix over micro-batches: in each window of 4 steps, 3 mntp and 1 clm, each logged on its own line
+    assert sorted((r["step"], r["objective"], r["steps"]) for r in train_recs) == [
+        (4, "clm", 1), (4, "mntp", 3), (8, "clm", 1), (8, "mntp", 3)]
+    assert train_recs[0]["mask_rate"] == pytest.approx(0.30 - 0.15 * 3 / 8)
+    run = train(tiny_config(tmp_path / "diff", corpus, tokenizer_dir, objective="diffusion", max_steps=3))
+    final = [r for r in _records(run) if r.get("objective") == "eval"][-1]
+    assert final["diffusion_ppl_bound"] == pytest.approx(math.exp(final["diffusion_nelbo"]))
+    assert final["samples"] == 4
+
+
+def test_bad_objectives_fail_before_training(tmp_path, capsys, corpus):
+    for bad in ["clm:0", "mlm:-1", "clm:4,,mlm", "mlm=0,clm=0", "gpt"]:
+        out = tmp_path / bad.replace(":", "_").replace(",", "_").replace("=", "_")
+        assert main(["train", "--corpus", str(corpus), "--objective", bad, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("objective" in err.lower() or "phase" in err), err
+        assert not out.exists()

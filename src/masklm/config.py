@@ -230,22 +230,28 @@ class TrainConfig:
     seq_len: int = 128
     heldout_fraction: float = 0.02
     # objective and masking
-    objective: str = "mlm"
-    masking: str = "token"
-    mask_rate: float = 0.15
+    objective: str = "mlm"  # one name, an AntLM schedule "clm:4,mlm:16,clm:4" or a mix "mntp=15,clm=1"
+    schedule_unit: str = "epochs"  # what an AntLM schedule's phase lengths count: epochs, steps or tokens
+    masking: str = "token"  # token, whole-word or span
+    mask_rate: float | str = 0.15  # or a linear schedule such as "0.30->0.15"
     mask_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    diffusion_eps: float = 1e-3
+    eval_diffusion_samples: int = 4
     # optimisation
     batch_size: int = 32
     grad_accum: int = 1
     max_steps: int | None = None
     epochs: float | None = None
+    optimizer: str = "adamw"  # adamw or lamb
+    no_decay: str = "bert"  # which parameters skip weight decay: bert, ltg-bert or gpt-bert naming rules
     lr: float = 5e-4
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup_steps: int | float = 0.06
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine, linear, constant, or the ltg-bert / gpt-bert recipes
     min_lr_ratio: float = 0.0
+    lr_cooldown: int | float = 0
     clip_norm: float | None = 1.0
     seed: int = 0
     time_limit: float | None = None  # minutes; the run (and its LR schedule) is shortened to fit
@@ -263,19 +269,32 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
-        if self.masking not in ("token", "whole-word"):
-            raise ConfigError(f"masking must be token or whole-word, got {self.masking!r}")
+        from masklm.data.masking import STRATEGIES
+        from masklm.objectives.schedule import ObjectiveSchedule
+        from masklm.training.optim import NO_DECAY_STYLES, OPTIMIZERS
+        from masklm.training.schedules import LR_KINDS, parse_mask_rate
+
+        if self.schedule not in LR_KINDS:
+            raise ConfigError(f"schedule must be one of {', '.join(LR_KINDS)}, got {self.schedule!r}")
+        if self.masking not in STRATEGIES:
+            raise ConfigError(f"masking must be one of {', '.join(STRATEGIES)}, got {self.masking!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.no_decay not in NO_DECAY_STYLES:
+            raise ConfigError(f"no_decay must be one of {', '.join(NO_DECAY_STYLES)}, got {self.no_decay!r}")
         if self.tokenizer_kind not in ("wordpiece", "bpe"):
             raise ConfigError(f"tokenizer_kind must be wordpiece or bpe, got {self.tokenizer_kind!r}")
-        if not 0.0 < self.mask_rate < 1.0:
-            raise ConfigError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        parse_mask_rate(self.mask_rate)
+        ObjectiveSchedule.parse(self.objective, self.schedule_unit)  # errors before any training starts
+        if not 0.0 < self.diffusion_eps < 1.0:
+            raise ConfigError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
+        if self.lr_cooldown < 0:
+            raise ConfigError(f"lr_cooldown must be >= 0, got {self.lr_cooldown}")
         if len(self.mask_split) != 3 or abs(sum(self.mask_split) - 1.0) > 1e-6 or min(self.mask_split) < 0:
             raise ConfigError(
                 f"mask_split must be three non-negative shares (mask, random, keep) summing to 1, got {self.mask_split}"
             )
-        for name in ("batch_size", "grad_accum", "seq_len", "log_every", "keep_last"):
+        for name in ("batch_size", "grad_accum", "seq_len", "log_every", "keep_last", "eval_diffusion_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:

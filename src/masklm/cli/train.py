@@ -6,10 +6,19 @@ import argparse
 
 from masklm.config import TrainConfig
 
+
+def _rate(text: str) -> float | str:
+    """A mask rate (0.15) or a linear schedule ("0.30->0.15")."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 # flag -> (TrainConfig field, type). Only flags the user gives override the config file.
 FLAGS: dict[str, tuple[str, type, str]] = {
-    "--arch": ("arch", str, "architecture (bert)"),
-    "--size": ("size", str, "size preset: tiny, small, base"),
+    "--arch": ("arch", str, "architecture: bert, ltg-bert or gpt-bert"),
+    "--size": ("size", str, "size preset: tiny, small, base (ltg-bert also xs)"),
     "--out": ("out", str, "run folder"),
     "--init-from": ("init_from", str, "start from this model folder's weights and tokenizer"),
     "--tokenizer": ("tokenizer", str, "use this tokenizer folder instead of training one"),
@@ -22,10 +31,14 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--seq-len": ("seq_len", int, "tokens per packed row"),
     "--lr": ("lr", float, "peak learning rate"),
     "--warmup": ("warmup_steps", float, "warmup steps, or a fraction of the run when < 1"),
-    "--schedule": ("schedule", str, "cosine, linear or constant after warmup"),
-    "--objective": ("objective", str, "training objective (mlm)"),
-    "--masking": ("masking", str, "token or whole-word"),
-    "--mask-rate": ("mask_rate", float, "share of tokens to predict"),
+    "--schedule": ("schedule", str, "LR after warmup: cosine, linear, constant, or the ltg-bert/gpt-bert recipe"),
+    "--optimizer": ("optimizer", str, "adamw or lamb"),
+    "--no-decay": ("no_decay", str, "which parameters skip weight decay: bert, ltg-bert or gpt-bert rules"),
+    "--objective": ("objective", str, "mlm, clm, mntp, diffusion; an AntLM schedule clm:4,mlm:16,clm:4; "
+                                      "or a mix mntp=15,clm=1"),
+    "--schedule-unit": ("schedule_unit", str, "unit of AntLM phase lengths: epochs, steps or tokens"),
+    "--masking": ("masking", str, "token, whole-word or span"),
+    "--mask-rate": ("mask_rate", _rate, "share of tokens to predict, or a schedule like 0.30->0.15"),
     "--seed": ("seed", int, "random seed"),
     "--save-every": ("save_every", int, "write a checkpoint every N steps (0: never)"),
     "--keep-last": ("keep_last", int, "checkpoints to keep"),

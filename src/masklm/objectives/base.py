@@ -125,16 +125,16 @@ def has_predecessor(attention_mask: torch.Tensor, document_ids: torch.Tensor) ->
 
 
 class MaskedLM:
-    """BERT's objective: mask a share of tokens (token-level or whole-word), predict the originals."""
+    """BERT's objective: mask a share of tokens (token-level, whole-word or span), predict the originals."""
 
     name = "mlm"
 
     def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
-                 whole_word: bool = False, seed: int = 0) -> None:
+                 strategy: str = "token", seed: int = 0) -> None:
         self.tokenizer = tokenizer
-        self.rate = rate
+        self.rate = rate  # the trainer moves it along a mask-rate schedule
         self.split = tuple(split)
-        self.whole_word = whole_word
+        self.strategy = strategy  # token, whole-word or span
         self.seed = seed
 
     def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
@@ -142,7 +142,7 @@ class MaskedLM:
             batch["input_ids"], rows=rows, seed=self.seed, epoch=epoch, rate=self.rate, split=self.split,
             mask_id=self.tokenizer.mask_id, vocab_size=self.tokenizer.vocab_size,
             special_ids=self.tokenizer.special_ids, attention_mask=batch["attention_mask"],
-            whole_word=self.whole_word, word_starts=batch.get("word_starts"),
+            strategy=self.strategy, word_starts=batch.get("word_starts"),
         )
         return ObjectiveBatch(inputs, labels, batch["attention_mask"], batch["document_ids"], causal=False,
                               objective=self.name)
@@ -176,4 +176,4 @@ def build_objective(name: str, tokenizer: Tokenizer, *, rate: float = 0.15,
         if not (math.isfinite(diffusion_eps) and 0.0 < diffusion_eps < 1.0):
             raise ConfigError(f"diffusion eps must be in (0, 1) (got {diffusion_eps})")
         return registry[name](tokenizer, eps=diffusion_eps, seed=seed)
-    return registry[name](tokenizer, rate=rate, split=split, whole_word=masking == "whole-word", seed=seed)
+    return registry[name](tokenizer, rate=rate, split=split, strategy=masking, seed=seed)

@@ -32,11 +32,11 @@ class MaskedNextToken:
     name = "mntp"
 
     def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
-                 whole_word: bool = False, seed: int = 0) -> None:
+                 strategy: str = "token", seed: int = 0) -> None:
         self.tokenizer = tokenizer
-        self.rate = rate
+        self.rate = rate  # the trainer moves it along a mask-rate schedule
         self.split = tuple(split)
-        self.whole_word = whole_word
+        self.strategy = strategy  # token, whole-word or span
         self.seed = seed
 
     def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
@@ -46,7 +46,7 @@ class MaskedNextToken:
             ids, rows=rows, seed=self.seed, epoch=epoch, rate=self.rate, split=self.split,
             mask_id=self.tokenizer.mask_id, vocab_size=self.tokenizer.vocab_size,
             special_ids=self.tokenizer.special_ids, attention_mask=selectable.long(),
-            whole_word=self.whole_word, word_starts=batch.get("word_starts"),
+            strategy=self.strategy, word_starts=batch.get("word_starts"),
         )
         labels = next_token_labels(masked_labels, attention, docs)  # [B, T]: orig[i+1] where i+1 selected
         return ObjectiveBatch(inputs, labels, attention, docs, causal=False, objective=self.name)

@@ -34,11 +34,15 @@ from masklm.data.shards import ShardedCorpus, prepare_shards
 from masklm.errors import ConfigError, MaskLMError
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
-from masklm.objectives import build_objective
+from masklm.objectives.base import batch_denominator, objective_loss, step_loss_scales
+from masklm.objectives.clm import evaluate_causal
+from masklm.objectives.diffusion import evaluate_diffusion
+from masklm.objectives.schedule import build_schedule
 from masklm.tokenizer import Tokenizer, train_tokenizer
 from masklm.training import checkpoint as ckpt
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
-from masklm.training.optim import LRSchedule, build_optimizer, set_lr, warmup_steps_for
+from masklm.training.optim import build_optimizer, set_lr
+from masklm.training.schedules import MaskRateSchedule, build_lr_schedule
 
 EVAL_MASK_RATE = 0.15
 EVAL_SEED_OFFSET = 1_000_003  # held-out masks never coincide with training masks
@@ -133,17 +137,16 @@ class Trainer:
         tok = self._tokenizer()
         train_rows, heldout_rows = self._data(tok)
         model = self.model = self._model(tok)
-        objective = build_objective(cfg.objective, tok, rate=cfg.mask_rate, split=cfg.mask_split,
-                                    masking=cfg.masking, seed=cfg.seed)
-        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
+        objs = build_schedule(cfg.objective, tok, unit=cfg.schedule_unit, rate=0.15, split=cfg.mask_split,
+                              masking=cfg.masking, seed=cfg.seed, diffusion_eps=cfg.diffusion_eps)
+        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps,
+                                    kind=cfg.optimizer, no_decay=cfg.no_decay)
 
         rows_per_step = cfg.batch_size * cfg.grad_accum * info.world_size
         steps_per_epoch = math.ceil(len(train_rows) / rows_per_step)
-        if cfg.max_steps is not None:
-            total = cfg.max_steps
-        else:
-            total = max(1, math.ceil((cfg.epochs or 1.0) * steps_per_epoch))
-        schedule = LRSchedule(cfg.schedule, total, warmup_steps_for(cfg.warmup_steps, total), cfg.min_lr_ratio)
+        total = self._run_length(objs, steps_per_epoch, rows_per_step)
+        schedule = build_lr_schedule(cfg.schedule, total, cfg.warmup_steps, cfg.min_lr_ratio, cfg.lr_cooldown)
+        rate_schedule = MaskRateSchedule.parse(cfg.mask_rate, total)
 
         start_step, tokens_seen = 0, 0
         if cfg.resume:
@@ -153,8 +156,9 @@ class Trainer:
             else:
                 state = ckpt.load_checkpoint(found, model, optimizer)
                 start_step, tokens_seen = state["step"], state["tokens_seen"]
-                schedule.total_steps = state["schedule_total_steps"]
-                total = schedule.total_steps
+                total = state["schedule_total_steps"]
+                schedule.resize(total)
+                rate_schedule = MaskRateSchedule.parse(cfg.mask_rate, total)
                 self.log(f"resumed from {found} at step {start_step}")
         if info.is_main:
             cfg.save_json(self.run_dir / "training_args.json")
@@ -164,6 +168,7 @@ class Trainer:
                 f"{len(heldout_rows):,} held-out rows; {total:,} steps of {rows_per_step} rows "
                 f"({steps_per_epoch:,} steps per epoch)"
             )
+            self.log(f"objective: {objs.schedule.describe()}")
 
         ddp = None
         if info.enabled:
@@ -188,58 +193,74 @@ class Trainer:
         progress = _progress(total, start_step, enabled=cfg.progress and info.is_main)
         model.train()
         t_start = t_last = time.perf_counter()
-        window_tokens, window_loss, window_steps = 0, 0.0, 0
+        window: dict[str, list[float]] = {}  # objective -> losses of the steps since the last log
+        window_tokens = 0
+        phase = objs.phase_at(start_step, start_step / steps_per_epoch, tokens_seen)
         step = start_step
         for step in range(start_step, total):
             epoch, global_rows = rows_for(step)
+            epoch_float = step / steps_per_epoch
+            new_phase = objs.phase_at(step, epoch_float, tokens_seen)
+            if new_phase != phase:
+                phase = new_phase
+                name = objs.objective_at(step, step * cfg.grad_accum, epoch_float, tokens_seen).name
+                self.log(f"step {step}: phase {phase + 1} of the schedule begins ({name})")
+                self._write_metrics(metrics_path, {"step": step, "objective": name, "phase": phase + 1})
             lr = set_lr(optimizer, cfg.lr, schedule, step)
+            rate = rate_schedule(step)
             micro = []
             for a in range(cfg.grad_accum):
                 lo = (a * info.world_size + info.rank) * cfg.batch_size
                 rows = global_rows[lo:lo + cfg.batch_size]
                 batch = {k: v.to(info.device) for k, v in train_rows.batch(rows).items()}
+                objective = objs.objective_at(step, step * cfg.grad_accum + a, epoch_float, tokens_seen)
+                if hasattr(objective, "rate"):
+                    objective.rate = rate
                 micro.append(objective(batch, rows.tolist(), epoch))
-            counts = torch.tensor([float(sum(int((m.labels != -100).sum()) for m in micro)),
-                                   float(sum(int(m.attention_mask.sum()) for m in micro))], device=info.device)
-            counts = all_reduce_sum(counts, info)
-            n_targets = max(1.0, counts[0].item())
+            # Denominators and token counts summed over ranks, so every rank scales its loss the same way.
+            counts = torch.tensor([batch_denominator(m) for m in micro]
+                                  + [float(sum(int(m.attention_mask.sum()) for m in micro))], device=info.device)
+            counts = all_reduce_sum(counts, info).tolist()
+            scales = step_loss_scales([m.objective for m in micro], counts[:-1])
             loss_sum = torch.zeros((), device=info.device)
-            for a, mb in enumerate(micro):
+            for a, (mb, scale) in enumerate(zip(micro, scales)):
                 sync = a == len(micro) - 1
                 with (ddp.no_sync() if ddp is not None and not sync else nullcontext()):
                     out = step_model(mb.input_ids, attention_mask=mb.attention_mask, labels=mb.labels,
                                      causal=mb.causal, document_ids=mb.document_ids)
-                    target = mb.labels[mb.labels != -100]
-                    part = F.cross_entropy(out.logits.float(), target, reduction="sum")
-                    # DDP averages gradients over ranks; scale so the result is the global token mean.
-                    (part * info.world_size / n_targets).backward()
-                loss_sum += part.detach()
+                    part, _ = objective_loss(out.logits, mb)
+                    # DDP averages gradients over ranks; scale so the result is the global mean.
+                    (part * (info.world_size * scale)).backward()
+                loss_sum += part.detach() * scale
             if cfg.clip_norm:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss = all_reduce_sum(loss_sum, info).item() / n_targets
-            tokens_seen += int(counts[1].item())
-            window_tokens += int(counts[1].item())
-            window_loss += loss
-            window_steps += 1
+            loss = all_reduce_sum(loss_sum, info).item()
+            step_tokens = int(counts[-1])
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
+            window.setdefault("+".join(sorted({m.objective for m in micro})), []).append(loss)
             done = step + 1
             progress.update(1)
 
             if cfg.time_limit and step == start_step + 4 and done < total:
                 total = self._fit_time_limit(total, done, time.perf_counter() - t_start, schedule)
+                rate_schedule = MaskRateSchedule.parse(cfg.mask_rate, total)
                 progress.total = total
 
             if done % cfg.log_every == 0 or done == total:
                 now = time.perf_counter()
-                record = {"step": done, "objective": objective.name, "loss": window_loss / window_steps,
-                          "lr": lr, "tokens_per_s": window_tokens / max(now - t_last, 1e-9),
-                          "epoch": epoch, "tokens": tokens_seen}
-                progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                self._write_metrics(metrics_path, record)
-                t_last, window_tokens, window_loss, window_steps = now, 0, 0.0, 0
+                tokens_per_s = window_tokens / max(now - t_last, 1e-9)
+                for name, losses in window.items():  # one line per objective, so each names its source
+                    self._write_metrics(metrics_path, {
+                        "step": done, "objective": name, "loss": sum(losses) / len(losses), "lr": lr,
+                        "tokens_per_s": tokens_per_s, "epoch": epoch, "tokens": tokens_seen,
+                        "mask_rate": rate, "steps": len(losses)})
+                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+                t_last, window_tokens, window = now, 0, {}
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total:
-                self._eval(model, heldout_rows, tok, done, metrics_path)
+                self._eval(model, heldout_rows, tok, done, metrics_path, objs.names)
             if cfg.save_every and done % cfg.save_every == 0 and info.is_main:
                 ckpt.save_checkpoint(self.run_dir, done, model, optimizer, {
                     "step": done, "tokens_seen": tokens_seen, "schedule_total_steps": schedule.total_steps,
@@ -249,9 +270,9 @@ class Trainer:
                 break
         progress.close()
 
-        final_eval = self._eval(model, heldout_rows, tok, total, metrics_path)
+        final_eval = self._eval(model, heldout_rows, tok, total, metrics_path, objs.names)
         if info.is_main:
-            args = cfg.to_dict() | {"objectives": [objective.name], "steps": total, "tokens_seen": tokens_seen}
+            args = cfg.to_dict() | {"objectives": list(objs.names), "steps": total, "tokens_seen": tokens_seen}
             save_model_dir(self.run_dir / "final", model, tok, training_args=args)
             from masklm.training.plots import plot_metrics
 
@@ -263,7 +284,23 @@ class Trainer:
         barrier(info)
         return self.run_dir
 
-    def _fit_time_limit(self, total: int, done: int, elapsed: float, schedule: LRSchedule) -> int:
+    def _run_length(self, objs, steps_per_epoch: int, rows_per_step: int) -> int:
+        """Steps to run: --max-steps, else --epochs, else the objective schedule's total, else one epoch."""
+        cfg = self.cfg
+        scheduled = objs.schedule.total_steps(steps_per_epoch, tokens_per_step=rows_per_step * cfg.seq_len)
+        if cfg.max_steps is not None:
+            total = cfg.max_steps
+        elif cfg.epochs is not None:
+            total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        else:
+            total = scheduled or steps_per_epoch
+        if scheduled is not None and scheduled != total:
+            self.log(f"note: the objective schedule covers {objs.schedule.total_length:g} {cfg.schedule_unit} "
+                     f"({scheduled} steps) but the run has {total} steps; "
+                     + ("its last phase continues to the end" if total > scheduled else "it is cut short"))
+        return total
+
+    def _fit_time_limit(self, total: int, done: int, elapsed: float, schedule) -> int:
         """Shorten the run so it ends within ``time_limit`` minutes; the LR schedule follows."""
         per_step = elapsed / done
         remaining = self.cfg.time_limit * 60.0 - elapsed
@@ -272,8 +309,7 @@ class Trainer:
             torch.distributed.broadcast(fit, src=0)
         new_total = min(total, int(fit.item()))
         if new_total < total:
-            schedule.total_steps = new_total
-            schedule.warmup_steps = min(schedule.warmup_steps, warmup_steps_for(self.cfg.warmup_steps, new_total))
+            schedule.resize(new_total)
             self.log(f"time limit {self.cfg.time_limit:g} min: training for {new_total} steps")
         return new_total
 
@@ -283,13 +319,24 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def _eval(self, model: nn.Module, rows: PackedRows, tok: Tokenizer, step: int,
-              metrics_path: Path) -> dict[str, float] | None:
+              metrics_path: Path, objectives: tuple[str, ...]) -> dict[str, float] | None:
+        """Held-out MLM loss and accuracy always; causal perplexity and the diffusion bound when trained for."""
         if not self.info.is_main or len(rows) == 0:
             barrier(self.info)
             return None
-        result = evaluate_mlm(model, rows, tok, batch_size=self.cfg.batch_size,
-                              max_batches=self.cfg.eval_batches, seed=self.cfg.seed)
-        self._write_metrics(metrics_path, {"step": step, "objective": "eval-mlm", **result})
+        cfg = self.cfg
+        result = evaluate_mlm(model, rows, tok, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
+                              seed=cfg.seed)
+        if {"clm", "mntp"} & set(objectives):
+            causal = evaluate_causal(model, rows, tok, batch_size=cfg.batch_size, max_batches=cfg.eval_batches)
+            result |= {"causal_loss": causal["causal_loss"], "causal_ppl": causal["causal_ppl"]}
+        if "diffusion" in objectives:
+            bound = evaluate_diffusion(model, rows, tok, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
+                                       samples=cfg.eval_diffusion_samples, seed=cfg.seed + EVAL_SEED_OFFSET,
+                                       eps=cfg.diffusion_eps)
+            result |= {k: bound[k] for k in ("diffusion_nelbo", "diffusion_ppl_bound", "diffusion_nelbo_stderr",
+                                             "samples")}
+        self._write_metrics(metrics_path, {"step": step, "objective": "eval", **result})
         barrier(self.info)
         return result
 
