@@ -74,7 +74,16 @@ def write_model_dir(
     tokenizer: Tokenizer,
     training_args: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write a model folder from its parts (shared by save_model_dir and export-hf)."""
+    """Atomically write a model folder from its parts (shared by save_model_dir and export-hf).
+
+    LTG-BERT / GPT-BERT folders also get the Hugging Face remote-code files and ``auto_map``
+    (``masklm.hf.ltg_export``), so transformers loads them with ``trust_remote_code=True``.
+    """
+    from masklm.hf.ltg_export import add_hf_fields, copy_remote_files, is_ltg_config
+
+    ltg = is_ltg_config(config_json)
+    if ltg:
+        config_json = add_hf_fields(config_json)
     out = Path(out_dir).expanduser().absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -85,6 +94,8 @@ def write_model_dir(
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         _fsync(tmp / WEIGHTS_FILE)
         tokenizer.save(tmp)
+        if ltg:
+            copy_remote_files(tmp)
         if training_args is not None:
             _write_json(tmp / TRAINING_ARGS_FILE, training_args)
         replace_dir(tmp, out)

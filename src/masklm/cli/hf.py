@@ -1,4 +1,4 @@
-"""``masklm import-hf`` and ``masklm export-hf``: move BERT models between masklm and Hugging Face."""
+"""``masklm import-hf`` / ``export-hf`` (BERT) and ``import-ltg`` (reference LTG-BERT / GPT-BERT checkpoints)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--model", required=True, metavar="DIR", help="masklm model folder")
     exp.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     exp.set_defaults(func=run_export)
+
+    ltg = sub.add_parser(
+        "import-ltg", help="convert a reference LTG-BERT / GPT-BERT checkpoint into a masklm model folder",
+        description="Convert a reference LTG-BERT or GPT-BERT checkpoint (ltgoslo training code or its Hugging "
+                    "Face wrappers) into a masklm model folder. GPT-BERT (gated attention, DWA) is recognised "
+                    "from the weight names.",
+    )
+    ltg.add_argument("--weights", required=True, metavar="FILE", help="checkpoint: .bin/.pt or .safetensors")
+    ltg.add_argument("--config", required=True, metavar="FILE", help="the checkpoint's config JSON")
+    ltg.add_argument("--tokenizer", required=True, metavar="FILE", help="the checkpoint's tokenizer.json")
+    ltg.add_argument("--out", required=True, metavar="DIR", help="masklm model folder to write")
+    ltg.add_argument("--position-split", choices=("contiguous", "interleaved"), default="contiguous",
+                     help="how the positional q/k halves are cut: contiguous (BabyLM, GPT-BERT; default) or "
+                          "interleaved (BNC-era checkpoints)")
+    ltg.set_defaults(func=run_import_ltg)
 
 
 class _StderrWarnings:
@@ -54,5 +69,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     with _StderrWarnings():
         out = export_bert(args.model, args.out)
+    print(out)
+    return 0
+
+
+def run_import_ltg(args: argparse.Namespace) -> int:
+    from masklm.hf.ltg_export import import_ltg
+
+    with _StderrWarnings():
+        out = import_ltg(args.weights, args.config, args.tokenizer, args.out, position_split=args.position_split)
     print(out)
     return 0

@@ -1,0 +1,170 @@
+"""Hugging Face export and reference import for LTG-BERT / GPT-BERT model folders.
+
+Export: every ``ltg-bert`` / ``gpt-bert`` folder that masklm writes also carries the two standalone files
+in ``masklm/hf/remote/`` and an ``auto_map`` in ``config.json``, so
+``transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``)
+load it without masklm installed. Parameter names are masklm's; the MLM decoder is the word embedding,
+stored once.
+
+Import (``masklm import-ltg``): a reference checkpoint (``.bin`` or ``.safetensors``), its config JSON and
+its ``tokenizer.json`` -> a masklm model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from masklm.config import ModelConfig
+from masklm.errors import ConfigError, ModelDirError
+
+LTG_ARCHS = ("ltg-bert", "gpt-bert")
+REMOTE_DIR = Path(__file__).with_name("remote")
+REMOTE_FILES = ("configuration_masklm_ltg.py", "modeling_masklm_ltg.py")
+MODEL_TYPE = "masklm-ltg"
+AUTO_MAP = {
+    "AutoConfig": "configuration_masklm_ltg.MaskLMLtgConfig",
+    "AutoModel": "modeling_masklm_ltg.MaskLMLtgModel",
+    "AutoModelForMaskedLM": "modeling_masklm_ltg.MaskLMLtgForMaskedLM",
+}
+ARCHITECTURES = ["MaskLMLtgForMaskedLM"]
+
+
+def is_ltg_config(config_json: dict[str, Any]) -> bool:
+    return config_json.get("arch") in LTG_ARCHS
+
+
+def add_hf_fields(config_json: dict[str, Any]) -> dict[str, Any]:
+    """``config_json`` plus model_type, architectures and auto_map (masklm's reader ignores all three)."""
+    return {**config_json, "model_type": MODEL_TYPE, "architectures": list(ARCHITECTURES),
+            "auto_map": dict(AUTO_MAP)}
+
+
+def copy_remote_files(folder: str | Path) -> None:
+    """Copy the standalone configuration/modeling files into ``folder``."""
+    for name in REMOTE_FILES:
+        shutil.copyfile(REMOTE_DIR / name, Path(folder) / name)
+
+
+# --- import-ltg ----------------------------------------------------------------------------------
+
+# (masklm special key, accepted spellings in order): LTG-BERT uses [..], GPT-BERT <..>
+_SPECIAL_SPELLINGS = [
+    ("pad_token", ("[PAD]", "<pad>")),
+    ("unk_token", ("[UNK]", "<unk>")),
+    ("cls_token", ("[CLS]", "<s>", "[BOS]")),
+    ("sep_token", ("[SEP]", "</s>", "[EOS]")),
+    ("mask_token", ("[MASK]", "<mask>")),
+]
+# reference config keys copied as they are into ModelConfig
+_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                "layer_norm_eps", "position_bucket_size")
+
+
+def load_reference_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A reference state dict from ``.bin`` / ``.pt`` (torch.load, weights only) or ``.safetensors``."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelDirError(f"weights file {file} does not exist; pass the checkpoint's .bin or .safetensors file")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file), device="cpu")
+        else:
+            state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch / safetensors raise many types on bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelDirError(f"cannot read weights file {file} ({first}); pass a PyTorch .bin or a .safetensors "
+                            "checkpoint") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # training checkpoints wrap it
+        state = state["model"]
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelDirError(f"{file} does not hold a state dict of tensors; pass the model's weights file")
+    return dict(state)
+
+
+def reference_model_config(path: str | Path, state: dict[str, torch.Tensor],
+                           position_split: str = "contiguous") -> ModelConfig:
+    """ModelConfig from a reference config JSON; GPT-BERT (gate / DWA) is read off the weight names."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist; pass the checkpoint's config JSON")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file} is not valid JSON ({exc}); pass the checkpoint's config JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} must hold a JSON object; pass the checkpoint's config JSON")
+    gate = any(".in_proj_vg." in k or k.startswith("in_proj_vg.") for k in state)
+    dwa = any("dwa_modules." in k for k in state)
+    fields: dict[str, Any] = {k: data[k] for k in _CONFIG_KEYS if data.get(k) is not None}
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size") if k not in fields]
+    if missing:
+        raise ConfigError(f"{file} lacks {missing[0]!r}; pass the config JSON that belongs to the checkpoint")
+    fields.setdefault("layer_norm_eps", 1e-7)
+    fields.setdefault("position_bucket_size", 32)
+    pad = data.get("pad_token_id")
+    if isinstance(pad, int) and not isinstance(pad, bool):
+        fields["pad_token_id"] = pad
+    arch = "gpt-bert" if (gate or dwa) else "ltg-bert"
+    return ModelConfig.from_dict({"arch": arch, **fields, "position_split": position_split,
+                                  "attention_gate": gate, "dwa": dwa}, where=str(file))
+
+
+def reference_tokenizer(path: str | Path):
+    """masklm Tokenizer around a reference ``tokenizer.json`` ([PAD]/[UNK]/... or <pad>/<unk>/... names)."""
+    from tokenizers import Tokenizer as Backend
+
+    from masklm.tokenizer import Tokenizer
+
+    file = Path(path)
+    if not file.is_file():
+        raise ModelDirError(f"tokenizer file {file} does not exist; pass the checkpoint's tokenizer.json")
+    try:
+        backend = Backend.from_file(str(file))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise ModelDirError(f"cannot read tokenizer {file} ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                            "pass a tokenizers tokenizer.json") from None
+    specials = []
+    for key, spellings in _SPECIAL_SPELLINGS:
+        found = next((s for s in spellings if backend.token_to_id(s) is not None), None)
+        if found is None:
+            raise ModelDirError(f"tokenizer {file} has no {key} (looked for {' or '.join(spellings)}); "
+                                "pass the tokenizer that belongs to the checkpoint")
+        specials.append(found)
+    return Tokenizer(backend, specials)
+
+
+def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, out: str | Path,
+               position_split: str = "contiguous") -> Path:
+    """Convert a reference LTG-BERT / GPT-BERT checkpoint into a masklm model folder; returns its path."""
+    from masklm.hf.ltg_reference import convert_reference_state_dict
+    from masklm.modeldir import write_model_dir
+    from masklm.models.ltg_bert import LtgBertForMaskedLM
+
+    state = load_reference_weights(weights)
+    model_config = reference_model_config(config, state, position_split)
+    tok = reference_tokenizer(tokenizer)
+    if tok.vocab_size > model_config.vocab_size:
+        raise ModelDirError(f"tokenizer {tokenizer} has {tok.vocab_size} tokens but the config's vocab_size is "
+                            f"{model_config.vocab_size}; pass the tokenizer that belongs to the checkpoint")
+    converted = convert_reference_state_dict(state, model_config)
+    model = LtgBertForMaskedLM(model_config)
+    try:
+        model.load_state_dict(converted, strict=True)
+    except RuntimeError as exc:  # convert_reference_state_dict checked names and shapes; be safe anyway
+        raise ModelDirError(f"weights do not fit the config: {str(exc).splitlines()[0]}") from None
+    state_out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    return write_model_dir(out, model_config.to_json_dict(), state_out, tok)
+
+
+__all__ = ["AUTO_MAP", "add_hf_fields", "copy_remote_files", "import_ltg", "is_ltg_config"]
