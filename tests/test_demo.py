@@ -1,0 +1,24 @@
+"""`masklm demo` end to end, time-bounded: it must beat the unigram baseline clearly."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from masklm.cli import main
+
+
+@pytest.mark.slow
+def test_demo_beats_unigram_baseline(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # A step budget, not a time budget, so the outcome does not depend on how busy the machine is.
+    assert main(["demo", "--out", str(out), "--minutes", "10", "--max-steps", "300", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    acc = float(re.search(r"held-out masked-token accuracy .*: ([\d.]+)%", printed).group(1))
+    base = float(re.search(r"unigram baseline .*: ([\d.]+)%", printed).group(1))
+    assert acc > base + 5.0, printed  # clearly, not by a hair
+    assert "fill-mask" in printed and "masklm fill-mask --model" in printed
+    assert (out / "final" / "model.safetensors").is_file() and (out / "loss.png").is_file()
+    # a second demo into the same non-empty folder is refused instead of mixing runs
+    assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 2
