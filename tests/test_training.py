@@ -304,3 +304,41 @@ def test_bad_objectives_fail_before_training(tmp_path, capsys, corpus):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("objective" in err.lower() or "phase" in err), err
         assert not out.exists()
+
+
+def test_init_from_continues_a_model_on_a_new_corpus(tmp_path, corpus, tokenizer_dir):
+    """--init-from: the first step's loss is the loaded model's loss on that batch; the tokenizer is kept."""
+    import numpy as np
+
+    from masklm.data.masking import mask_tokens
+    from masklm.data.packing import PackedRows, split_documents
+    from masklm.data.shards import ShardedCorpus
+    from masklm.inference.pipeline import load
+    from masklm.training.trainer import train
+
+    # No dropout, so the training-mode loss of step 1 is a deterministic function of the loaded weights.
+    model = dict(TINY_MODEL, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base = train(tiny_config(tmp_path / "base", corpus, tokenizer_dir, model=model, max_steps=4))
+    domain = write_corpus(tmp_path / "domain.txt", docs=30, seed=7)
+    cfg = tiny_config(tmp_path / "adapted", domain, tokenizer_dir, max_steps=1, seed=3, objective="mlm",
+                      tokenizer=None, model={}, init_from=str(base / "final"))
+    adapted = train(cfg)
+    first_loss = [r for r in _records(adapted) if "loss" in r][0]["loss"]
+
+    pipe = load(base / "final")
+    shards = ShardedCorpus(adapted / "data")
+    train_docs, _ = split_documents(shards.num_documents, cfg.heldout_fraction, cfg.seed)
+    rows = PackedRows(shards, train_docs, cfg.seq_len, pipe.tokenizer.pad_id)
+    first_rows = np.random.default_rng([cfg.seed, 0]).permutation(len(rows))[:cfg.batch_size]
+    batch = rows.batch(first_rows)
+    inputs, labels = mask_tokens(batch["input_ids"], rows=first_rows.tolist(), seed=cfg.seed, epoch=0,
+                                 rate=0.15, mask_id=pipe.tokenizer.mask_id, vocab_size=pipe.tokenizer.vocab_size,
+                                 special_ids=pipe.tokenizer.special_ids, attention_mask=batch["attention_mask"],
+                                 word_starts=batch["word_starts"])
+    pipe.model.train()
+    with torch.no_grad():
+        expected = pipe.model(inputs, attention_mask=batch["attention_mask"], labels=labels,
+                              document_ids=batch["document_ids"]).loss.item()
+    assert first_loss == pytest.approx(expected, rel=1e-5)
+    assert (adapted / "final" / "tokenizer.json").read_text() == (base / "final" / "tokenizer.json").read_text()
+    assert not (adapted / "tokenizer").exists()  # no new tokenizer was trained
