@@ -342,3 +342,20 @@ def test_init_from_continues_a_model_on_a_new_corpus(tmp_path, corpus, tokenizer
     assert first_loss == pytest.approx(expected, rel=1e-5)
     assert (adapted / "final" / "tokenizer.json").read_text() == (base / "final" / "tokenizer.json").read_text()
     assert not (adapted / "tokenizer").exists()  # no new tokenizer was trained
+
+
+@pytest.mark.parametrize("arch", ["bert", "ltg-bert"])
+def test_ltg_recipe_span_masking_lamb(tmp_path, corpus, tokenizer_dir, arch):
+    """The LTG-BERT recipe through the trainer: span masking, LAMB, warmup-then-cosine-to-0.1x, 0.30->0.15."""
+    from masklm.training.trainer import train
+
+    run = train(tiny_config(tmp_path / arch, corpus, tokenizer_dir, arch=arch, masking="span",
+                            optimizer="lamb", no_decay="ltg-bert", schedule="ltg-bert", lr=1e-2,
+                            mask_rate="0.30->0.15", max_steps=8))
+    recs = [r for r in _records(run) if "loss" in r]
+    rates = [r["mask_rate"] for r in recs]
+    assert rates[0] == pytest.approx(0.30) and rates[-1] == pytest.approx(0.30 - 0.15 * 7 / 8)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(math.isfinite(r["loss"]) for r in recs)
+    # warmup round(1.6% of 8) = 0 steps, then cosine from 1x to the 0.1x floor: step 7 of 8
+    assert recs[-1]["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8))))
