@@ -6,7 +6,7 @@
 - ``sparse_head_per_sentence`` (attribution only): the same one batch per sentence, but the MLM head
   runs only at the masked position of each copy.
 - masklm: ``pipe.score(sentences, metric="pll")``: the copies of all sentences sorted by length and
-  packed into batches of at most ``--batch-tokens`` tokens, the head only at the scored positions.
+  packed into batches of at most ``--batch-tokens`` tokens (default 4096 on CPU, 65536 on GPU), the head only at the scored positions.
 
 The model is a BERT with hidden 256, 4 layers, 4 heads, FFN 1024 and a vocabulary of 8192 (a WordPiece
 trained on the built-in KJV corpus); weights are untrained (speed does not depend on them). Sentences
@@ -65,6 +65,14 @@ def straightforward(model, tokenizer, sentences: list[str], sparse_head: bool = 
     return scores
 
 
+def _load_average() -> float | None:
+    """Other processes on the machine distort CPU timings; the JSON records how busy it was."""
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except OSError:
+        return None
+
+
 def timed(fn, arg, device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -78,8 +86,10 @@ def timed(fn, arg, device: torch.device):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="sentences (default 1000)")
-    ap.add_argument("--batch-tokens", type=int, default=8192, help="masklm's token budget per batch")
+    ap.add_argument("--batch-tokens", type=int,
+                    help="masklm's token budget per batch (default: the library's, 4096 CPU / 65536 GPU)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved chunks (default 4)")
     ap.add_argument("--skip-attribution", action="store_true", help="do not time the sparse-head-only variant")
     args = ap.parse_args()
@@ -91,6 +101,8 @@ def main() -> None:
     from masklm.tokenizer import train_tokenizer
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(iter_documents(["kjv"]), kind="wordpiece", vocab_size=8192)
     torch.manual_seed(0)
     config = ModelConfig(arch="bert", vocab_size=8192, hidden_size=256, num_hidden_layers=4,
@@ -103,6 +115,9 @@ def main() -> None:
     # warm-up (allocator, kernels) on both paths
     straightforward(model, tokenizer, sentences[:20])
     pipe.score(sentences[:50], batch_tokens=args.batch_tokens)
+    from masklm.scoring.pll import default_batch_tokens
+
+    budget = args.batch_tokens or default_batch_tokens(device)
 
     # The sentences go in --rounds chunks; in each, every approach scores the chunk, in an order that
     # rotates, so drift in machine load (other processes, clocks) hits all approaches alike.
@@ -127,8 +142,9 @@ def main() -> None:
         "benchmark": "pll_score_speed",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "load_average_1min": _load_average(),
         "model": "bert hidden 256, 4 layers, 4 heads, ffn 1024, vocab 8192 (untrained)",
-        "sentences": n, "scored_tokens": n_tokens, "batch_tokens": args.batch_tokens, "rounds": args.rounds,
+        "sentences": n, "scored_tokens": n_tokens, "batch_tokens": budget, "rounds": args.rounds,
         "straightforward_sentences_per_s": round(n / seconds["straightforward"], 2),
         "masklm_sentences_per_s": round(n / seconds["masklm"], 2),
         "speedup": round(seconds["straightforward"] / seconds["masklm"], 2),

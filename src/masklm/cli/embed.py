@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                  "default: JSONL on stdout")
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default mean")
     p.add_argument("--no-normalize", action="store_true", help="keep the raw vector lengths")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    p.add_argument("--batch-tokens", type=int,
+                   help="tokens per forward batch (default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 

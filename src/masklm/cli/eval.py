@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mp.add_argument("--metric", choices=METRICS, default="pll", help="sentence score (default pll)")
     mp.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                     help="sum (default) or mean of token log-probabilities")
-    mp.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    mp.add_argument("--batch-tokens", type=int,
+                   help="tokens per forward batch (default 4096 on CPU, 65536 on GPU)")
     mp.add_argument("--device", help="cpu, cuda or cuda:N")
     mp.add_argument("--json", action="store_true", help="print the result as JSON")
     mp.add_argument("--details", action="store_true", help="with --json: include every pair's two scores")

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                    help="sum or mean of the token log-probabilities (default sum)")
     p.add_argument("--per-token", action="store_true", help="also print each token's log-probability")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per forward batch (default 8192)")
+    p.add_argument("--batch-tokens", type=int,
+                   help="tokens per forward batch (default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON list of {sentence, score[, tokens]}")
     p.set_defaults(func=run)

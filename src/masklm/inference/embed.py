@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from masklm.errors import InputError
+from masklm.scoring.pll import default_batch_tokens
 
 POOLINGS = ("mean", "cls")
-DEFAULT_BATCH_TOKENS = 8192
 
 
 @torch.inference_mode()
@@ -35,10 +35,15 @@ def embed_texts(
     texts: str | Sequence[str],
     pooling: str = "mean",
     normalize: bool = True,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     max_length: int | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` -> float32 ``[N, D]`` (``[D]`` for a single string)."""
+    """Embed ``texts`` -> float32 ``[N, D]`` (``[D]`` for a single string).
+
+    ``batch_tokens`` None means the scorer's default for the model's device (4096 on CPU, 65536 on GPU).
+    """
+    device = next(model.parameters()).device
+    batch_tokens = default_batch_tokens(device) if batch_tokens is None else batch_tokens
     if pooling not in POOLINGS:
         raise InputError(f"unknown pooling {pooling!r}; use mean or cls")
     if batch_tokens < 1:
@@ -58,7 +63,6 @@ def embed_texts(
                 f"text {i} is {len(row)} tokens long, more than the model's maximum of {max_length}; "
                 "split or shorten it (nothing is truncated)"
             )
-    device = next(model.parameters()).device
     out = np.empty((len(rows), model.config.hidden_size), dtype=np.float32)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     lo = 0

@@ -157,7 +157,7 @@ class Pipeline:
     # ---- scoring and embeddings (the work is in masklm.scoring and masklm.inference.embed) ------
 
     def score(self, sentences: str | list[str], metric: str = "pll", reduction: str = "sum",
-              per_token: bool = False, batch_tokens: int = 8192) -> Any:
+              per_token: bool = False, batch_tokens: int | None = None) -> Any:
         """Sentence log-probabilities (nats): ``pll``, ``pll-word-l2r``, ``causal`` or ``mntp``.
 
         A float per sentence (a list for a list); with ``per_token=True`` a dict
@@ -169,7 +169,7 @@ class Pipeline:
                                per_token=per_token, batch_tokens=batch_tokens, max_length=self.max_length)
 
     def embed(self, texts: str | list[str], pooling: str = "mean", normalize: bool = True,
-              batch_tokens: int = 8192):
+              batch_tokens: int | None = None):
         """Sentence embeddings: float32 numpy ``[N, D]`` (``[D]`` for one string). See ``masklm.inference.embed``."""
         from masklm.inference.embed import embed_texts
 

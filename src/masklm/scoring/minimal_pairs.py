@@ -114,9 +114,8 @@ def evaluate(pipe, pairs: list[Pair], metric: str = "pll", reduction: str = "sum
         raise DataError("no minimal pairs to evaluate; pass BLiMP-format .jsonl files")
     # Each distinct sentence once, all in one call so the copies of all of them share batches.
     unique = list(dict.fromkeys(s for p in pairs for s in (p.good, p.bad)))
-    kwargs = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
     scores = dict(zip(unique, score_sentences(pipe.model, pipe.tokenizer, unique, metric, reduction,
-                                              max_length=pipe.max_length, **kwargs)))
+                                              batch_tokens=batch_tokens, max_length=pipe.max_length)))
     rows = []
     for p in pairs:
         good, bad = scores[p.good], scores[p.bad]
