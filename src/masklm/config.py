@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from masklm.errors import ConfigError
+from masklm.errors import ConfigError, MaskLMError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +65,17 @@ HF_META_KEYS = frozenset(
         "prefix", "task_specific_params", "decoder_start_token_id", "num_labels",
     }
 )
+
+
+def read_json_object(file: Path, error: type[MaskLMError], fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; ``error(...)`` naming the file and ``fix`` otherwise."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{file} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{file} must hold a JSON object; {fix}")
+    return data
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from masklm.config import ModelConfig
+from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
 
 if TYPE_CHECKING:
@@ -129,13 +129,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     file = folder / CONFIG_FILE
     if not file.is_file():
         raise ModelDirError(f"no {CONFIG_FILE} in {folder}; pass a model folder written by masklm or export-hf")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{file} is not valid JSON ({exc}); fix it or re-save the model") from None
-    if not isinstance(data, dict):
-        raise ModelDirError(f"{file} must hold a JSON object; fix it or re-save the model")
-    return data
+    return read_json_object(file, ModelDirError, "fix it or re-save the model")
 
 
 def config_from_json(data: dict[str, Any], where: str) -> ModelConfig:

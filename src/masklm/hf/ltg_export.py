@@ -12,14 +12,13 @@ its ``tokenizer.json`` -> a masklm model folder.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from masklm.config import ModelConfig
+from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
 
 LTG_ARCHS = ("ltg-bert", "gpt-bert")
@@ -97,12 +96,7 @@ def reference_model_config(path: str | Path, state: dict[str, torch.Tensor],
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {file} does not exist; pass the checkpoint's config JSON")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file} is not valid JSON ({exc}); pass the checkpoint's config JSON") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file} must hold a JSON object; pass the checkpoint's config JSON")
+    data = read_json_object(file, ConfigError, "pass the checkpoint's config JSON")
     gate = any(".in_proj_vg." in k or k.startswith("in_proj_vg.") for k in state)
     dwa = any("dwa_modules." in k for k in state)
     fields: dict[str, Any] = {k: data[k] for k in _CONFIG_KEYS if data.get(k) is not None}

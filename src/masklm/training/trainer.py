@@ -29,6 +29,7 @@ from torch import nn
 
 from masklm.config import TrainConfig
 from masklm.data.corpus import iter_documents
+from masklm.data.masking import mask_tokens
 from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, prepare_shards
 from masklm.errors import ConfigError, MaskLMError
@@ -348,8 +349,6 @@ def evaluate_mlm(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, batch_si
 
     With ``baseline_id``, also the accuracy of always guessing that token on the same positions.
     """
-    from masklm.data.masking import mask_tokens
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
