@@ -359,3 +359,46 @@ def test_ltg_recipe_span_masking_lamb(tmp_path, corpus, tokenizer_dir, arch):
     assert all(math.isfinite(r["loss"]) for r in recs)
     # warmup round(1.6% of 8) = 0 steps, then cosine from 1x to the 0.1x floor: step 7 of 8
     assert recs[-1]["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8))))
+
+
+def test_seq_len_schedule_row_order(tmp_path, corpus, tokenizer_dir):
+    """LTG-BERT's schedule: rows of seq_len for 90% of the steps, then 4x longer rows at a quarter batch."""
+    import numpy as np
+
+    from masklm.data.shards import ShardedCorpus, prepare_shards
+    from masklm.tokenizer import Tokenizer
+    from masklm.training.schedules import SeqLenSchedule
+    from masklm.training.trainer import RowOrder
+
+    tok = Tokenizer.load(tokenizer_dir)
+    prepare_shards([str(corpus)], tok, tmp_path / "data", log=lambda m: None)
+    shards = ShardedCorpus(tmp_path / "data")
+    docs = np.arange(shards.num_documents)
+    order = RowOrder(shards, docs, tok.pad_id, SeqLenSchedule.preset("ltg-bert", base_seq_len=16), 8, 1, seed=0)
+    order.total_steps = 20
+    seen = []
+    for step in range(20):
+        rows, batch_size, key, global_rows = order.at(step)
+        assert (rows.seq_len, batch_size) == ((16, 8) if step < 18 else (64, 2))
+        assert len(global_rows) == batch_size and key == (0 if step < 18 else 1_000_000) + (
+            step // order.steps_per_epoch[0] if step < 18 else 0)
+        if step < order.steps_per_epoch[0]:
+            seen.extend(global_rows.tolist())
+    # within an epoch every row is read (the last step wraps around to the start)
+    assert set(seen) == set(range(len(order.rows[0])))
+
+
+def test_resume_across_a_seq_len_phase_change(tmp_path, corpus, tokenizer_dir):
+    import shutil
+
+    from masklm.training.trainer import train
+
+    kw = dict(arch="ltg-bert", seq_len=16, seq_len_schedule="ltg-bert", batch_size=8, max_steps=10, save_every=5,
+              keep_last=5)
+    straight = train(tiny_config(tmp_path / "a", corpus, tokenizer_dir, **kw))
+    interrupted = train(tiny_config(tmp_path / "b", corpus, tokenizer_dir, **kw))
+    shutil.rmtree(interrupted / "checkpoints" / "step-10")
+    shutil.rmtree(interrupted / "final")
+    resumed = train(tiny_config(tmp_path / "b", corpus, tokenizer_dir, resume=True, **kw))
+    a, b = final_weights(straight), final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -239,6 +239,7 @@ class TrainConfig:
     vocab_size: int = 8192
     # data
     seq_len: int = 128
+    seq_len_schedule: str = "constant"  # or ltg-bert (128 -> 512 at 90%) / gpt-bert, lengths scaled by seq_len/128
     heldout_fraction: float = 0.02
     # objective and masking
     objective: str = "mlm"  # one name, an AntLM schedule "clm:4,mlm:16,clm:4" or a mix "mntp=15,clm=1"
@@ -283,7 +284,7 @@ class TrainConfig:
         from masklm.data.masking import STRATEGIES
         from masklm.objectives.schedule import ObjectiveSchedule
         from masklm.training.optim import NO_DECAY_STYLES, OPTIMIZERS
-        from masklm.training.schedules import LR_KINDS, parse_mask_rate
+        from masklm.training.schedules import LR_KINDS, SEQ_LEN_PRESETS, parse_mask_rate
 
         if self.schedule not in LR_KINDS:
             raise ConfigError(f"schedule must be one of {', '.join(LR_KINDS)}, got {self.schedule!r}")
@@ -296,6 +297,9 @@ class TrainConfig:
         if self.tokenizer_kind not in ("wordpiece", "bpe"):
             raise ConfigError(f"tokenizer_kind must be wordpiece or bpe, got {self.tokenizer_kind!r}")
         parse_mask_rate(self.mask_rate)
+        if self.seq_len_schedule not in SEQ_LEN_PRESETS:
+            raise ConfigError(f"seq_len_schedule must be one of {', '.join(SEQ_LEN_PRESETS)}, "
+                              f"got {self.seq_len_schedule!r}")
         ObjectiveSchedule.parse(self.objective, self.schedule_unit)  # errors before any training starts
         if not 0.0 < self.diffusion_eps < 1.0:
             raise ConfigError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
@@ -340,9 +344,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def max_seq_len(self) -> int:
+        """The longest rows the run reads (the last phase of a sequence-length schedule)."""
+        from masklm.training.schedules import SeqLenSchedule
+
+        return SeqLenSchedule.preset(self.seq_len_schedule, base_seq_len=self.seq_len).max_seq_len
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig.from_preset(
-            self.arch, self.size, **{"vocab_size": vocab_size, "max_position_embeddings": max(512, self.seq_len),
+            self.arch, self.size, **{"vocab_size": vocab_size, "max_position_embeddings": max(512, self.max_seq_len),
                                       **self.model}
         )
 

@@ -29,6 +29,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-size": ("batch_size", int, "rows per micro-batch per process"),
     "--grad-accum": ("grad_accum", int, "micro-batches per optimizer step"),
     "--seq-len": ("seq_len", int, "tokens per packed row"),
+    "--seq-len-schedule": ("seq_len_schedule", str, "constant, ltg-bert (x4 length, 1/4 batch for the last 10%%) "
+                                                    "or gpt-bert (x2 from 70%%, x4 from 90%%)"),
     "--lr": ("lr", float, "peak learning rate"),
     "--warmup": ("warmup_steps", float, "warmup steps, or a fraction of the run when < 1"),
     "--schedule": ("schedule", str, "LR after warmup: cosine, linear, constant, or the ltg-bert/gpt-bert recipe"),

@@ -43,7 +43,7 @@ from masklm.tokenizer import Tokenizer, train_tokenizer
 from masklm.training import checkpoint as ckpt
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
 from masklm.training.optim import build_optimizer, set_lr
-from masklm.training.schedules import MaskRateSchedule, build_lr_schedule
+from masklm.training.schedules import MaskRateSchedule, SeqLenSchedule, build_lr_schedule
 
 EVAL_MASK_RATE = 0.15
 EVAL_SEED_OFFSET = 1_000_003  # held-out masks never coincide with training masks
@@ -102,18 +102,20 @@ class Trainer:
             barrier(self.info)
         return Tokenizer.load(tok_dir)
 
-    def _data(self, tok: Tokenizer) -> tuple[PackedRows, PackedRows]:
-        data_dir = self.run_dir / "data"
+    def _data(self, tok: Tokenizer) -> tuple[RowOrder, PackedRows]:
+        cfg, data_dir = self.cfg, self.run_dir / "data"
         if self.info.is_main:
-            prepare_shards(self.cfg.corpus, tok, data_dir, log=self.log)
+            prepare_shards(cfg.corpus, tok, data_dir, log=self.log)
         barrier(self.info)
         corpus = ShardedCorpus(data_dir)
-        train_docs, heldout_docs = split_documents(corpus.num_documents, self.cfg.heldout_fraction, self.cfg.seed)
-        train_rows = PackedRows(corpus, train_docs, self.cfg.seq_len, tok.pad_id)
-        heldout_rows = PackedRows(corpus, heldout_docs, self.cfg.seq_len, tok.pad_id)
-        if len(train_rows) == 0:
+        train_docs, heldout_docs = split_documents(corpus.num_documents, cfg.heldout_fraction, cfg.seed)
+        seq_schedule = SeqLenSchedule.preset(cfg.seq_len_schedule, base_seq_len=cfg.seq_len)
+        order = RowOrder(corpus, train_docs, tok.pad_id, seq_schedule, cfg.batch_size,
+                         cfg.grad_accum * self.info.world_size, cfg.seed)
+        heldout_rows = PackedRows(corpus, heldout_docs, cfg.seq_len, tok.pad_id)
+        if len(order.rows[0]) == 0:
             raise ConfigError("the training split is empty; use a larger corpus or a smaller --heldout-fraction")
-        return train_rows, heldout_rows
+        return order, heldout_rows
 
     def _model(self, tok: Tokenizer) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
@@ -122,10 +124,10 @@ class Trainer:
             self.log(f"starting from the weights in {self.cfg.init_from}")
         else:
             model = build_model(self.cfg.model_config(tok.vocab_size))
-        if model.config.max_position_embeddings < self.cfg.seq_len and model.config.arch == "bert":
+        if model.config.max_position_embeddings < self.cfg.max_seq_len and model.config.arch == "bert":
             raise ConfigError(
-                f"--seq-len {self.cfg.seq_len} exceeds the model's max_position_embeddings "
-                f"{model.config.max_position_embeddings}; lower --seq-len"
+                f"rows of {self.cfg.max_seq_len} tokens exceed the model's max_position_embeddings "
+                f"{model.config.max_position_embeddings}; lower --seq-len or use another --seq-len-schedule"
             )
         return model.to(self.info.device)
 
@@ -136,16 +138,17 @@ class Trainer:
         self._check_run_folder()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tok = self._tokenizer()
-        train_rows, heldout_rows = self._data(tok)
+        order, heldout_rows = self._data(tok)
+        train_rows = order.rows[0]
         model = self.model = self._model(tok)
         objs = build_schedule(cfg.objective, tok, unit=cfg.schedule_unit, rate=0.15, split=cfg.mask_split,
                               masking=cfg.masking, seed=cfg.seed, diffusion_eps=cfg.diffusion_eps)
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps,
                                     kind=cfg.optimizer, no_decay=cfg.no_decay)
 
-        rows_per_step = cfg.batch_size * cfg.grad_accum * info.world_size
-        steps_per_epoch = math.ceil(len(train_rows) / rows_per_step)
-        total = self._run_length(objs, steps_per_epoch, rows_per_step)
+        rows_per_step = order.rows_per_step[0]
+        steps_per_epoch = order.steps_per_epoch[0]
+        total = order.total_steps = self._run_length(objs, steps_per_epoch, rows_per_step)
         schedule = build_lr_schedule(cfg.schedule, total, cfg.warmup_steps, cfg.min_lr_ratio, cfg.lr_cooldown)
         rate_schedule = MaskRateSchedule.parse(cfg.mask_rate, total)
 
@@ -157,7 +160,7 @@ class Trainer:
             else:
                 state = ckpt.load_checkpoint(found, model, optimizer)
                 start_step, tokens_seen = state["step"], state["tokens_seen"]
-                total = state["schedule_total_steps"]
+                total = order.total_steps = state["schedule_total_steps"]
                 schedule.resize(total)
                 rate_schedule = MaskRateSchedule.parse(cfg.mask_rate, total)
                 self.log(f"resumed from {found} at step {start_step}")
@@ -177,17 +180,6 @@ class Trainer:
             ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         step_model = ddp or model
 
-        orders: dict[int, np.ndarray] = {}
-
-        def rows_for(step: int) -> tuple[int, np.ndarray]:
-            epoch, k = divmod(step, steps_per_epoch)
-            if epoch not in orders:
-                orders.clear()
-                perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_rows))
-                # The last step of an epoch wraps around so every step has a full global batch; no row is dropped.
-                orders[epoch] = np.resize(perm, steps_per_epoch * rows_per_step)
-            return epoch, orders[epoch][k * rows_per_step:(k + 1) * rows_per_step]
-
         metrics_path = self.run_dir / "metrics.jsonl"
         if info.is_main:
             _truncate_metrics(metrics_path, start_step)
@@ -199,7 +191,7 @@ class Trainer:
         phase = objs.phase_at(start_step, start_step / steps_per_epoch, tokens_seen)
         step = start_step
         for step in range(start_step, total):
-            epoch, global_rows = rows_for(step)
+            rows_source, batch_size, epoch, global_rows = order.at(step)
             epoch_float = step / steps_per_epoch
             new_phase = objs.phase_at(step, epoch_float, tokens_seen)
             if new_phase != phase:
@@ -211,9 +203,9 @@ class Trainer:
             rate = rate_schedule(step)
             micro = []
             for a in range(cfg.grad_accum):
-                lo = (a * info.world_size + info.rank) * cfg.batch_size
-                rows = global_rows[lo:lo + cfg.batch_size]
-                batch = {k: v.to(info.device) for k, v in train_rows.batch(rows).items()}
+                lo = (a * info.world_size + info.rank) * batch_size
+                rows = global_rows[lo:lo + batch_size]
+                batch = {k: v.to(info.device) for k, v in rows_source.batch(rows).items()}
                 objective = objs.objective_at(step, step * cfg.grad_accum + a, epoch_float, tokens_seen)
                 if hasattr(objective, "rate"):
                     objective.rate = rate
@@ -246,7 +238,8 @@ class Trainer:
             progress.update(1)
 
             if cfg.time_limit and step == start_step + 4 and done < total:
-                total = self._fit_time_limit(total, done, time.perf_counter() - t_start, schedule)
+                total = order.total_steps = self._fit_time_limit(total, done, time.perf_counter() - t_start,
+                                                                 schedule)
                 rate_schedule = MaskRateSchedule.parse(cfg.mask_rate, total)
                 progress.total = total
 
@@ -375,6 +368,41 @@ def evaluate_mlm(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, batch_si
     if baseline_id is not None:
         result["baseline_accuracy"] = baseline / max(count, 1)
     return result
+
+
+class RowOrder:
+    """Which packed rows each optimizer step reads.
+
+    Per sequence-length phase (one phase unless a schedule such as LTG-BERT's 128 -> 512 is chosen) the
+    training documents are packed at that phase's length, and the phase's steps walk through epochs of
+    a permutation seeded by (seed, epoch). The last step of an epoch wraps around to the start of the
+    permutation so every step has a full global batch and no row is dropped. Everything is a pure
+    function of the step, so a resumed run reads exactly the rows an uninterrupted one would.
+    """
+
+    def __init__(self, corpus: ShardedCorpus, doc_indices: np.ndarray, pad_id: int, seq_schedule: SeqLenSchedule,
+                 batch_size: int, micro_per_step: int, seed: int) -> None:
+        self.seq_schedule = seq_schedule
+        self.seed = seed
+        self.rows = [PackedRows(corpus, doc_indices, p.seq_len, pad_id) for p in seq_schedule.phases]
+        self.batch_sizes = [max(1, int(batch_size * p.batch_fraction + 0.5)) for p in seq_schedule.phases]
+        self.rows_per_step = [b * micro_per_step for b in self.batch_sizes]
+        self.steps_per_epoch = [max(1, math.ceil(len(r) / n)) for r, n in zip(self.rows, self.rows_per_step)]
+        self.total_steps = 1
+        self._cache: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def at(self, step: int) -> tuple[PackedRows, int, int, np.ndarray]:
+        """-> (rows of the phase, micro-batch size, epoch key for masking, the step's global row indices)."""
+        phase = self.seq_schedule.phase_index(step, self.total_steps)
+        first = self.seq_schedule.boundaries(self.total_steps)[phase]
+        epoch, k = divmod(step - first, self.steps_per_epoch[phase])
+        # Masks must differ between phases that reuse epoch numbers (rows of another length).
+        key = epoch + 1_000_000 * phase
+        n = self.rows_per_step[phase]
+        if self._cache is None or self._cache[0] != (phase, epoch):
+            perm = np.random.default_rng([self.seed, key]).permutation(len(self.rows[phase]))
+            self._cache = ((phase, epoch), np.resize(perm, self.steps_per_epoch[phase] * n))
+        return self.rows[phase], self.batch_sizes[phase], key, self._cache[1][k * n:(k + 1) * n]
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
