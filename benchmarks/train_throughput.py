@@ -1,6 +1,7 @@
 """Training throughput: masklm's BERT against transformers' BertForMaskedLM, same config, same process.
 
-One training step = forward + backward + AdamW step, on the same batch and the same masks for both.
+One training step = forward + backward + AdamW step, on the same batch and the same masks for both;
+each side uses its own trainer's optimizer, which for both is fused AdamW.
 The two models start from the same weights and run in alternating rounds (the order flips every round),
 so drift in machine load hits both alike. Prints one JSON object with tokens/s for each (median over
 rounds) and the ratio (median over rounds of the per-round ratio masklm / HF).
@@ -55,7 +56,14 @@ def build_models(args: argparse.Namespace):
 
 
 def make_step(model, batch, hf: bool, compile_model: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    # Each side gets its own trainer's optimizer: masklm's build_optimizer, and Hugging Face Trainer's
+    # default "adamw_torch_fused" (both fused AdamW; the same maths and cost).
+    if hf:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+    else:
+        from masklm.training.optim import build_optimizer
+
+        opt = build_optimizer(model, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)
     fwd = torch.compile(model) if compile_model else model
 
     def step() -> float:
