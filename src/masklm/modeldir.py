@@ -185,7 +185,12 @@ def load_model_dir(
     from masklm.tokenizer import Tokenizer
 
     folder = Path(path)
-    config = config_from_json(read_config(folder), where=str(folder / CONFIG_FILE))
+    data = read_config(folder)
+    if "task" in data:  # a fine-tuned folder: the encoder and a task head (masklm.finetune)
+        from masklm.finetune.heads import load_finetuned
+
+        return load_finetuned(folder, data, device)
+    config = config_from_json(data, where=str(folder / CONFIG_FILE))
     state = load_weights(folder / WEIGHTS_FILE)
     tokenizer = Tokenizer.load(folder)
     if tokenizer.vocab_size > config.vocab_size:

@@ -13,7 +13,10 @@ import sys
 from masklm.errors import MaskLMError
 
 # Command-group modules under masklm.cli, in the order `masklm --help` lists them.
-COMMAND_MODULES = ["demo", "corpus", "tokenizer", "data", "train", "fill_mask", "score", "eval", "embed", "hf"]
+COMMAND_MODULES = [
+    "demo", "corpus", "tokenizer", "data", "train", "fill_mask", "score", "generate", "eval", "embed",
+    "finetune", "predict", "hf", "serve",
+]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -168,6 +168,24 @@ class Pipeline:
         return score_sentences(self.model, self.tokenizer, sentences, metric=metric, reduction=reduction,
                                per_token=per_token, batch_tokens=batch_tokens, max_length=self.max_length)
 
+    def generate(self, prompt: str | list[str | None] | None = None, **kwargs: Any) -> Any:
+        """Generate text (``strategy`` = mask-predict, confidence, diffusion or autoregressive).
+
+        One prompt (or None, or ``template="The [MASK]*5 of the king"``) gives one dict
+        ``{text, generated, tokens, token_ids, network_calls, seconds, strategy, steps}``; a list gives a
+        list of them, decoded in one batch. See ``masklm.generation.generate`` for the parameters; the
+        model folder's ``training_args.json`` supplies ``objectives`` unless given.
+        """
+        from masklm.generation import generate, read_objectives
+
+        kwargs.setdefault("objectives", read_objectives(self.path))
+        kwargs.setdefault("max_length", self.max_length)
+        out = generate(self.model, self.tokenizer, prompt, **kwargs)
+        shared = {k: out[k] for k in ("network_calls", "seconds", "strategy", "steps")}
+        results = [r | shared for r in out["results"]]
+        many = isinstance(prompt, list) or isinstance(kwargs.get("template"), list)
+        return results if many else results[0]
+
     def embed(self, texts: str | list[str], pooling: str = "mean", normalize: bool = True,
               batch_tokens: int | None = None):
         """Sentence embeddings: float32 numpy ``[N, D]`` (``[D]`` for one string). See ``masklm.inference.embed``."""
@@ -175,3 +193,19 @@ class Pipeline:
 
         return embed_texts(self.model, self.tokenizer, texts, pooling=pooling, normalize=normalize,
                            batch_tokens=batch_tokens, max_length=self.max_length)
+
+    # ---- fine-tuned heads (the work is in masklm.finetune.predict) -------------------------------
+
+    def classify(self, texts: Any, top_k: int | None = 1, batch_size: int = 32) -> Any:
+        """Labels ``{"label", "score"}`` (regression: ``{"value"}``) of a fine-tuned folder, for a text, a
+        ``(text, pair)`` tuple or a list of them. See ``masklm.finetune.predict``."""
+        from masklm.finetune.predict import classify
+
+        return classify(self.model, self.tokenizer, texts, top_k=top_k, batch_size=batch_size)
+
+    def tag(self, texts: Any, aggregate: bool = True, batch_size: int = 32) -> Any:
+        """Entities ``{"entity_group", "score", "word", "start", "end"}`` of a fine-tuned tagger, for a
+        text or a list of texts / pre-split word lists. See ``masklm.finetune.predict``."""
+        from masklm.finetune.predict import tag
+
+        return tag(self.model, self.tokenizer, texts, aggregate=aggregate, batch_size=batch_size)

@@ -1,0 +1,185 @@
+"""Load test for ``masklm serve``: fill-mask requests at a fixed concurrency, beside HF's pipeline.
+
+Starts ``python -m masklm serve`` on a free 127.0.0.1 port (loopback only), sends ``--requests``
+single-text fill-mask requests from ``--concurrency`` concurrent connections (httpx, asyncio), then
+calls ``transformers.pipeline("fill-mask")`` once per request on the same model folder in this
+process (the server is idle meanwhile). Both phases stop at ``--time-limit`` seconds. Prints JSON:
+requests/s, p50/p99 latency and errors for each, and the ratio.
+
+    python benchmarks/serve_load.py                       # builds a tiny BERT folder in a temp dir
+    python benchmarks/serve_load.py --model DIR --requests 2000 --concurrency 32 --out serve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the a cat dog bird sat ran flew on under over mat tree house and then river king queen "
+         "old young small large green walked slept under behind near").split()
+
+
+def tiny_model(out: Path) -> Path:
+    """A small BERT folder (random weights; loads in transformers as BertForMaskedLM)."""
+    import torch
+
+    from masklm.config import ModelConfig
+    from masklm.modeldir import save_model_dir
+    from masklm.models import build_model
+    from masklm.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    tok = train_tokenizer([" ".join(rng.choice(WORDS) for _ in range(16)) for _ in range(500)],
+                          kind="wordpiece", vocab_size=200, min_frequency=1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="bert", vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=256, max_position_embeddings=128))
+    return save_model_dir(out, model, tok, training_args={"objectives": ["mlm"]})
+
+
+def texts(n: int) -> list[str]:
+    rng = random.Random(1)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 14))]
+        words[rng.randrange(len(words))] = "[MASK]"
+        out.append(" ".join(words))
+    return out
+
+
+def summary(latencies: list[float], errors: int, seconds: float) -> dict:
+    lat = sorted(latencies)
+    pick = (lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 3)) if lat else (lambda q: None)
+    return {"requests": len(lat) + errors, "ok": len(lat), "errors": errors, "seconds": round(seconds, 3),
+            "requests_per_s": round(len(lat) / seconds, 1) if seconds else None,
+            "p50_ms": pick(0.50), "p99_ms": pick(0.99)}
+
+
+async def load(url: str, items: list[str], concurrency: int, time_limit: float, top_k: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(len(items)))
+    deadline = time.perf_counter() + time_limit
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in counter:
+            if time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/fill-mask", json={"inputs": items[i], "parameters": {"top_k": top_k}})
+                ok = r.status_code == 200 and isinstance(r.json(), list)
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        return summary(latencies, errors, time.perf_counter() - start)
+
+
+def hf_pipeline(model_dir: Path, items: list[str], time_limit: float, top_k: int) -> dict:
+    import transformers
+
+    pipe = transformers.pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+    for text in items[:20]:
+        pipe(text, top_k=top_k)
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    for text in items:
+        if time.perf_counter() - start > time_limit:
+            break
+        t0 = time.perf_counter()
+        try:
+            pipe(text, top_k=top_k)
+            latencies.append(time.perf_counter() - t0)
+        except Exception:  # noqa: BLE001 - counted, as the server's errors are
+            errors += 1
+    return summary(latencies, errors, time.perf_counter() - start) | {"transformers": transformers.__version__}
+
+
+def start_server(model_dir: Path, log: Path, flags: list[str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "masklm", "serve", "--model", str(model_dir), "--host",
+                             "127.0.0.1", "--port", "0", *flags], stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        m = re.search(r"http://(127\.0\.0\.1:\d+)", log.read_text())
+        if m:
+            url = f"http://{m.group(1)}"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"server did not start: {log.read_text()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="model folder (default: build a tiny BERT in a temp dir)")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per phase at most")
+    ap.add_argument("--server-flag", action="append", default=[], help="extra 'masklm serve' flag (repeat)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256:
+        raise SystemExit("--requests must be 1..100000 and --concurrency 1..256")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else tiny_model(Path(tmp) / "model")
+        items = texts(args.requests)
+        proc, url = start_server(model_dir, Path(tmp) / "server.log", args.server_flag)
+        try:
+            asyncio.run(load(url, items[:100], min(args.concurrency, 8), 30, args.top_k))  # warm-up
+            server = asyncio.run(load(url, items, args.concurrency, args.time_limit, args.top_k))
+            import httpx
+
+            metrics = httpx.get(url + "/metrics").text
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        batches = re.search(r"masklm_batch_requests_count (\d+)", metrics)
+        result = {
+            "model": "tiny BERT (hidden 64, 2 layers, vocab 200)" if not args.model else str(args.model),
+            "requests": args.requests, "concurrency": args.concurrency, "top_k": args.top_k,
+            "cpus": os.cpu_count(), "load_average_before_hf": os.getloadavg(),
+            "server": server | {"model_calls_incl_warmup": int(batches.group(1)) if batches else None},
+        }
+        if not args.skip_hf:
+            hf = hf_pipeline(model_dir, items, args.time_limit, args.top_k)
+            result["hf_pipeline"] = hf
+            result["ratio_requests_per_s"] = round(server["requests_per_s"] / hf["requests_per_s"], 2)
+        result["load_average_after"] = os.getloadavg()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

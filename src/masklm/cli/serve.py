@@ -1,0 +1,108 @@
+"""``masklm serve``: serve a model folder over HTTP (needs the ``serve`` extra: fastapi, uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+
+from masklm.errors import ConfigError
+
+LOOPBACK = ("localhost",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from masklm.serve.limits import Limits
+
+    d = Limits()
+    p = sub.add_parser("serve", help="HTTP server: fill-mask, score, generate, embed, tokenize",
+                       description="Serve a model folder over HTTP (FastAPI + uvicorn; pip install "
+                                   "'masklm[serve]'). API docs at /docs. Binds 127.0.0.1 unless --host says "
+                                   "otherwise.")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=os.environ.get("MASKLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every route but /health "
+                        "(default: $MASKLM_API_KEY; prefer the variable, arguments show in ps)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-inputs", type=int, default=d.max_inputs, help=f"texts per request (default {d.max_inputs})")
+    g.add_argument("--max-tokens", type=int, default=d.max_tokens,
+                   help=f"tokens per input, capped at the model's maximum (default {d.max_tokens})")
+    g.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens,
+                   help=f"padded tokens per model call across requests (default {d.max_batch_tokens})")
+    g.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help=f"requests admitted before answering 429 (default {d.max_queue})")
+    g.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help=f"how long to wait for more requests to batch (default {d.batch_wait_ms})")
+    g.add_argument("--max-top-k", type=int, default=d.max_top_k, help=f"default {d.max_top_k}")
+    g.add_argument("--max-targets", type=int, default=d.max_targets, help=f"default {d.max_targets}")
+    g.add_argument("--max-generate-length", type=int, default=d.max_generate_length,
+                   help=f"default {d.max_generate_length}")
+    g.add_argument("--max-generate-steps", type=int, default=d.max_generate_steps,
+                   help=f"default {d.max_generate_steps}")
+    g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help=f"default {d.max_body_bytes}")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    p.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, so a taken port is a one-line error and ``--port 0`` reports its port."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                          "choose another --port or --host") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        print("masklm: error: 'masklm serve' needs FastAPI and uvicorn; pip install 'masklm[serve]'",
+              file=sys.stderr)
+        return 2
+    from masklm.inference.pipeline import load
+    from masklm.serve.app import create_app
+    from masklm.serve.limits import Limits
+
+    limits = Limits(max_inputs=args.max_inputs, max_tokens=args.max_tokens, max_batch_tokens=args.max_batch_tokens,
+                    max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms, max_top_k=args.max_top_k,
+                    max_targets=args.max_targets, max_generate_length=args.max_generate_length,
+                    max_generate_steps=args.max_generate_steps, max_body_bytes=args.max_body_bytes)
+    if args.api_key is not None and not args.api_key.strip():
+        raise ConfigError("--api-key is empty; pass a key or leave the flag out")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    pipe = load(args.model, device=args.device)
+    try:
+        app = create_app(pipe, limits, api_key=args.api_key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    if not _is_loopback(args.host) and not args.api_key:
+        print(f"masklm: warning: listening on {args.host} without --api-key; anyone who can reach this "
+              "address can use the model", file=sys.stderr)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"masklm: serving {args.model} on http://{shown}:{port} (API docs at /docs)", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0

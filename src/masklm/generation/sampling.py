@@ -1,0 +1,121 @@
+"""What every strategy shares: the network wrapper, token choice, ranking.
+
+``Network`` wraps a model for decoding: it runs ``encode`` + ``predict`` on a canvas ``[B, W]``, returns
+float32 logits for the columns ``lo..W-1`` only (the generated region; the head never runs on the prompt),
+bans the special tokens, counts its calls, and reads the prediction for token j at position ``j - shift``:
+shift 1 for GPT-BERT-style models trained with ``mntp`` (or ``clm`` only), 0 for ``mlm``/``diffusion``.
+
+Token choice (``choose``) is argmax at temperature 0 and Gumbel-max sampling otherwise, with the noise
+drawn in float64 (low-precision Gumbel-max skews samples; research/antlm_gmlm.md §C.4, LLaDA's
+``generate.py``), after optional top-k and top-p filtering. The confidence of a choice is the model's own
+(untempered, unfiltered but special-token-free) probability of it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+class Network:
+    """A model in eval mode as a denoiser / next-token predictor.
+
+    model:  has ``encode(ids [B, T], attention_mask, causal) -> [B, T, D]`` and ``predict([..., D]) -> [..., V]``.
+    shift:  predictions for token j are read at position j - shift (0 or 1).
+    banned: bool ``[V]``, tokens that are never emitted (their logits become -inf).
+    trace:  keep a copy of every canvas the network is called on (``inputs``), for tests.
+    """
+
+    def __init__(self, model: torch.nn.Module, shift: int, banned: torch.Tensor, trace: bool = False) -> None:
+        self.model = model
+        self.shift = shift
+        self.banned = banned
+        self.calls = 0
+        self.rows = 0  # sum of batch sizes over calls (a length beam of l grows it l-fold)
+        self.trace = trace
+        self.inputs: list[torch.Tensor] = []
+
+    def record(self, x: torch.Tensor) -> None:
+        self.calls += 1
+        self.rows += x.shape[0]
+        if self.trace:
+            self.inputs.append(x.detach().clone())
+
+    def logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None, lo: int) -> torch.Tensor:
+        """Bidirectional pass over x ``[B, W]`` -> logits ``[B, W - lo, V]`` for tokens at columns lo..W-1."""
+        if lo < self.shift:
+            raise ValueError("the first generated column must leave room for the shifted read")
+        self.record(x)
+        hidden = self.model.encode(x, attention_mask=attention_mask)  # [B, W, D]
+        W = x.shape[1]
+        return self.ban(self.model.predict(hidden[:, lo - self.shift:W - self.shift]).float())
+
+    def causal_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Uncached causal pass over x ``[B, p]`` -> logits ``[B, V]`` for the token at column p."""
+        self.record(x)
+        hidden = self.model.encode(x, causal=True)  # [B, p, D]
+        return self.ban(self.model.predict(hidden[:, -1]).float())
+
+    def ban(self, logits: torch.Tensor) -> torch.Tensor:
+        """Set the banned tokens' logits ``[..., V]`` to -inf (in place)."""
+        logits[..., self.banned] = NEG_INF
+        return logits
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Keep the top-k tokens and the smallest set whose probability reaches top_p; others -> -inf.
+
+    logits ``[M, V]`` -> ``[M, V]`` (a new tensor). The most probable token always survives.
+    """
+    out = logits.clone()
+    if top_k is not None and top_k < out.shape[-1]:
+        kth = out.topk(top_k, dim=-1).values[:, -1:]  # [M, 1]
+        out[out < kth] = NEG_INF
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = out.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        drop[:, 0] = False
+        out.scatter_(1, order, sorted_logits.masked_fill(drop, NEG_INF))
+    return out
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise, float64, ``shape``."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    exponential = -torch.log(u.clamp_min(1e-300))  # Exp(1), > 0
+    return -torch.log(exponential.clamp_min(1e-300))
+
+
+def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row: logits ``[M, V]`` -> (ids ``[M]``, model log-probability of each ``[M]``).
+
+    temperature 0: argmax (top-k/top-p do not change it). Otherwise Gumbel-max over
+    ``filtered / temperature`` in float64, i.e. a sample from softmax(filtered / temperature).
+    """
+    logp = torch.log_softmax(logits, dim=-1)  # [M, V], the model's distribution (specials banned)
+    if logits.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=logits.device), logp.new_zeros(0)
+    if temperature == 0.0:
+        ids = logits.argmax(-1)
+    else:
+        scores = filter_logits(logits, top_k, top_p).double() / temperature
+        ids = (scores + gumbel(tuple(scores.shape), generator, logits.device)).argmax(-1)
+    return ids, logp.gather(1, ids[:, None]).squeeze(1)
+
+
+def ranks(scores: torch.Tensor, descending: bool) -> torch.Tensor:
+    """Rank of every entry within its row: scores ``[B, G]`` -> long ``[B, G]`` (0 = first; ties by column)."""
+    order = scores.argsort(dim=1, descending=descending, stable=True)
+    out = torch.empty_like(order)
+    out.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order).contiguous())
+    return out
+
+
+def cosine_ratio(r: float) -> float:
+    """MaskGIT's mask ratio gamma(r) = cos(pi r / 2), clipped to [1e-6, 1]."""
+    return min(1.0, max(1e-6, math.cos(math.pi * r / 2)))

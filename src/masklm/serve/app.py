@@ -1,0 +1,263 @@
+"""The FastAPI application: routes, validation and error bodies.
+
+``create_app(pipe, limits, api_key)`` builds it around a loaded ``Pipeline``; ``masklm serve`` runs it
+under uvicorn. Handlers validate and tokenize on the event loop, then hand the model work to the
+``Batcher`` worker thread. Every error is ``{"error", "error_type"}`` (see ``masklm.serve.limits``).
+No request field names a file, a module or a command: requests carry only text and numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from masklm.errors import MaskLMError
+from masklm.serve.batching import Batcher, Job, Runner
+from masklm.serve.gate import Gate
+from masklm.serve.generation import check_generate, generate_params
+from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range, token_lengths
+from masklm.serve.metrics import Metrics
+from masklm.serve.schemas import (
+    EmbedRequest,
+    FillMaskRequest,
+    GenerateRequest,
+    OpenAIEmbeddingRequest,
+    ScoreRequest,
+    TokenizeRequest,
+)
+
+try:
+    import orjson
+
+    def _dumps(content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # pragma: no cover
+    def _dumps(content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False).encode()
+
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_dumps(content), status_code=status, headers=headers, media_type="application/json")
+
+
+def _validation_message(exc: RequestValidationError, content_type: str | None) -> str:
+    """One line naming each bad field: ``parameters.foo: unknown field``."""
+    if content_type is not None and "json" not in content_type.lower():
+        # strict on purpose: a browser page cannot send application/json cross-site without a preflight
+        return f"the body must be JSON sent with 'Content-Type: application/json' (got {content_type!r})"
+    parts: list[str] = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        where = ".".join(loc) or "body"
+        if err.get("type") == "json_invalid":
+            msg = f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
+        elif err.get("type") == "extra_forbidden":
+            msg = f"{where}: unknown field; see /docs for the accepted fields"
+        elif err.get("type") == "missing" and where == "body":
+            msg = "request body is missing; send a JSON object"
+        else:
+            msg = f"{where}: {err.get('msg')}"
+        if msg not in parts:
+            parts.append(msg)
+    return "; ".join(parts[:4]) or "invalid request"
+
+
+def read_info(pipe, limits: Limits) -> dict[str, Any]:
+    """What ``GET /info`` reports: the model, its training objectives, the server's limits."""
+    from masklm import __version__
+
+    cfg = pipe.config
+    objectives, folder_version = None, getattr(cfg, "masklm_version", None)
+    path: Path | None = getattr(pipe, "path", None)
+    if path is not None and (path / "training_args.json").is_file():
+        try:
+            args = json.loads((path / "training_args.json").read_text())
+            objectives = args.get("objectives") or args.get("objective")
+        except (OSError, ValueError):
+            objectives = None
+    return {
+        "model_id": path.name if path is not None else None,
+        "arch": cfg.arch,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "parameters": sum(p.numel() for p in pipe.model.parameters()),
+        "max_length": pipe.max_length,
+        "mask_token": pipe.tokenizer.mask_token,
+        "dtype": str(next(pipe.model.parameters()).dtype).removeprefix("torch."),
+        "device": str(pipe.device),
+        "objectives": objectives,
+        "model_masklm_version": folder_version,
+        "masklm_version": __version__,
+        "generate": hasattr(pipe, "generate"),
+        "limits": limits.as_dict(),
+    }
+
+
+def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -> Any:
+    """The ASGI app serving ``pipe``: FastAPI routes wrapped in the key/body-limit/metrics gate."""
+    limits = (limits or Limits()).check(pipe.max_length)
+    metrics = Metrics()
+    batcher = Batcher(Runner(pipe, limits), limits, metrics)
+    info = read_info(pipe, limits)
+    tok = pipe.tokenizer
+    gen_params = generate_params(pipe)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        batcher.stop()
+
+    from masklm import __version__
+
+    app = FastAPI(title="masklm", version=__version__, lifespan=lifespan,
+                  description="Fill-mask, sentence scores, generation and embeddings from a masklm model folder.")
+    gate: Gate | None = None
+
+    def error(request: Request, exc: ServeError) -> Response:
+        metrics.error(gate.route(request.url.path) if gate else "other", exc.error_type)
+        return json_response(exc.body(), exc.status, exc.headers)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError) -> Response:
+        return error(request, exc)
+
+    @app.exception_handler(MaskLMError)
+    async def _input_error(request: Request, exc: MaskLMError) -> Response:
+        return error(request, ServeError(str(exc)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return error(request, ServeError(_validation_message(exc, request.headers.get("content-type"))))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        text = (f"no route {request.method} {request.url.path}; see /docs" if exc.status_code in (404, 405)
+                else str(exc.detail))
+        return error(request, ServeError(text, kind))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        print(f"masklm serve: internal error on {request.url.path}: {exc!r}", file=sys.stderr)
+        return error(request, ServeError("internal server error; the server logged it", "internal"))
+
+    @app.get("/health", summary="200 while the model worker runs")
+    async def health() -> Response:
+        if not batcher.alive:
+            raise ServeError("the model worker is not running", "unhealthy")
+        return json_response({"status": "ok"})
+
+    @app.get("/info", summary="model architecture, sizes, mask token, objectives, version, limits")
+    async def get_info() -> Response:
+        return json_response(info)
+
+    @app.get("/metrics", summary="Prometheus text metrics")
+    async def get_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/fill-mask", summary="top-k tokens at each mask (Hugging Face fill-mask schema)")
+    async def fill_mask(body: FillMaskRequest) -> Response:
+        texts = as_list(body.inputs)
+        rows = token_lengths(tok, texts, limits)
+        for i, ids in enumerate(rows):
+            if tok.mask_id not in ids:
+                raise ServeError(f"inputs[{i}] has no {tok.mask_token}; put {tok.mask_token} where a word "
+                                 "should be predicted")
+        p = body.parameters
+        check_range("parameters.top_k", p.top_k, 1, limits.max_top_k)
+        targets = None
+        if p.targets is not None:
+            targets = as_list(p.targets, "parameters.targets")
+            if len(targets) > limits.max_targets:
+                raise ServeError(f"parameters.targets has {len(targets)} words, more than this server's "
+                                 f"limit of {limits.max_targets}", "too_large")
+            if not all(t.strip() for t in targets):
+                raise ServeError("parameters.targets holds an empty word; pass words the tokenizer knows")
+        job = Job("fill_mask", (tuple(targets) if targets else None,), texts, max(map(len, rows)),
+                  {"top_k": p.top_k, "targets": targets})
+        return json_response(await batcher.submit(job))
+
+    @app.post("/score", summary="sentence log-probabilities: pll, pll-word-l2r, causal or mntp")
+    async def score(body: ScoreRequest) -> Response:
+        texts = as_list(body.inputs)
+        rows = token_lengths(tok, texts, limits)
+        p = body.parameters.model_dump()
+        job = Job("score", (p["metric"], p["reduction"], p["per_token"]), texts, max(map(len, rows)), p)
+        out = []
+        for r in await batcher.submit(job):
+            if isinstance(r, dict):
+                out.append({"score": r["score"],
+                            "tokens": [{"token": t, "logprob": lp} for t, lp in r["tokens"]]})
+            else:
+                out.append({"score": r})
+        return json_response(out)
+
+    async def _embed(texts: list[str], pooling: str, normalize: bool) -> tuple[Any, int]:
+        rows = token_lengths(tok, texts, limits)
+        job = Job("embed", (pooling, normalize), texts, max(map(len, rows)),
+                  {"pooling": pooling, "normalize": normalize})
+        return await batcher.submit(job), sum(map(len, rows))
+
+    @app.post("/embed", summary="sentence embeddings, [[float]] (text-embeddings-inference schema)")
+    async def embed(body: EmbedRequest) -> Response:
+        vectors, _ = await _embed(as_list(body.inputs), body.pooling, body.normalize)
+        return json_response(vectors)
+
+    @app.post("/v1/embeddings", summary="OpenAI-compatible embeddings")
+    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
+        if body.dimensions is not None and body.dimensions != pipe.config.hidden_size:
+            raise ServeError(f"dimensions={body.dimensions}: this model's embeddings have "
+                             f"{pipe.config.hidden_size} dimensions; leave dimensions out")
+        vectors, n_tokens = await _embed(as_list(body.input, "input"), "mean", True)
+        data = []
+        for i, vec in enumerate(vectors):
+            emb = (base64.b64encode(vec.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
+                   else vec)
+            data.append({"object": "embedding", "embedding": emb, "index": i})
+        return json_response({"object": "list", "data": data, "model": body.model or info["model_id"],
+                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    @app.post("/tokenize", summary="tokens with ids, text, special flag and character offsets")
+    async def tokenize(body: TokenizeRequest) -> Response:
+        texts = as_list(body.inputs)
+        check_count(texts, limits)
+        out = []
+        for i, enc in enumerate(tok.encode_batch(texts, add_special_tokens=body.add_special_tokens)):
+            if len(enc.ids) > limits.max_tokens:
+                raise ServeError(f"inputs[{i}] is {len(enc.ids)} tokens long, more than this server's limit "
+                                 f"of {limits.max_tokens}", "too_large")
+            out.append([{"id": t, "text": s, "special": bool(sp), "start": a, "stop": b}
+                        for t, s, sp, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)])
+        return json_response(out)
+
+    @app.post("/generate", summary="iterative unmasking (Pipeline.generate); same prompt and seed, same text")
+    async def generate(body: GenerateRequest) -> Response:
+        if gen_params is None:
+            raise ServeError("this masklm version has no Pipeline.generate; /generate is not available",
+                             "not_implemented")
+        params = check_generate(body.prompt, body.parameters, gen_params, limits, tok)
+        result = await batcher.submit(Job("generate", (), [body.prompt or ""], 1, params))
+        if isinstance(result, str):
+            return json_response({"generated_text": result})
+        if isinstance(result, (list, tuple)) and all(isinstance(r, str) for r in result):
+            return json_response([{"generated_text": r} for r in result])
+        return json_response(result)
+
+    routes = {r.path for r in app.routes}
+    gate = Gate(app, metrics, routes, api_key, limits.max_body_bytes)
+    gate.batcher = batcher  # for tests and embedding programs
+    return gate

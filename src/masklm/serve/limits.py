@@ -1,0 +1,107 @@
+"""Request bounds and the server's error type.
+
+Every request is bounded before it reaches the model: inputs per request, tokens per input, the body
+size, ``top_k`` and the number of targets, generation length and steps. A request past a size bound
+answers 413; a parameter out of range or malformed input answers 422. The body of every error is
+``{"error": message, "error_type": kind}``, the shape text-embeddings-inference uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# error_type -> HTTP status
+STATUS = {
+    "invalid_request": 422,
+    "too_large": 413,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "overloaded": 429,
+    "not_implemented": 501,
+    "unhealthy": 503,
+    "internal": 500,
+}
+
+
+class ServeError(Exception):
+    """An error answered to the client as ``{"error", "error_type"}`` with the matching status."""
+
+    def __init__(self, message: str, error_type: str = "invalid_request",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.status = STATUS[error_type]
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "error_type": self.error_type}
+
+
+@dataclass
+class Limits:
+    """Server bounds (the ``masklm serve`` flags of the same names)."""
+
+    max_inputs: int = 32             # texts per request
+    max_tokens: int = 512            # tokens per input, special tokens included (<= the model's maximum)
+    max_batch_tokens: int = 8192     # padded tokens per model call across batched requests
+    max_queue: int = 256             # requests admitted (queued or running) before 429
+    batch_wait_ms: float = 2.0       # how long the worker waits for more requests to batch
+    max_top_k: int = 100
+    max_targets: int = 100
+    max_generate_length: int = 256
+    max_generate_steps: int = 256
+    max_body_bytes: int = 1 << 20
+
+    def check(self, model_max_length: int) -> Limits:
+        """Clamp to the model and reject impossible values (``ValueError`` with the flag's name)."""
+        for name, value in asdict(self).items():
+            if name != "batch_wait_ms" and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.batch_wait_ms < 0 or self.batch_wait_ms > 1000:
+            raise ValueError(f"--batch-wait-ms must be between 0 and 1000, got {self.batch_wait_ms}")
+        self.max_tokens = min(self.max_tokens, model_max_length)
+        self.max_batch_tokens = max(self.max_batch_tokens, self.max_tokens)
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_list(inputs: str | Sequence[str], field: str = "inputs") -> list[str]:
+    """``inputs`` as a non-empty list of strings."""
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not texts:
+        raise ServeError(f"{field} is empty; pass a string or a non-empty list of strings")
+    return texts
+
+
+def check_count(texts: Sequence[str], limits: Limits, field: str = "inputs") -> None:
+    if len(texts) > limits.max_inputs:
+        raise ServeError(f"{field} has {len(texts)} items, more than this server's limit of "
+                         f"{limits.max_inputs} per request; split the request", "too_large")
+
+
+def token_lengths(tokenizer, texts: Sequence[str], limits: Limits, field: str = "inputs") -> list[list[int]]:
+    """Token ids of each text (special tokens included); 413 past ``max_tokens``, 422 for an empty text."""
+    check_count(texts, limits, field)
+    rows = []
+    for i, enc in enumerate(tokenizer.encode_batch(list(texts))):
+        n = len(enc.ids)
+        if n > limits.max_tokens:
+            raise ServeError(f"{field}[{i}] is {n} tokens long, more than this server's limit of "
+                             f"{limits.max_tokens} tokens per input; shorten it (nothing is truncated)",
+                             "too_large")
+        if not texts[i].strip():
+            raise ServeError(f"{field}[{i}] is empty; pass some text")
+        rows.append(enc.ids)
+    return rows
+
+
+def check_range(name: str, value: int | None, low: int, high: int, status: str = "invalid_request") -> None:
+    """422 (or ``status``) unless ``low <= value <= high``; ``None`` passes."""
+    if value is not None and not low <= value <= high:
+        raise ServeError(f"{name} must be between {low} and {high} on this server, got {value}", status)

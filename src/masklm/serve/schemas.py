@@ -1,0 +1,72 @@
+"""Request bodies. Unknown fields are rejected (422) and types are strict: ``"5"`` is not a ``top_k``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Texts = str | list[str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FillMaskParameters(_Strict):
+    top_k: int = Field(5, description="candidates per mask")
+    targets: Texts | None = Field(None, description="only rank these words")
+
+
+class FillMaskRequest(_Strict):
+    """The Hugging Face fill-mask task schema."""
+
+    inputs: Texts = Field(..., description="text(s) containing the mask token", examples=["the cat [MASK] ."])
+    parameters: FillMaskParameters = Field(default_factory=FillMaskParameters)
+    options: dict[str, Any] | None = Field(None, description="accepted for Hugging Face compatibility; ignored")
+
+
+class ScoreParameters(_Strict):
+    metric: Literal["pll", "pll-word-l2r", "causal", "mntp"] = "pll"
+    reduction: Literal["sum", "mean"] = "sum"
+    per_token: bool = False
+
+
+class ScoreRequest(_Strict):
+    """Sentence log-probabilities (nats); one ``{"score"}`` (plus ``"tokens"``) per input."""
+
+    inputs: Texts = Field(..., examples=["the cat sat on the mat ."])
+    parameters: ScoreParameters = Field(default_factory=ScoreParameters)
+
+
+class EmbedRequest(_Strict):
+    """text-embeddings-inference's ``/embed``: ``[[float]]``, one vector per input."""
+
+    inputs: Texts = Field(..., examples=["the cat sat on the mat ."])
+    normalize: bool = True
+    pooling: Literal["mean", "cls"] = "mean"
+
+
+class OpenAIEmbeddingRequest(_Strict):
+    """OpenAI's ``/v1/embeddings`` (text input only)."""
+
+    input: Texts = Field(..., examples=["the cat sat on the mat ."])
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class TokenizeRequest(_Strict):
+    """text-embeddings-inference's ``/tokenize``: per input, ``{id, text, special, start, stop}`` per token."""
+
+    inputs: Texts = Field(..., examples=["the cat sat on the mat ."])
+    add_special_tokens: bool = True
+
+
+class GenerateRequest(_Strict):
+    """Iterative unmasking; ``parameters`` are the keyword arguments of ``Pipeline.generate``."""
+
+    prompt: str | None = Field(None, description="text to continue or fill; may hold mask tokens")
+    parameters: dict[str, int | float | bool | str | None] = Field(
+        default_factory=dict, examples=[{"length": 16, "steps": 8, "seed": 0}])

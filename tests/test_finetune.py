@@ -1,0 +1,260 @@
+"""Fine-tuning: hand-checked metrics, three synthetic tasks that must be learned (classification
+accuracy >= 0.95, regression Pearson >= 0.93, tagging entity F1 >= 0.9, all on validation), the saved
+folder through masklm.load / classify / tag / predict, and the bad-input errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import masklm
+from masklm.cli import main
+from masklm.config import ModelConfig
+from masklm.errors import DataError, InputError
+from masklm.finetune import FinetuneArgs, finetune
+from masklm.finetune import metrics as M
+from masklm.modeldir import save_model_dir
+from masklm.models import build_model
+from masklm.tokenizer import train_tokenizer
+
+FILLER = "the a of cat dog sat ran on under mat tree river house big small red green went to".split()
+FIRST, LAST = ["Anna", "Boris", "Clara", "David", "Elena"], ["Smith", "Jones", "Novak", "Berg"]
+
+
+def _sentence(rng: random.Random, extra: list[str]) -> list[str]:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 7))]
+    for w in extra:
+        words.insert(rng.randint(0, len(words)), w)
+    return words
+
+
+def _base(root: Path, arch: str) -> Path:
+    rng = random.Random(0)
+    docs = [" ".join(_sentence(rng, ["good", "bad", *FIRST, *LAST])) for _ in range(100)]
+    tok = train_tokenizer(docs, kind="wordpiece", vocab_size=90, min_frequency=1)
+    torch.manual_seed(0)
+    config = ModelConfig(arch=arch, vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=40)
+    return save_model_dir(root / f"base-{arch}", build_model(config), tok)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ft")
+
+
+@pytest.fixture(scope="module")
+def base(root) -> Path:
+    return _base(root, "bert")
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+# ---- metrics against hand-computed values ----------------------------------------------------------
+
+def test_classification_metrics_by_hand():
+    gold, pred = ["a", "a", "a", "b", "b", "c"], ["a", "a", "b", "b", "c", "c"]
+    assert M.accuracy(gold, pred) == pytest.approx(4 / 6)
+    # per class F1: a 2*2/(4+0+1)=0.8, b 2*1/(2+1+1)=0.5, c 2*1/(2+1+0)=2/3
+    assert M.macro_f1(gold, pred) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    # binary MCC = (tp*tn - fp*fn) / sqrt(...): tp=2 tn=1 fp=1 fn=1 -> (2-1)/sqrt(3*3*2*2) = 1/6
+    assert M.mcc([1, 1, 1, 0, 0], [1, 1, 0, 1, 0]) == pytest.approx(1 / 6)
+    # multiclass R_K: C=[[2,1,0],[0,1,1],[0,0,1]], c=4 s=6 t=(3,2,1) p=(2,2,2):
+    # (4*6 - 12) / sqrt((36-12)(36-14)) = 12 / sqrt(528)
+    assert M.mcc(gold, pred) == pytest.approx(12 / math.sqrt(528))
+    assert M.mcc([0, 0, 0], [0, 0, 0]) == 0.0
+
+
+def test_correlations_by_hand():
+    x, y = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]
+    # means 2.5; dx=(-1.5,-.5,.5,1.5) dy=(-1.5,.5,-.5,1.5): sum dxdy=2.25-.25-.25+2.25=4, sum dx2=5
+    assert M.pearson(x, y) == pytest.approx(4 / 5)
+    assert M.spearman([10, 20, 30, 40], [1, 100, 50, 1000]) == pytest.approx(4 / 5)
+    assert list(M.rankdata([3, 1, 3, 2])) == [3.5, 1.0, 3.5, 2.0]
+    assert M.pearson([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_bio_spans_and_entity_f1_by_hand():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-PER", "B-PER", "I-ORG"]
+    assert M.bio_spans(tags) == [("PER", 0, 2), ("LOC", 3, 5), ("PER", 5, 6), ("PER", 6, 7), ("ORG", 7, 8)]
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "I-ORG"]]  # 1 of 3 gold found; 1 of 2 predicted right
+    s = M.entity_scores(gold, pred)
+    assert s["entity_precision"] == pytest.approx(1 / 2) and s["entity_recall"] == pytest.approx(1 / 3)
+    assert s["entity_f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+
+
+# ---- classification: through the CLI, then the saved folder ------------------------------------------
+
+def _classification_data(root: Path) -> tuple[Path, Path]:
+    rng = random.Random(1)
+    files = []
+    for name, n in (("train", 240), ("valid", 80)):
+        rows = ["sentence,label"]
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            rows.append(f"{' '.join(_sentence(rng, ['good' if label == 'pos' else 'bad']))},{label}")
+        files.append(root / f"cls-{name}.csv")
+        files[-1].write_text("\n".join(rows) + "\n")
+    return files[0], files[1]
+
+
+def test_classification_learns_and_serves(root, base, capsys):
+    train, valid = _classification_data(root)
+    out = root / "cls"
+    code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(train),
+                 "--validation", str(valid), "--text-column", "sentence", "--out", str(out), "--epochs", "6",
+                 "--lr", "3e-3", "--batch-size", "16", "--patience", "3", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["validation"]["accuracy"] >= 0.95  # the bar: sentences with "good" vs "bad"
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"]["type"] == "classification" and config["task"]["labels"] == ["neg", "pos"]
+
+    pipe = masklm.load(out)
+    got = pipe.classify(["the good cat sat", "a bad dog ran on the mat"])
+    assert [g["label"] for g in got] == ["pos", "neg"] and all(0.5 < g["score"] <= 1 for g in got)
+    ranked = pipe.classify("the good cat", top_k=None)
+    assert [r["label"] for r in ranked][0] == "pos" and sum(r["score"] for r in ranked) == pytest.approx(1.0)
+    assert pipe.embed("the cat").shape == (32,)  # the encoder still embeds
+    assert masklm.load(pipe.save(root / "resaved")).classify("the good cat sat") == got[0]  # round-trips
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModel.from_pretrained(str(out))  # the BERT encoder loads in transformers
+    ids = torch.tensor([pipe.tokenizer.encode("the good cat").ids])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).last_hidden_state, pipe.model.encode(ids), atol=1e-5)
+    with pytest.raises(InputError, match="fine-tuned classification"):
+        pipe.fill_mask("the [MASK] sat")
+    with pytest.raises(InputError, match="tag"):
+        pipe.tag("the good cat")
+
+    assert main(["predict", "--model", str(out), "--json", "the good tree", "the bad tree"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["label"] for x in lines] == ["pos", "neg"] and lines[0]["text"] == "the good tree"
+    assert main(["predict", "--model", str(out), "--input", str(valid)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 80
+    assert main(["predict", "--model", str(base), "x"]) == 2  # not fine-tuned
+    assert "not a fine-tuned model" in capsys.readouterr().err
+
+
+# ---- regression on an LTG-style encoder (gpt-bert) -----------------------------------------------------
+
+def test_regression_learns_on_gpt_bert(root):
+    base = _base(root, "gpt-bert")
+    rng = random.Random(2)
+    files = []
+    for name, n in (("train", 240), ("valid", 80)):
+        records = []
+        for _ in range(n):
+            k = rng.randint(0, 3)
+            records.append({"a": " ".join(_sentence(rng, ["good"] * k)), "score": 1.5 * k - 1})
+        files.append(_write_jsonl(root / f"reg-{name}.jsonl", records))
+    result = finetune(base, FinetuneArgs(task="regression", train=str(files[0]), validation=str(files[1]),
+                                         out=str(root / "reg"), text_column="a", label_column="score",
+                                         epochs=6, lr=3e-3, batch_size=16), log=None)
+    assert result["validation"]["pearson"] >= 0.93  # the bar: target = 1.5 * (number of "good") - 1
+    pipe = masklm.load(root / "reg")
+    values = [v["value"] for v in pipe.classify(["the cat sat on the mat", "good good good cat"])]
+    assert values[0] < 0.5 < 2.0 < values[1]  # back in the targets' scale (-1 and 3.5)
+
+
+# ---- tagging: CoNLL in, entities out -----------------------------------------------------------------
+
+def _tagged(rng: random.Random) -> tuple[list[str], list[str]]:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 7))]
+    tags = ["O"] * len(words)
+    for _ in range(rng.randint(1, 2)):
+        name = [rng.choice(FIRST)] + ([rng.choice(LAST)] if rng.random() < 0.6 else [])
+        at = rng.randint(0, len(words))
+        words[at:at] = name
+        tags[at:at] = ["B-PER"] + ["I-PER"] * (len(name) - 1)
+    return words, tags
+
+
+def test_tagging_learns_and_serves(root, base, capsys):
+    rng = random.Random(3)
+    train = root / "tag-train.conll"
+    train.write_text("-DOCSTART-\tO\n\n" + "\n\n".join(
+        "\n".join(f"{w}\t{t}" for w, t in zip(*_tagged(rng))) for _ in range(200)) + "\n")
+    valid = _write_jsonl(root / "tag-valid.jsonl",
+                         [dict(zip(("tokens", "tags"), _tagged(rng))) for _ in range(60)])
+    result = finetune(base, FinetuneArgs(task="tagging", train=str(train), validation=str(valid),
+                                         out=str(root / "tag"), epochs=8, lr=2e-3, batch_size=16), log=None)
+    assert result["validation"]["entity_f1"] >= 0.9  # the bar: capitalised names tagged B-PER / I-PER
+    pipe = masklm.load(root / "tag")
+    text = "the cat saw Clara Novak  under a tree"
+    entities = pipe.tag(text)
+    assert [(e["entity_group"], e["word"]) for e in entities] == [("PER", "Clara Novak")]
+    assert text[entities[0]["start"]:entities[0]["end"]] == "Clara Novak"
+    words = pipe.tag([["Boris", "ran", "to", "the", "river"]], aggregate=False)[0]
+    assert [w["entity"] for w in words] == ["B-PER", "O", "O", "O", "O"]
+    with pytest.raises(InputError, match="classify"):
+        pipe.classify("Boris ran")
+    assert main(["predict", "--model", str(root / "tag"), "Elena Berg went to the house"]) == 0
+    assert "PER: Elena Berg" in capsys.readouterr().out
+
+
+# ---- bad input: clear one-line errors, exit 2 ----------------------------------------------------------
+
+def _cli_error(capsys, base: Path, root: Path, task: str, train: Path, valid: Path | None = None, *extra: str) -> str:
+    code = main(["finetune", "--model", str(base), "--task", task, "--train", str(train),
+                 "--validation", str(valid or train), "--out", str(root / "never"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert not (root / "never").exists()
+    return err
+
+
+def test_bad_input(root, base, capsys):
+    good = _write_jsonl(root / "ok.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    err = _cli_error(capsys, base, root, "classification", good, None, "--label-column", "gold")
+    assert "ok.jsonl:1" in err and "no column 'gold'" in err and "--label-column" in err
+    one = _write_jsonl(root / "one.jsonl", [{"text": "the cat", "label": 1}, {"text": "a dog", "label": 1}])
+    assert "at least two classes" in _cli_error(capsys, base, root, "classification", one)
+    same = _write_jsonl(root / "same.jsonl", [{"text": "the cat", "label": 2}, {"text": "a dog", "label": 2}])
+    assert "regression needs varied targets" in _cli_error(capsys, base, root, "regression", same)
+    broken = root / "broken.jsonl"
+    broken.write_text('{"text": "the cat", "label": "a"}\n{"text": "a dog", "label": \n')
+    assert "broken.jsonl:2: not valid JSON" in _cli_error(capsys, base, root, "classification", broken)
+    csv = root / "bad.csv"
+    csv.write_text("text,label\nthe cat,a\nthe dog,b,extra\n")
+    assert "bad.csv:3: 3 fields but the header has 2" in _cli_error(capsys, base, root, "classification", csv)
+    empty = _write_jsonl(root / "empty.jsonl", [{"text": " ", "label": "a"}])
+    assert "empty.jsonl:1: 'text' is empty" in _cli_error(capsys, base, root, "classification", empty)
+    unseen = _write_jsonl(root / "unseen.jsonl", [{"text": "the cat", "label": "c"}])
+    assert "unseen.jsonl:1: label 'c' does not occur" in _cli_error(capsys, base, root, "classification",
+                                                                    good, unseen)
+    long = _write_jsonl(root / "long.jsonl", [{"text": "the cat " * 40, "label": "a"}])
+    assert "long.jsonl:1" in _cli_error(capsys, base, root, "classification", good, long)
+    bioes = root / "bioes.conll"
+    bioes.write_text("Anna\tB-PER\nSmith\tE-PER\n")
+    err = _cli_error(capsys, base, root, "tagging", bioes)
+    assert "bioes.conll:2: tag 'E-PER' is not BIO" in err
+    bad_line = root / "badline.conll"
+    bad_line.write_text("Anna\tB-PER\n\nSmith\n")
+    assert "badline.conll:3: expected 'token<TAB>tag'" in _cli_error(capsys, base, root, "tagging", bad_line)
+    no_entities = root / "o.conll"
+    no_entities.write_text("the\tO\ncat\tO\n")
+    assert "every tag is O" in _cli_error(capsys, base, root, "tagging", no_entities)
+    mismatch = _write_jsonl(root / "mm.jsonl", [{"tokens": ["a", "b"], "tags": ["O"]}])
+    assert "mm.jsonl:1: 2 tokens but 1 tags" in _cli_error(capsys, base, root, "tagging", mismatch)
+    with pytest.raises(DataError, match="does not exist"):
+        finetune(base, FinetuneArgs(task="tagging", train=str(root / "nope.conll"), validation=str(bioes),
+                                    out=str(root / "never")), log=None)
