@@ -40,9 +40,9 @@ try:
 
     def _dumps(content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-except ImportError:  # pragma: no cover
+except ImportError:  # orjson is in the serve extra; without it, the standard library (numpy arrays as lists)
     def _dumps(content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False).encode()
+        return json.dumps(content, ensure_ascii=False, default=lambda o: o.tolist()).encode()
 
 
 
