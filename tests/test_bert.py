@@ -238,3 +238,36 @@ def test_train_mode_uses_dropout_and_eval_is_deterministic(model):
     assert (a - b).abs().max() > 1e-4
     model.eval()
     assert torch.equal(model.encode(ids, mask), model.encode(ids, mask))
+
+
+@pytest.mark.parametrize("mode", ["plain", "padding", "documents", "causal", "causal+padding+documents"])
+def test_sparse_last_layer_equals_full_computation(mode):
+    """With labels, the last layer runs only at the labelled rows; logits, loss and gradients are unchanged."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                    intermediate_size=64, hidden_dropout_prob=0.0,
+                                    attention_probs_dropout_prob=0.0))
+    B, T = 3, 10
+    ids = torch.randint(5, 50, (B, T))
+    labels = torch.where(torch.rand(B, T) < 0.3, ids, torch.full_like(ids, -100))
+    labels[0, 0], labels[2, :] = ids[0, 0], -100  # a labelled first position; a row with no labels
+    labels[1, 9] = ids[1, 9]
+    kw = {}
+    if "padding" in mode:
+        kw["attention_mask"] = torch.tensor([[1] * 10, [1] * 10, [1] * 6 + [0] * 4])
+    if "documents" in mode:
+        kw["document_ids"] = torch.tensor([[0] * 4 + [1] * 6, [0] * 10, [0] * 3 + [1] * 3 + [-1] * 4])
+    if "causal" in mode:
+        kw["causal"] = True
+    out = model(ids, labels=labels, **kw)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    hidden = model.encode(ids, **kw)  # the full computation: every row through every layer
+    keep = labels != -100
+    ref_logits = model.predict(hidden[keep])
+    F.cross_entropy(ref_logits, labels[keep]).backward()
+    assert out.logits.shape == ref_logits.shape and out.hidden_states.shape == (int(keep.sum()), 32)
+    assert (out.logits - ref_logits).abs().max() < 1e-5
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, atol=1e-6), n

@@ -99,18 +99,27 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(D, D)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """``queries`` ``[B, M, D]``: attend only from these rows (keys and values still from all of ``x``);
+        the result is then ``[B, M, D]``. ``attn`` must already be cut to those M query rows."""
         B, T, D = x.shape
         H = self.num_heads
         # One [D, 3D] matmul instead of three [D, D] ones; concatenating the weights is tiny next to it.
         # The 1/sqrt(d) attention scale is folded into the query weights ([D, D]) instead of the scores.
         s = (D // H) ** -0.5
-        w = torch.cat([self.query.weight * s, self.key.weight, self.value.weight])
-        b = torch.cat([self.query.bias * s, self.key.bias, self.value.bias])
-        qkv = F.linear(x, w, b).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
-        q, k, v = qkv.unbind(0)  # one gradient copy in backward, not three zero-filled [3, ...] buffers
+        if queries is None:
+            w = torch.cat([self.query.weight * s, self.key.weight, self.value.weight])
+            b = torch.cat([self.query.bias * s, self.key.bias, self.value.bias])
+            qkv = F.linear(x, w, b).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+            q, k, v = qkv.unbind(0)  # one gradient copy in backward, not three zero-filled [3, ...] buffers
+        else:
+            M = queries.shape[1]
+            q = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, D // H).transpose(1, 2)
+            w = torch.cat([self.key.weight, self.value.weight])
+            b = torch.cat([self.key.bias, self.value.bias])
+            k, v = F.linear(x, w, b).view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
         y = attend(q, k, v, attn, self.dropout_p if self.training else 0.0, scale=1.0)
-        return y.transpose(1, 2).reshape(B, T, D)
+        return y.transpose(1, 2).reshape(B, q.shape[2], D)
 
 
 class BertAddNorm(nn.Module):
@@ -132,8 +141,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertAddNorm(config.hidden_size, config)
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
-        return self.output(self.self(x, attn), x)
+    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None) -> torch.Tensor:
+        return self.output(self.self(x, attn, queries), x if queries is None else queries)
 
 
 class BertIntermediate(nn.Module):
@@ -159,8 +168,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
-        x = self.attention(x, attn)
+    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, T, D]`` -> ``[B, T, D]``, or only the rows ``queries`` ``[B, M, D]`` -> ``[B, M, D]``."""
+        x = self.attention(x, attn, queries)
         return self.output(self.intermediate(x), x)
 
 
@@ -212,6 +222,18 @@ class BertHeads(nn.Module):
         self.predictions = BertLMPredictions(config)
 
 
+def _rows_of(attn: AttentionMask, at: torch.Tensor, T: int) -> AttentionMask:
+    """The attention mask of the query rows ``at`` ``[B, M]`` (positions), for keys at all T positions."""
+    mask, keep = attn.mask, attn.keep_rows
+    if attn.is_causal:  # SDPA's is_causal assumes queries 0..M-1; spell the triangle out for these rows
+        mask = torch.arange(T, device=at.device)[None, None, None, :] <= at[:, None, :, None]  # [B, 1, M, T]
+    elif mask is not None and mask.shape[2] != 1:
+        mask = mask.gather(2, at[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))  # [B, 1, M, T]
+    if keep is not None and keep.shape[2] != 1:
+        keep = keep.gather(2, at[:, None, :, None])  # [B, 1, M, 1]
+    return AttentionMask(mask=mask, is_causal=False, keep_rows=keep)
+
+
 class BertForMaskedLM(nn.Module):
     """BERT with its masked-language-model head. See the module docstring for names and speed."""
 
@@ -261,6 +283,32 @@ class BertForMaskedLM(nn.Module):
         attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
         return self.bert.encoder(x, attn)
 
+    def _encode_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,
+                   document_ids: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
+        """Final hidden states only at the flat positions ``selected`` ``[N]`` -> ``[N, D]``.
+
+        Every layer but the last runs on all tokens; the last one needs its keys and values everywhere
+        but its queries, attention output and FFN only where the head will read (MosaicBERT's trick):
+        at 15% masking that skips ~85% of the last layer. Selected positions are gathered per row into
+        ``[B, M, D]`` (M = most selected in a row; spare slots repeat position 0 and are dropped).
+        """
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings:
+            return self.encode(input_ids, attention_mask, causal, document_ids)  # raises the length error
+        x = self.bert.embeddings(input_ids)
+        attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+        *early, last = self.bert.encoder.layer
+        for block in early:
+            x = block(x, attn)
+        rows, cols = selected // T, selected % T  # [N]
+        counts = torch.bincount(rows, minlength=B)
+        slot = torch.arange(selected.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+        at = torch.zeros(B, int(counts.max()), dtype=torch.long, device=x.device)  # [B, M] positions
+        at[rows, slot] = cols
+        queries = x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, M, D]
+        out = last(x, _rows_of(attn, at, T), queries)  # [B, M, D]
+        return out[rows, slot]
+
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """MLM head: hidden ``[..., D]`` -> logits ``[..., V]`` (decoder tied to the word embeddings)."""
         head = self.cls.predictions
@@ -284,13 +332,18 @@ class BertForMaskedLM(nn.Module):
         document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
         Without labels, logits are ``[B, T, V]`` and loss is None.
         """
-        hidden = self.encode(input_ids, attention_mask, causal, document_ids)  # [B, T, D]
         if labels is None:
+            hidden = self.encode(input_ids, attention_mask, causal, document_ids)  # [B, T, D]
             return MaskedLMOutput(loss=None, logits=self.predict(hidden), hidden_states=hidden)
 
         flat_labels = labels.reshape(-1)
         selected = (flat_labels != -100).nonzero().squeeze(1)  # [N]
-        logits = self.predict(hidden.reshape(-1, hidden.shape[-1]).index_select(0, selected))  # [N, V]
+        if selected.numel() == 0:
+            hidden = self.encode(input_ids, attention_mask, causal, document_ids).reshape(-1, self.config.hidden_size)
+            hidden = hidden[:0]
+        else:
+            hidden = self._encode_at(input_ids, attention_mask, causal, document_ids, selected)  # [N, D]
+        logits = self.predict(hidden)  # [N, V]
         if selected.numel() == 0:
             # nothing to predict: a zero loss that still backpropagates (to nothing) instead of NaN
             loss = logits.sum() * 0.0
