@@ -67,9 +67,9 @@ def causal_ppl(model, tok, prompts: list[str], continuations: list[list[int]]) -
         if not cont:
             continue
         head = [tok.cls_id] + tok.encode(prompt, add_special_tokens=False).ids
-        ids = torch.tensor([head + cont])
+        ids = torch.tensor([head + cont], device=next(model.parameters()).device)
         logp = torch.log_softmax(model.predict(model.encode(ids, causal=True)).float(), -1)[0]  # [T, V]
-        pos = torch.arange(len(head) - 1, ids.shape[1] - 1)
+        pos = torch.arange(len(head) - 1, ids.shape[1] - 1, device=ids.device)
         nll -= logp[pos, ids[0, pos + 1]].sum().item()
         count += len(cont)
     return math.exp(nll / max(count, 1))
@@ -107,13 +107,14 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per config (the fastest counts)")
     ap.add_argument("--threads", type=int, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model_dir = Path(args.model) if args.model else train_model(Path(tempfile.mkdtemp()) / "run", args.train_minutes)
-    pipe = masklm.load(model_dir, device="cpu")
+    pipe = masklm.load(model_dir, device=args.device)
     tok, model = pipe.tokenizer, pipe.model
     rows = []
     for length in args.lengths:

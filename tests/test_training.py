@@ -402,3 +402,19 @@ def test_resume_across_a_seq_len_phase_change(tmp_path, corpus, tokenizer_dir):
     resumed = train(tiny_config(tmp_path / "b", corpus, tokenizer_dir, resume=True, **kw))
     a, b = final_weights(straight), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mixed_family_config_and_schedule_length_notes(tmp_path, corpus, tokenizer_dir, capsys):
+    from masklm.config import ModelConfig
+    from masklm.training.trainer import train
+
+    with pytest.raises(ConfigError, match="'dwa' is not a field of bert configs"):
+        ModelConfig(arch="bert", dwa=True)
+    with pytest.raises(ConfigError, match="'type_vocab_size' is not a field of ltg-bert configs"):
+        ModelConfig(arch="ltg-bert", type_vocab_size=2)
+    # --max-steps shorter than the AntLM schedule: said plainly before training starts
+    train(tiny_config(tmp_path / "short", corpus, tokenizer_dir, objective="clm:3,mlm:3", schedule_unit="steps",
+                      max_steps=4))
+    err = capsys.readouterr().err
+    assert "the objective schedule covers 6 steps (6 steps) but the run has 4 steps; it is cut short" in err
+    assert err.index("cut short") < err.index("held-out masked-token accuracy")
