@@ -200,3 +200,44 @@ def test_import_ltg_bad_input_exit_2(tmp_path, capsys, breakage, message):
     assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith("masklm: error:") and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
+    """§2.4's check: weights trained with the interleaved split have a much lower MLM loss read that way."""
+    import random
+
+    from masklm.config import TrainConfig
+    from masklm.modeldir import load_model_dir
+    from masklm.training.trainer import train
+
+    # Counting sequences "w7 w8 w9 ...": a masked word is told by its left and right neighbours, so the
+    # model must use the relative-position terms, which the wrong split scrambles.
+    rng = random.Random(0)
+    docs = []
+    for _ in range(200):
+        start = rng.randrange(40)
+        docs.append(" ".join(f"w{(start + i) % 40}" for i in range(rng.randint(20, 40))))
+    (tmp_path / "c.txt").write_text("\n\n".join(docs))
+    run = train(TrainConfig(
+        arch="ltg-bert", out=str(tmp_path / "run"), corpus=[str(tmp_path / "c.txt")], vocab_size=200, seq_len=32,
+        batch_size=16, max_steps=150, lr=3e-3, progress=False, log_every=50,
+        model={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+               "position_split": "interleaved", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    model, _, _ = load_model_dir(run / "final")
+    c = model.config
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    torch.save(export_reference_state_dict(model.state_dict(), c), ref / "model.bin")
+    (ref / "config.json").write_text(json.dumps({
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "vocab_size": c.vocab_size,
+        "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
+        "layer_norm_eps": c.layer_norm_eps, "position_bucket_size": 32, "max_position_embeddings": 512}))
+    args = ["import-ltg", "--weights", str(ref / "model.bin"), "--config", str(ref / "config.json"),
+            "--tokenizer", str(run / "final" / "tokenizer.json"), "--check-text", str(tmp_path / "c.txt")]
+    assert main([*args, "--out", str(tmp_path / "wrong")]) == 2  # contiguous is the default
+    err = capsys.readouterr().err
+    assert "it was trained with the interleaved split; pass --position-split interleaved" in err
+    assert not (tmp_path / "wrong").exists()
+    assert main([*args, "--out", str(tmp_path / "right"), "--position-split", "interleaved"]) == 0
+    assert "masked-LM loss on the check text" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "forced"), "--no-split-check"]) == 0

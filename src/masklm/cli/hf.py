@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ltg.add_argument("--position-split", choices=("contiguous", "interleaved"), default="contiguous",
                      help="how the positional q/k halves are cut: contiguous (BabyLM, GPT-BERT; default) or "
                           "interleaved (BNC-era checkpoints)")
+    ltg.add_argument("--check-text", nargs="+", default=["kjv"], metavar="SRC",
+                     help="text (files, folders or a built-in corpus; default kjv) on which the masked-LM loss "
+                          "under both position splits is compared; a clearly worse --position-split is refused")
+    ltg.add_argument("--no-split-check", action="store_true", help="skip that comparison")
     ltg.set_defaults(func=run_import_ltg)
 
 
@@ -76,7 +80,16 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import_ltg(args: argparse.Namespace) -> int:
     from masklm.hf.ltg_export import import_ltg
 
+    texts = None
+    if not args.no_split_check:
+        from itertools import islice
+
+        from masklm.data.corpus import iter_documents
+        from masklm.hf.ltg_export import SPLIT_CHECK_TEXTS
+
+        texts = list(islice(iter_documents(args.check_text), SPLIT_CHECK_TEXTS))
     with _StderrWarnings():
-        out = import_ltg(args.weights, args.config, args.tokenizer, args.out, position_split=args.position_split)
+        out = import_ltg(args.weights, args.config, args.tokenizer, args.out, position_split=args.position_split,
+                         check_texts=texts, log=lambda message: print(f"masklm: {message}", file=sys.stderr))
     print(out)
     return 0

@@ -20,6 +20,7 @@ import torch
 
 from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
+from masklm.tokenizer import Tokenizer
 
 LTG_ARCHS = ("ltg-bert", "gpt-bert")
 REMOTE_DIR = Path(__file__).with_name("remote")
@@ -118,8 +119,6 @@ def reference_tokenizer(path: str | Path):
     """masklm Tokenizer around a reference ``tokenizer.json`` ([PAD]/[UNK]/... or <pad>/<unk>/... names)."""
     from tokenizers import Tokenizer as Backend
 
-    from masklm.tokenizer import Tokenizer
-
     file = Path(path)
     if not file.is_file():
         raise ModelDirError(f"tokenizer file {file} does not exist; pass the checkpoint's tokenizer.json")
@@ -138,9 +137,47 @@ def reference_tokenizer(path: str | Path):
     return Tokenizer(backend, specials)
 
 
+# A wrong position split leaves every weight in place but scrambles the relative-position terms; the
+# trained convention then gives a much lower masked-LM loss on real text (research/ltg_bert.md §2.4).
+SPLIT_CHECK_RATIO = 1.25
+SPLIT_CHECK_TEXTS = 32
+
+
+def position_split_losses(model_config: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer,
+                          texts: list[str], seq_len: int = 128) -> dict[str, float]:
+    """Masked-LM loss (15% masked, fixed masks) of the same weights read with each position split."""
+    import dataclasses
+
+    from masklm.data.masking import mask_tokens
+    from masklm.models.ltg_bert import LtgBertForMaskedLM
+
+    rows = [ids[:seq_len] for ids in (tok.encode(t).ids for t in texts) if len(ids) > 2]
+    if not rows:
+        return {}
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], attention[i, :len(r)] = torch.tensor(r), 1
+    inputs, labels = mask_tokens(ids, rows=list(range(len(rows))), seed=0, epoch=0, mask_id=tok.mask_id,
+                                 vocab_size=tok.vocab_size, special_ids=tok.special_ids, attention_mask=attention)
+    losses = {}
+    for split in ("contiguous", "interleaved"):
+        model = LtgBertForMaskedLM(dataclasses.replace(model_config, position_split=split)).eval()
+        model.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            losses[split] = float(model(inputs, attention_mask=attention, labels=labels).loss)
+    return losses
+
+
 def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, out: str | Path,
-               position_split: str = "contiguous") -> Path:
-    """Convert a reference LTG-BERT / GPT-BERT checkpoint into a masklm model folder; returns its path."""
+               position_split: str = "contiguous", check_texts: list[str] | None = None,
+               log=lambda message: None) -> Path:
+    """Convert a reference LTG-BERT / GPT-BERT checkpoint into a masklm model folder; returns its path.
+
+    With ``check_texts``, the masked-LM loss of the weights is measured under both position splits first,
+    and a ``position_split`` whose loss is clearly worse than the other's is refused.
+    """
     from masklm.hf.ltg_reference import convert_reference_state_dict
     from masklm.modeldir import write_model_dir
     from masklm.models.ltg_bert import LtgBertForMaskedLM
@@ -157,6 +194,19 @@ def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, o
         model.load_state_dict(converted, strict=True)
     except RuntimeError as exc:  # convert_reference_state_dict checked names and shapes; be safe anyway
         raise ModelDirError(f"weights do not fit the config: {str(exc).splitlines()[0]}") from None
+    if check_texts:
+        losses = position_split_losses(model_config, converted, tok, check_texts)
+        if losses:
+            other = "interleaved" if position_split == "contiguous" else "contiguous"
+            log(f"masked-LM loss on the check text: contiguous {losses['contiguous']:.3f}, "
+                f"interleaved {losses['interleaved']:.3f}")
+            if (losses[position_split] > SPLIT_CHECK_RATIO * losses[other]
+                    and losses[position_split] - losses[other] > 0.05):
+                raise ModelDirError(
+                    f"with --position-split {position_split} the checkpoint's masked-LM loss is "
+                    f"{losses[position_split]:.3f} against {losses[other]:.3f} with {other}: it was trained with "
+                    f"the {other} split; pass --position-split {other} (or --no-split-check to keep {position_split})"
+                )
     state_out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     return write_model_dir(out, model_config.to_json_dict(), state_out, tok)
 
