@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 RUNS = ("mlm", "antlm", "mntp+clm", "diffusion")
 MIX = "mntp=15,clm=1"
@@ -98,40 +97,16 @@ def antlm_objective(steps: int, unit: str, steps_per_epoch: int) -> str:
     return ",".join(f"{name}:{Fraction(n, steps_per_epoch)}" for (name, _), n in zip(ANTLM_RATIO, lengths))
 
 
-@torch.no_grad()
 def evaluate_mntp_aligned(model, rows, tok, *, batch_size: int, max_batches: int, seed: int) -> dict[str, float]:
     """Masked-token accuracy read the GPT-BERT way: the prediction for masked token j is the output at j-1.
 
     Same masked inputs as ``evaluate_mlm`` (same seed, rate and rows); the targets are the same masked
     tokens, except those that start a document or a row (nothing before them in their document).
     """
-    from masklm.data.masking import IGNORE_INDEX, mask_tokens
-    from masklm.objectives.base import next_token_labels
-    from masklm.training.trainer import EVAL_MASK_RATE, EVAL_SEED_OFFSET
+    from masklm.training.trainer import evaluate_mlm
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum, correct, count = 0.0, 0, 0
-    n_rows = min(len(rows), batch_size * max_batches)
-    for lo in range(0, n_rows, batch_size):
-        row_ids = list(range(lo, min(lo + batch_size, n_rows)))
-        batch = {k: v.to(device) for k, v in rows.batch(row_ids).items()}
-        inputs, labels = mask_tokens(batch["input_ids"], rows=row_ids, seed=seed + EVAL_SEED_OFFSET, epoch=0,
-                                     rate=EVAL_MASK_RATE, mask_id=tok.mask_id, vocab_size=tok.vocab_size,
-                                     special_ids=tok.special_ids, attention_mask=batch["attention_mask"])
-        shifted = next_token_labels(labels, batch["attention_mask"], batch["document_ids"])
-        selected = shifted != IGNORE_INDEX
-        if not selected.any():
-            continue
-        out = model(inputs, attention_mask=batch["attention_mask"], labels=shifted,
-                    document_ids=batch["document_ids"])
-        target = shifted[selected]
-        loss_sum += F.cross_entropy(out.logits.float(), target, reduction="sum").item()
-        correct += int((out.logits.argmax(-1) == target).sum())
-        count += int(target.numel())
-    model.train(was_training)
-    return {"mntp_loss": loss_sum / max(count, 1), "mntp_accuracy": correct / max(count, 1), "mntp_tokens": count}
+    r = evaluate_mlm(model, rows, tok, batch_size=batch_size, max_batches=max_batches, seed=seed, shift=True)
+    return {"mntp_loss": r["eval_loss"], "mntp_accuracy": r["eval_accuracy"], "mntp_tokens": r["eval_tokens"]}
 
 
 def _last_record(metrics: Path, key: str) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from masklm.data.shards import ShardedCorpus, prepare_shards
 from masklm.errors import ConfigError, MaskLMError
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
-from masklm.objectives.base import batch_denominator, objective_loss, step_loss_scales
+from masklm.objectives.base import batch_denominator, next_token_labels, objective_loss, step_loss_scales
 from masklm.objectives.clm import evaluate_causal
 from masklm.objectives.diffusion import evaluate_diffusion
 from masklm.objectives.schedule import build_schedule
@@ -337,10 +337,12 @@ class Trainer:
 
 @torch.no_grad()
 def evaluate_mlm(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, batch_size: int, max_batches: int,
-                 seed: int, baseline_id: int | None = None) -> dict[str, float]:
+                 seed: int, baseline_id: int | None = None, shift: bool = False) -> dict[str, float]:
     """Masked-token loss and accuracy at a fixed 15% rate, with the same masks at every call.
 
-    With ``baseline_id``, also the accuracy of always guessing that token on the same positions.
+    With ``baseline_id``, also the accuracy of always guessing that token on the same positions. With
+    ``shift``, the prediction for masked token j is read at j-1, as GPT-BERT's MNTP models make it (a
+    masked token that starts a row or a document then has nothing to be read from and is skipped).
     """
     was_training = model.training
     model.eval()
@@ -353,6 +355,8 @@ def evaluate_mlm(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, batch_si
         inputs, labels = mask_tokens(batch["input_ids"], rows=row_ids, seed=seed + EVAL_SEED_OFFSET, epoch=0,
                                      rate=EVAL_MASK_RATE, mask_id=tok.mask_id, vocab_size=tok.vocab_size,
                                      special_ids=tok.special_ids, attention_mask=batch["attention_mask"])
+        if shift:
+            labels = next_token_labels(labels, batch["attention_mask"], batch["document_ids"])
         if not (labels != -100).any():
             continue
         out = model(inputs, attention_mask=batch["attention_mask"], labels=labels,
