@@ -1,10 +1,15 @@
 """Load test for ``masklm serve``: fill-mask requests at a fixed concurrency, beside HF's pipeline.
 
 Starts ``python -m masklm serve`` on a free 127.0.0.1 port (loopback only), sends ``--requests``
-single-text fill-mask requests from ``--concurrency`` concurrent connections (httpx, asyncio), then
-calls ``transformers.pipeline("fill-mask")`` once per request on the same model folder in this
-process (the server is idle meanwhile). Both phases stop at ``--time-limit`` seconds. Prints JSON:
-requests/s, p50/p99 latency and errors for each, and the ratio.
+single-text fill-mask requests from ``--concurrency`` keep-alive connections, then calls
+``transformers.pipeline("fill-mask")`` once per request on the same model folder in this process (the
+server is idle meanwhile) and checks that both gave the same best candidate for every text. Both phases
+stop at ``--time-limit`` seconds. Prints JSON: requests/s, p50/p99 latency and errors for each, the
+answers that differ, and the ratio.
+
+The load generator is a small asyncio HTTP/1.1 client (one request in flight per connection, like
+``wrk``); it shares the machine with the server, so it must cost little: its CPU seconds are reported.
+An httpx client costs the server's own per-request work again on this 2-core machine.
 
     python benchmarks/serve_load.py                       # builds a tiny BERT folder in a temp dir
     python benchmarks/serve_load.py --model DIR --requests 2000 --concurrency 32 --out serve.json
@@ -64,56 +69,90 @@ def summary(latencies: list[float], errors: int, seconds: float) -> dict:
             "p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
 
-async def load(url: str, items: list[str], concurrency: int, time_limit: float, top_k: int) -> dict:
-    import httpx
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """Send one request on a keep-alive connection; the status and body of the answer."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next((int(v) for k, _, v in (line.partition(":") for line in lines[1:])
+                   if k.strip().lower() == "content-length"), None)
+    if length is None:
+        raise ValueError("answer without Content-Length")
+    return status, await reader.readexactly(length)
 
+
+async def load(url: str, items: list[str], concurrency: int, time_limit: float, top_k: int) -> tuple[dict, dict]:
+    """Fill-mask requests for ``items`` from ``concurrency`` connections; the summary and the answers by index."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
+    answers: dict[int, list] = {}
     errors = 0
     counter = iter(range(len(items)))
     deadline = time.perf_counter() + time_limit
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker() -> None:
         nonlocal errors
+        conn = None
         for i in counter:
             if time.perf_counter() > deadline:
-                return
+                break
+            body = json.dumps({"inputs": items[i], "parameters": {"top_k": top_k}}).encode()
+            request = (f"POST /fill-mask HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             t0 = time.perf_counter()
             try:
-                r = await client.post("/fill-mask", json={"inputs": items[i], "parameters": {"top_k": top_k}})
-                ok = r.status_code == 200 and isinstance(r.json(), list)
-            except httpx.HTTPError:
+                conn = conn or await asyncio.open_connection(host, int(port))
+                status, payload = await _exchange(*conn, request)
+                answer = json.loads(payload)
+                ok = status == 200 and isinstance(answer, list)
+            except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 ok = False
+                if conn is not None:
+                    conn[1].close()
+                conn = None
             if ok:
                 latencies.append(time.perf_counter() - t0)
+                answers[i] = answer
             else:
                 errors += 1
+        if conn is not None:
+            conn[1].close()
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        return summary(latencies, errors, time.perf_counter() - start)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    seconds = time.perf_counter() - start
+    return summary(latencies, errors, seconds) | {"client_cpu_s": round(time.process_time() - cpu, 3)}, answers
 
 
-def hf_pipeline(model_dir: Path, items: list[str], time_limit: float, top_k: int) -> dict:
+def same_best(a: list, b: list) -> bool:
+    """The best candidates agree: same token, scores within 1e-4."""
+    return a[0]["token"] == b[0]["token"] and abs(a[0]["score"] - b[0]["score"]) <= 1e-4
+
+
+def hf_pipeline(model_dir: Path, items: list[str], time_limit: float, top_k: int, served: dict) -> dict:
     import transformers
 
     pipe = transformers.pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
     for text in items[:20]:
         pipe(text, top_k=top_k)
     latencies: list[float] = []
-    errors = 0
+    errors = differ = 0
     start = time.perf_counter()
-    for text in items:
+    for i, text in enumerate(items):
         if time.perf_counter() - start > time_limit:
             break
         t0 = time.perf_counter()
         try:
-            pipe(text, top_k=top_k)
+            out = pipe(text, top_k=top_k)
             latencies.append(time.perf_counter() - t0)
         except Exception:  # noqa: BLE001 - counted, as the server's errors are
             errors += 1
-    return summary(latencies, errors, time.perf_counter() - start) | {"transformers": transformers.__version__}
+            continue
+        differ += i in served and not same_best(out, served[i])
+    return summary(latencies, errors, time.perf_counter() - start) | {
+        "transformers": transformers.__version__, "server_answers_differing": differ}
 
 
 def start_server(model_dir: Path, log: Path, flags: list[str]) -> tuple[subprocess.Popen, str]:
@@ -156,7 +195,7 @@ def main() -> None:
         proc, url = start_server(model_dir, Path(tmp) / "server.log", args.server_flag)
         try:
             asyncio.run(load(url, items[:100], min(args.concurrency, 8), 30, args.top_k))  # warm-up
-            server = asyncio.run(load(url, items, args.concurrency, args.time_limit, args.top_k))
+            server, answers = asyncio.run(load(url, items, args.concurrency, args.time_limit, args.top_k))
             import httpx
 
             metrics = httpx.get(url + "/metrics").text
@@ -171,7 +210,7 @@ def main() -> None:
             "server": server | {"model_calls_incl_warmup": int(batches.group(1)) if batches else None},
         }
         if not args.skip_hf:
-            hf = hf_pipeline(model_dir, items, args.time_limit, args.top_k)
+            hf = hf_pipeline(model_dir, items, args.time_limit, args.top_k, answers)
             result["hf_pipeline"] = hf
             result["ratio_requests_per_s"] = round(server["requests_per_s"] / hf["requests_per_s"], 2)
         result["load_average_after"] = os.getloadavg()

@@ -130,7 +130,9 @@ def test_health_info_docs_metrics(url, servers):
     assert info["objectives"] == ["mlm", "clm"] and info["masklm_version"] == masklm.__version__
     assert info["hidden_size"] == 32 and info["limits"]["max_inputs"] == 4
     assert "swagger" in httpx.get(url + "/docs").text.lower()
-    assert "/fill-mask" in httpx.get(url + "/openapi.json").json()["paths"]
+    paths = httpx.get(url + "/openapi.json").json()["paths"]  # the gate serves them; FastAPI documents them
+    for path in ("/fill-mask", "/score", "/generate", "/embed", "/v1/embeddings", "/tokenize"):
+        assert "requestBody" in paths[path]["post"], path
     metrics = httpx.get(url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in ("masklm_requests_total{", "masklm_request_duration_seconds_bucket{", "masklm_batch_requests_count",
@@ -170,6 +172,38 @@ def test_concurrent_requests_are_batched_correctly(servers, pipe):
     one = int(re.search(r'masklm_batch_requests_bucket\{le="1"\} (\d+)', m).group(1))
     total = int(re.search(r"masklm_batch_requests_count (\d+)", m).group(1))
     assert total >= 1 and one < total  # the two requests shared one model call
+
+
+def test_bad_inputs_in_a_shared_batch_fail_alone(servers, pipe):
+    """Inputs are tokenized and checked in the worker, a whole hand-off at once: a request without a mask
+    or past the token limit gets its own error while the requests batched with it are answered."""
+    keyed = servers[1]
+    bodies = [{"inputs": "the [MASK] sat"}, {"inputs": "no mask here"}, {"inputs": "a [MASK] " + "cat " * 40},
+              {"inputs": ["a dog ran [MASK]", "the [MASK] sat"], "parameters": {"top_k": 2}}]
+
+    async def go(pair):  # this server admits 2 requests at a time and waits 300 ms to batch
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as client:
+            return await asyncio.gather(*[client.post(keyed.url + "/fill-mask", json=b) for b in pair])
+    ok1, no_mask = asyncio.run(go(bodies[:2]))
+    too_long, ok2 = asyncio.run(go(bodies[2:]))
+    assert no_mask.status_code == 422 and "[MASK]" in no_mask.json()["error"]
+    assert too_long.status_code == 413 and "32 tokens" in too_long.json()["error"]
+    same_fill(ok1.json(), pipe.fill_mask("the [MASK] sat", top_k=5))
+    same_fill(ok2.json(), pipe.fill_mask(bodies[3]["inputs"], top_k=2))
+
+
+def test_batches_respect_the_token_budget():
+    from masklm.serve.batching import Job, Runner
+    from masklm.serve.limits import Limits
+
+    runner = Runner(pipe=None, limits=Limits(max_batch_tokens=20), metrics=None)
+    jobs = [Job("fill_mask", (None,), ["x"] * len(rows), ids=rows) for rows in
+            ([[1] * 5], [[1] * 5, [1] * 4], [[1] * 6], [[1] * 3], [[1] * 20])]
+    jobs.insert(2, Job("fill_mask", (("a",),), ["x"], ids=[[1] * 3]))   # other targets: its own call
+    jobs.insert(4, Job("generate", (), [""]))                             # never merged
+    batches = [[jobs.index(j) for j in b] for b in runner._batches(jobs)]
+    # [0, 1]: 3 rows x 5 = 15; adding job 3 would make 4 x 6 = 24 > 20; [3, 5]: 2 x 6 = 12; then 3 x 6 > 20
+    assert batches == [[4], [0, 1], [3, 5], [6], [2]]
 
 
 def test_score_embed_openai_tokenize(url, pipe):

@@ -93,6 +93,10 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
+    def decode_batch(self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
+        return self.backend.decode_batch([[int(i) for i in ids] for ids in rows],
+                                         skip_special_tokens=skip_special_tokens)
+
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 

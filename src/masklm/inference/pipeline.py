@@ -31,6 +31,7 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.config = model.config
         self.path = path
+        self._token_strs: dict[int, str] = {}  # token id -> decode([id]), filled as fill_mask meets them
 
     @property
     def device(self) -> torch.device:
@@ -63,11 +64,9 @@ class Pipeline:
     def _pad(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, T]`` ids and attention mask, right-padded to the longest input."""
         width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), self.tokenizer.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, :len(row)] = 1
+        pad = self.tokenizer.pad_id
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], dtype=torch.long)
+        attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=torch.long)
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     # ---- fill-mask ----------------------------------------------------------------------------
@@ -91,7 +90,6 @@ class Pipeline:
             ids.append(tid)
         return list(dict.fromkeys(ids))
 
-    @torch.no_grad()
     def fill_mask(self, inputs: str | list[str], top_k: int = 5, targets: str | list[str] | None = None,
                   batch_size: int = 64) -> list:
         """Top-k predictions at each [MASK].
@@ -104,16 +102,22 @@ class Pipeline:
         texts = [inputs] if single else list(inputs)
         if not texts:
             raise InputError("no inputs given; pass a text with [MASK] or a list of them")
+        results = self.fill_mask_encoded(self._encode(texts), top_k=top_k, targets=targets, batch_size=batch_size)
+        return results[0] if single or len(results) == 1 else results
+
+    @torch.no_grad()
+    def fill_mask_encoded(self, encoded: list[list[int]], top_k: int = 5, targets: str | list[str] | None = None,
+                          batch_size: int = 64) -> list:
+        """``fill_mask`` on token ids already made (special tokens included): one result per row, never
+        unwrapped. For callers that tokenized already, such as the server."""
         if top_k < 1:
             raise InputError(f"top_k must be >= 1, got {top_k}")
-        encoded = self._encode(texts)
         mask_id = self.tokenizer.mask_id
         for i, ids in enumerate(encoded):
             if mask_id not in ids:
-                raise InputError(
-                    f"no {self.tokenizer.mask_token} in input {i} ({texts[i][:60]!r}); "
-                    f"put {self.tokenizer.mask_token} where a word should be predicted"
-                )
+                raise InputError(f"no {self.tokenizer.mask_token} in input {i} "
+                                 f"({self.tokenizer.decode(ids)[:60]!r}); "
+                                 f"put {self.tokenizer.mask_token} where a word should be predicted")
         target_ids = torch.tensor(self._target_ids(targets), device=self.device) if targets is not None else None
         k = min(top_k, len(target_ids)) if target_ids is not None else min(top_k, self.config.vocab_size)
 
@@ -130,29 +134,48 @@ class Pipeline:
             scores, idx = probs.topk(k, dim=-1)
             if target_ids is not None:
                 idx = target_ids[idx]
-            scores, idx = scores.tolist(), idx.tolist()
-            m = 0
-            for ids in chunk:
-                per_mask = []
-                positions = [p for p, t in enumerate(ids) if t == mask_id]
-                for pos in positions:
-                    # As in HF: with several masks, specials stay in `sequence` so the other masks show.
-                    per_mask.append([self._candidate(ids, pos, tid, s, skip_special=len(positions) == 1)
-                                     for s, tid in zip(scores[m], idx[m])])
-                    m += 1
-                results.append(per_mask[0] if len(per_mask) == 1 else per_mask)
-        return results[0] if single or len(results) == 1 else results
+            results.extend(self._candidates(chunk, scores.tolist(), idx.tolist()))
+        return results
 
-    def _candidate(self, ids: list[int], pos: int, token_id: int, score: float,
-                   skip_special: bool) -> dict[str, Any]:
-        filled = list(ids)
-        filled[pos] = token_id
-        return {
-            "score": score,
-            "token": token_id,
-            "token_str": self.tokenizer.decode([token_id], skip_special_tokens=False),
-            "sequence": self.tokenizer.decode(filled, skip_special_tokens=skip_special),
-        }
+    def _candidates(self, chunk: list[list[int]], scores: list[list[float]], idx: list[list[int]]) -> list:
+        """The pipeline's dicts for each row of ``chunk``; ``scores``/``idx`` hold one row per mask.
+
+        As in HF, ``token_str`` is ``decode([id])`` and ``sequence`` is the filled input decoded, with
+        special tokens kept when the input has several masks (so the other masks show). All sequences of
+        a chunk are decoded in one batch call per ``skip_special_tokens`` setting.
+        """
+        mask_id = self.tokenizer.mask_id
+        rows = []        # per input: per mask: [(score, token id, sequence slot)]
+        filled: dict[bool, list[list[int]]] = {True: [], False: []}
+        m = 0
+        for ids in chunk:
+            positions = [p for p, t in enumerate(ids) if t == mask_id]
+            skip = len(positions) == 1
+            per_mask = []
+            for pos in positions:
+                cands = []
+                for s, tid in zip(scores[m], idx[m]):
+                    row = list(ids)
+                    row[pos] = tid
+                    cands.append((s, tid, skip, len(filled[skip])))
+                    filled[skip].append(row)
+                per_mask.append(cands)
+                m += 1
+            rows.append(per_mask)
+        decoded = {skip: self.tokenizer.decode_batch(seqs, skip_special_tokens=skip) if seqs else []
+                   for skip, seqs in filled.items()}
+        token_str = self._token_strs
+        results = []
+        for per_mask in rows:
+            out = []
+            for cands in per_mask:
+                for _, tid, _, _ in cands:
+                    if tid not in token_str:
+                        token_str[tid] = self.tokenizer.decode([tid], skip_special_tokens=False)
+                out.append([{"score": s, "token": tid, "token_str": token_str[tid], "sequence": decoded[skip][slot]}
+                            for s, tid, skip, slot in cands])
+            results.append(out[0] if len(out) == 1 else out)
+        return results
 
     # ---- scoring and embeddings (the work is in masklm.scoring and masklm.inference.embed) ------
 

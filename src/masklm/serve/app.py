@@ -1,8 +1,11 @@
 """The FastAPI application: routes, validation and error bodies.
 
 ``create_app(pipe, limits, api_key)`` builds it around a loaded ``Pipeline``; ``masklm serve`` runs it
-under uvicorn. Handlers validate and tokenize on the event loop, then hand the model work to the
-``Batcher`` worker thread. Every error is ``{"error", "error_type"}`` (see ``masklm.serve.limits``).
+under uvicorn. The POST routes each take one JSON body model: FastAPI documents them (``/docs``,
+``/openapi.json``) and the gate in front serves them, validating the body with the same pydantic model
+without FastAPI's per-request machinery (see ``masklm.serve.gate``). Handlers check the request's
+fields on the event loop, then hand the model work, tokenization included, to the ``Batcher``'s worker
+thread. Every error is ``{"error", "error_type"}`` (see ``masklm.serve.responses``).
 No request field names a file, a module or a command: requests carry only text and numbers.
 """
 
@@ -10,13 +13,14 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -24,8 +28,9 @@ from masklm.errors import MaskLMError
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
 from masklm.serve.generation import check_generate, generate_params
-from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range, token_lengths
+from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range
 from masklm.serve.metrics import Metrics
+from masklm.serve.responses import as_serve_error, error_response, json_response
 from masklm.serve.schemas import (
     EmbedRequest,
     FillMaskRequest,
@@ -35,41 +40,7 @@ from masklm.serve.schemas import (
     TokenizeRequest,
 )
 
-try:
-    import orjson
-
-    def _dumps(content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-except ImportError:  # orjson is in the serve extra; without it, the standard library (numpy arrays as lists)
-    def _dumps(content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, default=lambda o: o.tolist()).encode()
-
-
-
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_dumps(content), status_code=status, headers=headers, media_type="application/json")
-
-
-def _validation_message(exc: RequestValidationError, content_type: str | None) -> str:
-    """One line naming each bad field: ``parameters.foo: unknown field``."""
-    if content_type is not None and "json" not in content_type.lower():
-        # strict on purpose: a browser page cannot send application/json cross-site without a preflight
-        return f"the body must be JSON sent with 'Content-Type: application/json' (got {content_type!r})"
-    parts: list[str] = []
-    for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        where = ".".join(loc) or "body"
-        if err.get("type") == "json_invalid":
-            msg = f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
-        elif err.get("type") == "extra_forbidden":
-            msg = f"{where}: unknown field; see /docs for the accepted fields"
-        elif err.get("type") == "missing" and where == "body":
-            msg = "request body is missing; send a JSON object"
-        else:
-            msg = f"{where}: {err.get('msg')}"
-        if msg not in parts:
-            parts.append(msg)
-    return "; ".join(parts[:4]) or "invalid request"
+JsonRoute = tuple[type[BaseModel], Callable[[Any], Awaitable[Response]]]
 
 
 def read_info(pipe, limits: Limits) -> dict[str, Any]:
@@ -110,7 +81,7 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
     """The ASGI app serving ``pipe``: FastAPI routes wrapped in the key/body-limit/metrics gate."""
     limits = (limits or Limits()).check(pipe.max_length)
     metrics = Metrics()
-    batcher = Batcher(Runner(pipe, limits), limits, metrics)
+    batcher = Batcher(Runner(pipe, limits, metrics), limits, metrics)
     info = read_info(pipe, limits)
     tok = pipe.tokenizer
     gen_params = generate_params(pipe)
@@ -127,33 +98,22 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
                   description="Fill-mask, sentence scores, generation and embeddings from a masklm model folder.")
     gate: Gate | None = None
 
-    def error(request: Request, exc: ServeError) -> Response:
-        metrics.error(gate.route(request.url.path) if gate else "other", exc.error_type)
-        return json_response(exc.body(), exc.status, exc.headers)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        err = as_serve_error(exc, request.method, request.url.path)
+        metrics.error(gate.route(request.url.path) if gate else "other", err.error_type)
+        return error_response(err)
 
-    @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, exc: ServeError) -> Response:
-        return error(request, exc)
+    for kind in (ServeError, MaskLMError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, on_error)
 
-    @app.exception_handler(MaskLMError)
-    async def _input_error(request: Request, exc: MaskLMError) -> Response:
-        return error(request, ServeError(str(exc)))
+    json_routes: dict[str, JsonRoute] = {}
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        return error(request, ServeError(_validation_message(exc, request.headers.get("content-type"))))
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Response:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        text = (f"no route {request.method} {request.url.path}; see /docs" if exc.status_code in (404, 405)
-                else str(exc.detail))
-        return error(request, ServeError(text, kind))
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> Response:
-        print(f"masklm serve: internal error on {request.url.path}: {exc!r}", file=sys.stderr)
-        return error(request, ServeError("internal server error; the server logged it", "internal"))
+    def json_post(path: str, summary: str) -> Callable:
+        """A POST route taking one JSON body model: served by the gate, documented by FastAPI."""
+        def register(endpoint: Callable[[Any], Awaitable[Response]]) -> Callable:
+            json_routes[path] = (get_type_hints(endpoint)["body"], endpoint)
+            return app.post(path, summary=summary)(endpoint)
+        return register
 
     @app.get("/health", summary="200 while the model worker runs")
     async def health() -> Response:
@@ -169,14 +129,10 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
     async def get_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/fill-mask", summary="top-k tokens at each mask (Hugging Face fill-mask schema)")
+    @json_post("/fill-mask", summary="top-k tokens at each mask (Hugging Face fill-mask schema)")
     async def fill_mask(body: FillMaskRequest) -> Response:
         texts = as_list(body.inputs)
-        rows = token_lengths(tok, texts, limits)
-        for i, ids in enumerate(rows):
-            if tok.mask_id not in ids:
-                raise ServeError(f"inputs[{i}] has no {tok.mask_token}; put {tok.mask_token} where a word "
-                                 "should be predicted")
+        check_count(texts, limits)
         p = body.parameters
         check_range("parameters.top_k", p.top_k, 1, limits.max_top_k)
         targets = None
@@ -187,16 +143,15 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
                                  f"limit of {limits.max_targets}", "too_large")
             if not all(t.strip() for t in targets):
                 raise ServeError("parameters.targets holds an empty word; pass words the tokenizer knows")
-        job = Job("fill_mask", (tuple(targets) if targets else None,), texts, max(map(len, rows)),
-                  {"top_k": p.top_k, "targets": targets})
+        job = Job("fill_mask", (tuple(targets) if targets else None,), texts, {"top_k": p.top_k, "targets": targets})
         return json_response(await batcher.submit(job))
 
-    @app.post("/score", summary="sentence log-probabilities: pll, pll-word-l2r, causal or mntp")
+    @json_post("/score", summary="sentence log-probabilities: pll, pll-word-l2r, causal or mntp")
     async def score(body: ScoreRequest) -> Response:
         texts = as_list(body.inputs)
-        rows = token_lengths(tok, texts, limits)
+        check_count(texts, limits)
         p = body.parameters.model_dump()
-        job = Job("score", (p["metric"], p["reduction"], p["per_token"]), texts, max(map(len, rows)), p)
+        job = Job("score", (p["metric"], p["reduction"], p["per_token"]), texts, p)
         out = []
         for r in await batcher.submit(job):
             if isinstance(r, dict):
@@ -207,17 +162,16 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
         return json_response(out)
 
     async def _embed(texts: list[str], pooling: str, normalize: bool) -> tuple[Any, int]:
-        rows = token_lengths(tok, texts, limits)
-        job = Job("embed", (pooling, normalize), texts, max(map(len, rows)),
-                  {"pooling": pooling, "normalize": normalize})
-        return await batcher.submit(job), sum(map(len, rows))
+        check_count(texts, limits)
+        job = Job("embed", (pooling, normalize), texts, {"pooling": pooling, "normalize": normalize})
+        return await batcher.submit(job), sum(map(len, job.ids))
 
-    @app.post("/embed", summary="sentence embeddings, [[float]] (text-embeddings-inference schema)")
+    @json_post("/embed", summary="sentence embeddings, [[float]] (text-embeddings-inference schema)")
     async def embed(body: EmbedRequest) -> Response:
         vectors, _ = await _embed(as_list(body.inputs), body.pooling, body.normalize)
         return json_response(vectors)
 
-    @app.post("/v1/embeddings", summary="OpenAI-compatible embeddings")
+    @json_post("/v1/embeddings", summary="OpenAI-compatible embeddings")
     async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
         if body.dimensions is not None and body.dimensions != pipe.config.hidden_size:
             raise ServeError(f"dimensions={body.dimensions}: this model's embeddings have "
@@ -231,7 +185,7 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
         return json_response({"object": "list", "data": data, "model": body.model or info["model_id"],
                               "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
-    @app.post("/tokenize", summary="tokens with ids, text, special flag and character offsets")
+    @json_post("/tokenize", summary="tokens with ids, text, special flag and character offsets")
     async def tokenize(body: TokenizeRequest) -> Response:
         texts = as_list(body.inputs)
         check_count(texts, limits)
@@ -244,13 +198,13 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
                         for t, s, sp, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)])
         return json_response(out)
 
-    @app.post("/generate", summary="iterative unmasking (Pipeline.generate); same prompt and seed, same text")
+    @json_post("/generate", summary="iterative unmasking (Pipeline.generate); same prompt and seed, same text")
     async def generate(body: GenerateRequest) -> Response:
         if gen_params is None:
             raise ServeError("this masklm version has no Pipeline.generate; /generate is not available",
                              "not_implemented")
         params = check_generate(body.prompt, body.parameters, gen_params, limits, tok)
-        result = await batcher.submit(Job("generate", (), [body.prompt or ""], 1, params))
+        result = await batcher.submit(Job("generate", (), [body.prompt or ""], params))
         if isinstance(result, str):
             return json_response({"generated_text": result})
         if isinstance(result, (list, tuple)) and all(isinstance(r, str) for r in result):
@@ -258,6 +212,6 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
         return json_response(result)
 
     routes = {r.path for r in app.routes}
-    gate = Gate(app, metrics, routes, api_key, limits.max_body_bytes)
+    gate = Gate(app, metrics, routes, api_key, limits.max_body_bytes, json_routes)
     gate.batcher = batcher  # for tests and embedding programs
     return gate

@@ -1,47 +1,52 @@
-"""Cross-request batching: one worker thread, a queue, and a token budget per model call.
+"""Cross-request batching: requests wait on the event loop; one worker thread runs their model calls.
 
-Handlers tokenize and validate a request on the event loop, then ``await Batcher.submit(job)``.
-Admission is bounded: past ``max_queue`` requests admitted and not yet answered, ``submit`` raises
-``ServeError("overloaded")`` (429 with ``Retry-After``). The worker thread takes the first waiting job,
-collects the compatible jobs that arrive within ``batch_wait_ms`` (same task, same parameters) while
-``rows x longest input`` stays within ``max_batch_tokens``, runs them as one pipeline call and hands
-each request its slice. Model work never runs on the event loop. If a merged call fails on one
-request's input, each job is rerun alone so only that request gets the error.
+Handlers check a request's fields on the event loop and ``await Batcher.submit(job)``. Admission is
+bounded: past ``max_queue`` requests admitted and not yet answered, ``submit`` raises
+``ServeError("overloaded")`` (429 with ``Retry-After``). A dispatcher task hands the worker thread every
+waiting job at once; the worker tokenizes all their texts in one call, answers the jobs whose inputs
+break a bound, and runs the rest as model calls of compatible jobs (same task, same parameters) within
+``max_batch_tokens`` (rows x longest input). While the worker runs, new requests gather for the next
+hand-off, so batches grow with the load; a request that finds the worker idle waits ``batch_wait_ms``
+for company. Each model call's requests are answered as it ends, with one wake-up of the event loop.
+Model work never runs on the event loop. If a merged call fails on one request's input, each job is
+rerun alone so only that request gets the error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sys
-import threading
-import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from masklm.errors import MaskLMError
-from masklm.serve.limits import Limits, ServeError
+from masklm.serve.limits import Limits, ServeError, check_encoded
 from masklm.serve.metrics import Metrics
 
 BATCHABLE = ("fill_mask", "score", "embed")
 
+Outcome = tuple["Job", Any, BaseException | None]   # (job, result, error)
+
 
 @dataclass
 class Job:
-    """One request's model work."""
+    """One request's model work. ``ids`` (token ids per text) is filled in by the worker."""
 
     kind: str                   # fill_mask | score | embed | generate
     key: tuple                  # equal (kind, key) may share a model call
     texts: list[str]
-    width: int                  # longest input, in tokens
     params: dict[str, Any] = field(default_factory=dict)
+    ids: list[list[int]] = field(default_factory=list)
     future: asyncio.Future | None = None
-    loop: asyncio.AbstractEventLoop | None = None
 
-    def cost(self, width: int | None = None) -> int:
-        return len(self.texts) * (width or self.width)
+    @property
+    def width(self) -> int:
+        """The longest input, in tokens (1 before tokenization)."""
+        return max(map(len, self.ids), default=1)
 
 
 def _trim(result: list, k: int) -> list:
@@ -52,14 +57,83 @@ def _trim(result: list, k: int) -> list:
 
 
 class Runner:
-    """Runs a list of compatible jobs as one pipeline call; returns one result per job."""
+    """The worker thread's side: tokenizes and checks jobs, then runs them as batched pipeline calls."""
 
-    def __init__(self, pipe, limits: Limits) -> None:
+    def __init__(self, pipe, limits: Limits, metrics: Metrics) -> None:
         self.pipe = pipe
         self.limits = limits
+        self.metrics = metrics
 
-    def __call__(self, jobs: list[Job]) -> list[Any]:
-        return getattr(self, jobs[0].kind)(jobs)
+    def run(self, jobs: list[Job], settle: Callable[[list[Outcome]], None]) -> None:
+        """Answer every job of ``jobs`` through ``settle``: refusals first, then each model call's jobs."""
+        ready = self._prepare(jobs, settle)
+        for batch in self._batches(ready):
+            settle(self._call(batch))
+
+    def _prepare(self, jobs: list[Job], settle: Callable[[list[Outcome]], None]) -> list[Job]:
+        """Tokenize the batchable jobs' texts in one call; refuse those past a bound or without a mask."""
+        tok = self.pipe.tokenizer
+        texts = [t for job in jobs if job.kind in BATCHABLE for t in job.texts]
+        encodings = iter(tok.encode_batch(texts) if texts else ())
+        ready: list[Job] = []
+        refused: list[Outcome] = []
+        for job in jobs:
+            if job.kind in BATCHABLE:
+                rows = [next(encodings).ids for _ in job.texts]
+                try:
+                    job.ids = check_encoded(rows, job.texts, self.limits)
+                    if job.kind == "fill_mask":
+                        for i, ids in enumerate(job.ids):
+                            if tok.mask_id not in ids:
+                                raise ServeError(f"inputs[{i}] has no {tok.mask_token}; put {tok.mask_token} "
+                                                 "where a word should be predicted")
+                except ServeError as exc:
+                    refused.append((job, None, exc))
+                    continue
+            ready.append(job)
+        if refused:
+            settle(refused)
+        return ready
+
+    def _batches(self, jobs: list[Job]) -> Iterator[list[Job]]:
+        """Compatible jobs in arrival order, cut where ``rows x longest input`` would pass the budget."""
+        groups: dict[tuple, list[Job]] = {}
+        for job in jobs:
+            if job.kind in BATCHABLE:
+                groups.setdefault((job.kind, job.key), []).append(job)
+            else:
+                yield [job]
+        for group in groups.values():
+            batch: list[Job] = []
+            rows = width = 0
+            for job in group:
+                w = max(width, job.width)
+                if batch and (rows + len(job.texts)) * w > self.limits.max_batch_tokens:
+                    yield batch
+                    batch, rows, w = [], 0, job.width
+                batch.append(job)
+                rows += len(job.texts)
+                width = w
+            if batch:
+                yield batch
+
+    def _call(self, batch: list[Job]) -> list[Outcome]:
+        """One model call for ``batch`` (jobs whose client went away are skipped)."""
+        batch = [job for job in batch if not job.future.cancelled()]
+        if not batch:
+            return []
+        rows = sum(len(job.texts) for job in batch)
+        self.metrics.batch(len(batch), rows, rows * max(job.width for job in batch))
+        try:
+            results = getattr(self, batch[0].kind)(batch)
+        except MaskLMError as exc:
+            if len(batch) > 1:  # one request's input broke the merged call: serve each alone
+                return [out for job in batch for out in self._call([job])]
+            return [(batch[0], None, exc)]
+        except Exception as exc:  # a bug: log it, answer 500, keep serving
+            traceback.print_exc(file=sys.stderr)
+            return [(job, None, exc) for job in batch]
+        return [(job, result, None) for job, result in zip(batch, results)]
 
     @staticmethod
     def _split(jobs: list[Job], rows: list) -> list[list]:
@@ -70,12 +144,9 @@ class Runner:
         return out
 
     def fill_mask(self, jobs: list[Job]) -> list[Any]:
-        texts = [t for j in jobs for t in j.texts]
-        k = max(j.params["top_k"] for j in jobs)
-        rows = self.pipe.fill_mask(texts, top_k=k, targets=jobs[0].params.get("targets"),
-                                   batch_size=len(texts))
-        if len(texts) == 1:  # the pipeline unwraps a one-element list
-            rows = [rows]
+        k = max(job.params["top_k"] for job in jobs)
+        ids = [row for job in jobs for row in job.ids]
+        rows = self.pipe.fill_mask_encoded(ids, top_k=k, targets=jobs[0].params.get("targets"), batch_size=len(ids))
         results = []
         for job, part in zip(jobs, self._split(jobs, rows)):
             part = [_trim(r, job.params["top_k"]) for r in part]
@@ -84,14 +155,14 @@ class Runner:
 
     def score(self, jobs: list[Job]) -> list[Any]:
         p = jobs[0].params
-        texts = [t for j in jobs for t in j.texts]
+        texts = [t for job in jobs for t in job.texts]
         rows = self.pipe.score(texts, metric=p["metric"], reduction=p["reduction"], per_token=p["per_token"],
                                batch_tokens=self.limits.max_batch_tokens)
         return self._split(jobs, rows)
 
     def embed(self, jobs: list[Job]) -> list[Any]:
         p = jobs[0].params
-        texts = [t for j in jobs for t in j.texts]
+        texts = [t for job in jobs for t in job.texts]
         vectors = self.pipe.embed(texts, pooling=p["pooling"], normalize=p["normalize"],
                                   batch_tokens=self.limits.max_batch_tokens)
         return self._split(jobs, vectors)
@@ -101,126 +172,74 @@ class Runner:
 
 
 class Batcher:
-    """The bounded queue and the worker thread that serves it."""
+    """The bounded admission, the waiting jobs, and the dispatcher that feeds the worker thread."""
 
     def __init__(self, runner: Runner, limits: Limits, metrics: Metrics) -> None:
         self.runner = runner
         self.limits = limits
         self.metrics = metrics
-        self.queue: queue.Queue[Job] = queue.Queue()
-        self.held: deque[Job] = deque()   # taken from the queue but not fitting the last batch
-        self.pending = 0                  # admitted and not yet answered (touched on the event loop only)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # ---- event-loop side --------------------------------------------------------------------------
+        self.waiting: deque[Job] = deque()
+        self.pending = 0                  # admitted and not yet answered
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="masklm-model")
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="masklm-batcher", daemon=True)
-        self._thread.start()
+        """Start the dispatcher; call on the server's event loop."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._dispatch())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._task is not None and not self._task.done()
 
     async def submit(self, job: Job) -> Any:
         """Queue ``job`` and wait for its result; 429 when ``max_queue`` requests are already admitted."""
         if self.pending >= self.limits.max_queue:
             raise ServeError(f"server busy: {self.pending} requests waiting (limit {self.limits.max_queue}); "
                              "retry after the Retry-After seconds", "overloaded", headers={"Retry-After": "1"})
-        job.loop = asyncio.get_running_loop()
-        job.future = job.loop.create_future()
+        job.future = asyncio.get_running_loop().create_future()
         self.pending += 1
         self.metrics.queue_depth = self.pending
+        self.waiting.append(job)
+        self._wake.set()
         try:
-            self.queue.put(job)
             return await job.future
         finally:
             self.pending -= 1
             self.metrics.queue_depth = self.pending
 
-    # ---- worker side ------------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
 
-    def _next(self, timeout: float) -> Job | None:
-        if self.held:
-            return self.held.popleft()
-        try:
-            return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
-        except queue.Empty:
-            return None
+        def settle(outcomes: list[Outcome]) -> None:  # worker thread -> event loop, once per model call
+            loop.call_soon_threadsafe(self._settle, outcomes)
 
-    def _collect(self, first: Job) -> list[Job]:
-        """``first`` plus the compatible jobs waiting or arriving within the wait window, in budget."""
-        batch, width = [first], first.width
-        if first.kind not in BATCHABLE:
-            return batch
-        rows = len(first.texts)
-        budget = self.limits.max_batch_tokens
-        deadline = time.monotonic() + self.limits.batch_wait_ms / 1000
-        skipped: list[Job] = []
-        held = len(self.held)
         while True:
-            timeout = 0.0 if held > 0 else deadline - time.monotonic()
-            if held == 0 and timeout <= 0 and self.queue.empty():
-                break
-            job = self._next(max(timeout, 0.0))
-            if job is None:
-                break
-            held -= 1
-            w = max(width, job.width)
-            if (job.kind, job.key) != (first.kind, first.key):
-                skipped.append(job)
-                continue
-            if (rows + len(job.texts)) * w > budget:
-                skipped.append(job)
-                break
-            batch.append(job)
-            rows += len(job.texts)
-            width = w
-        self.held.extendleft(reversed(skipped))
-        return batch
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            first = self._next(0.1)
-            if first is None:
-                continue
-            batch = [j for j in self._collect(first) if not (j.future is None or j.future.cancelled())]
-            if batch:
-                self._run(batch)
-
-    def _run(self, batch: list[Job]) -> None:
-        rows = sum(len(j.texts) for j in batch)
-        self.metrics.batch(len(batch), rows, rows * max(j.width for j in batch))
-        try:
-            results = self.runner(batch)
-        except MaskLMError as exc:
-            if len(batch) > 1:  # one request's input broke the merged call: serve each alone
-                for job in batch:
-                    self._run([job])
-                return
-            return self._settle(batch[0], exc=exc)
-        except Exception as exc:  # a bug: log it, answer 500, keep serving
-            traceback.print_exc(file=sys.stderr)
-            for job in batch:
-                self._settle(job, exc=exc)
-            return
-        for job, result in zip(batch, results):
-            self._settle(job, result=result)
+            if not self.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                if self.limits.batch_wait_ms:  # the worker was idle: let requests sent together join
+                    await asyncio.sleep(self.limits.batch_wait_ms / 1000)
+            jobs = list(self.waiting)
+            self.waiting.clear()
+            try:
+                await loop.run_in_executor(self._executor, self.runner.run, jobs, settle)
+            except Exception as exc:  # a bug outside the model calls: answer 500, keep serving
+                traceback.print_exc(file=sys.stderr)
+                self._settle([(job, None, exc) for job in jobs])
 
     @staticmethod
-    def _settle(job: Job, result: Any = None, exc: BaseException | None = None) -> None:
-        def done() -> None:
+    def _settle(outcomes: list[Outcome]) -> None:
+        for job, result, exc in outcomes:
             if job.future.done():
-                return
+                continue
             if exc is not None:
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(result)
-
-        job.loop.call_soon_threadsafe(done)

@@ -88,16 +88,19 @@ def check_count(texts: Sequence[str], limits: Limits, field: str = "inputs") -> 
 def token_lengths(tokenizer, texts: Sequence[str], limits: Limits, field: str = "inputs") -> list[list[int]]:
     """Token ids of each text (special tokens included); 413 past ``max_tokens``, 422 for an empty text."""
     check_count(texts, limits, field)
-    rows = []
-    for i, enc in enumerate(tokenizer.encode_batch(list(texts))):
-        n = len(enc.ids)
-        if n > limits.max_tokens:
-            raise ServeError(f"{field}[{i}] is {n} tokens long, more than this server's limit of "
+    return check_encoded([enc.ids for enc in tokenizer.encode_batch(list(texts))], texts, limits, field)
+
+
+def check_encoded(rows: list[list[int]], texts: Sequence[str], limits: Limits,
+                  field: str = "inputs") -> list[list[int]]:
+    """``rows`` (the token ids of ``texts``) unless one is past ``max_tokens`` (413) or a text is empty (422)."""
+    for i, ids in enumerate(rows):
+        if len(ids) > limits.max_tokens:
+            raise ServeError(f"{field}[{i}] is {len(ids)} tokens long, more than this server's limit of "
                              f"{limits.max_tokens} tokens per input; shorten it (nothing is truncated)",
                              "too_large")
         if not texts[i].strip():
             raise ServeError(f"{field}[{i}] is empty; pass some text")
-        rows.append(enc.ids)
     return rows
 
 
