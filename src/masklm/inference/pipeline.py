@@ -145,7 +145,8 @@ class Pipeline:
         a chunk are decoded in one batch call per ``skip_special_tokens`` setting.
         """
         mask_id = self.tokenizer.mask_id
-        rows = []        # per input: per mask: [(score, token id, sequence slot)]
+        token_str = self._token_strs
+        rows = []        # per input: per mask: [(score, token id, skip_special, index in filled[skip_special])]
         filled: dict[bool, list[list[int]]] = {True: [], False: []}
         m = 0
         for ids in chunk:
@@ -155,6 +156,8 @@ class Pipeline:
             for pos in positions:
                 cands = []
                 for s, tid in zip(scores[m], idx[m]):
+                    if tid not in token_str:
+                        token_str[tid] = self.tokenizer.decode([tid], skip_special_tokens=False)
                     row = list(ids)
                     row[pos] = tid
                     cands.append((s, tid, skip, len(filled[skip])))
@@ -164,16 +167,10 @@ class Pipeline:
             rows.append(per_mask)
         decoded = {skip: self.tokenizer.decode_batch(seqs, skip_special_tokens=skip) if seqs else []
                    for skip, seqs in filled.items()}
-        token_str = self._token_strs
         results = []
         for per_mask in rows:
-            out = []
-            for cands in per_mask:
-                for _, tid, _, _ in cands:
-                    if tid not in token_str:
-                        token_str[tid] = self.tokenizer.decode([tid], skip_special_tokens=False)
-                out.append([{"score": s, "token": tid, "token_str": token_str[tid], "sequence": decoded[skip][slot]}
-                            for s, tid, skip, slot in cands])
+            out = [[{"score": s, "token": tid, "token_str": token_str[tid], "sequence": decoded[skip][slot]}
+                    for s, tid, skip, slot in cands] for cands in per_mask]
             results.append(out[0] if len(out) == 1 else out)
         return results
 
