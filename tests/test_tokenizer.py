@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from itertools import islice
 
 import numpy as np
@@ -154,7 +156,21 @@ def test_cli_tokenizer_train(cli, capsys, tmp_path, documents):
                 "--vocab-size", "280", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["vocab_size"] == 280 and summary["corpus"]["documents"] == len(documents)
-    assert Tokenizer.load(out).kind == "bpe"
+    assert Tokenizer.load(out).kind == "bpe" and "tokenizers#1794" not in capsys.readouterr().err
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "100"]) == 0
+    assert "tokenizers#1794" in capsys.readouterr().err  # WordPiece: the reproducibility note
     assert cli(["tokenizer", "train", "--corpus", str(tmp_path / "nope"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("masklm: error: corpus") and err.count("\n") == 1
+
+
+def test_bpe_training_is_reproducible_across_processes(tmp_path):
+    """The CLI's note sends users who need a reproducible vocabulary to BPE: two fresh processes (each
+    with its own hash seeds) must train the same one."""
+    script = ("import itertools, sys; from masklm.tokenizer import train_tokenizer; "
+              "from masklm.data.corpus import iter_documents; "
+              "docs = list(itertools.islice(iter_documents('kjv'), 60)); "
+              "print(train_tokenizer(docs, kind=sys.argv[1], vocab_size=600).fingerprint())")
+    runs = [subprocess.run([sys.executable, "-c", script, "bpe"], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0].strip()) == 64

@@ -42,6 +42,10 @@ def run_train(args: argparse.Namespace) -> int:
     )
     out = tokenizer.save(args.out)
     print(f"read {stats.summary()}", file=sys.stderr)
+    if tokenizer.kind == "wordpiece":
+        print("note: WordPiece training in the tokenizers library can choose a different vocabulary on each run "
+              "when pair counts tie (huggingface/tokenizers#1794); keep this tokenizer.json to reproduce a run, "
+              "or use --kind bpe, which trains reproducibly", file=sys.stderr)
     summary = {"out": str(out), "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                "fingerprint": tokenizer.fingerprint(), "corpus": stats.to_dict()}
     if args.json:
