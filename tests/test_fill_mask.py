@@ -1,9 +1,11 @@
-"""fill-mask: the Hugging Face schema and numbers, several masks, targets, and the bad-input errors."""
+"""fill-mask: the Hugging Face schema and numbers, several masks, targets, the bad-input errors, and the
+reading of models trained with mntp (one position to the left, with mntp as their default sentence score)."""
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,36 @@ def test_cli_json(model_dir, capsys):
     pipe = masklm.load(model_dir)
     assert out == json.loads(json.dumps(pipe.fill_mask("the [MASK] sat .", top_k=2)))
     assert torch.is_tensor(next(pipe.model.parameters()))
+
+
+def test_mntp_models_read_masks_one_position_left(model_dir, tmp_path, capsys):
+    """GPT-BERT's MNTP predicts the token at j from position j - 1 (research/ltg_bert.md §6): a folder
+    whose training_args.json lists mntp is read there by fill-mask, and scored with mntp by default."""
+    from masklm.scoring.minimal_pairs import Pair, evaluate
+
+    mntp_dir = tmp_path / "mntp"
+    shutil.copytree(model_dir, mntp_dir)
+    args = json.loads((mntp_dir / "training_args.json").read_text())
+    (mntp_dir / "training_args.json").write_text(json.dumps(args | {"objectives": ["mntp", "clm"]}))
+    plain, mntp = masklm.load(model_dir), masklm.load(mntp_dir)
+    assert (plain.mask_shift, mntp.mask_shift) == (0, 1)
+
+    text = "the cat [MASK] on the mat ."
+    ids = torch.tensor([plain.tokenizer.encode(text).ids])
+    j = ids[0].tolist().index(plain.tokenizer.mask_id)
+    with torch.no_grad():
+        hidden = plain.model.encode(ids, attention_mask=torch.ones_like(ids))     # [1, T, D]
+        for pipe, read_at in ((plain, j), (mntp, j - 1)):
+            scores, idx = plain.model.predict(hidden[0, read_at]).float().softmax(-1).topk(3)
+            got = pipe.fill_mask(text, top_k=3)
+            assert [c["token"] for c in got] == idx.tolist()
+            assert [c["score"] for c in got] == pytest.approx(scores.tolist(), abs=1e-6)
+    assert plain.fill_mask(text)[0]["score"] != mntp.fill_mask(text)[0]["score"]
+
+    sentence = "the cat sat on the mat ."
+    assert (plain.default_metric, mntp.default_metric) == ("pll", "mntp")
+    assert mntp.score(sentence) == mntp.score(sentence, metric="mntp") != mntp.score(sentence, metric="pll")
+    assert plain.score(sentence) == plain.score(sentence, metric="pll")
+    assert evaluate(mntp, [Pair("the cat sat .", "cat the sat .", "order")])["metric"] == "mntp"
+    assert main(["score", "--model", str(mntp_dir), sentence]) == 0
+    assert "scoring with mntp" in capsys.readouterr().err

@@ -129,6 +129,7 @@ def test_health_info_docs_metrics(url, servers):
     assert info["arch"] == "bert" and info["mask_token"] == "[MASK]" and info["max_length"] == 32
     assert info["objectives"] == ["mlm", "clm"] and info["masklm_version"] == masklm.__version__
     assert info["hidden_size"] == 32 and info["limits"]["max_inputs"] == 4
+    assert info["mask_shift"] == 0 and info["default_score_metric"] == "pll"  # trained with mlm (and clm)
     assert "swagger" in httpx.get(url + "/docs").text.lower()
     paths = httpx.get(url + "/openapi.json").json()["paths"]  # the gate serves them; FastAPI documents them
     for path in ("/fill-mask", "/score", "/generate", "/embed", "/v1/embeddings", "/tokenize"):

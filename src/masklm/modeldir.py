@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,26 @@ def save_model_dir(
     """
     config: ModelConfig = model.config
     return write_model_dir(out_dir, config.to_json_dict(), state_dict_for_saving(model), tokenizer, training_args)
+
+
+def read_objectives(model_dir: str | Path | None) -> list[str] | None:
+    """The ``objectives`` a model folder was trained with (``training_args.json``), or None if unknown."""
+    if model_dir is None:
+        return None
+    path = Path(model_dir) / TRAINING_ARGS_FILE
+    if not path.is_file():
+        return None
+    objectives = read_json_object(path, ModelDirError, "fix the file or delete it (it is optional)").get("objectives")
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    return list(objectives) if objectives else None
+
+
+def masked_shift(objectives: Sequence[str] | None) -> int:
+    """Where a masked token's prediction is read: 1 = one position to the left, for GPT-BERT-style models
+    trained with ``mntp`` (or ``clm`` only, whose logits at i score token i+1); 0 = at the mask itself."""
+    names = set(objectives or ())
+    return 1 if "mntp" in names or (names and names <= {"clm"}) else 0
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mp.add_argument("--model", required=True, help="model folder")
     mp.add_argument("--data", nargs="+", metavar="PATH",
                     help="BLiMP-format .jsonl files or folders of them (default: the small set shipped with masklm)")
-    mp.add_argument("--metric", choices=METRICS, default="pll", help="sentence score (default pll)")
+    mp.add_argument("--metric", choices=METRICS,
+                    help="sentence score (default: mntp for models trained with mntp, e.g. GPT-BERT; else pll)")
     mp.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                     help="sum (default) or mean of token log-probabilities")
     mp.add_argument("--batch-tokens", type=int,
@@ -43,8 +44,9 @@ def run_minimal_pairs(args: argparse.Namespace) -> int:
         raise InputError(f"--plot {args.plot}: the chart is a PNG; give a file name ending in .png")
     pairs = minimal_pairs.read_pairs(args.data)
     pipe = load(args.model, device=args.device)
-    print(f"masklm: scoring {len(pairs)} pairs with {args.metric} ({args.reduction})", file=sys.stderr)
-    result = minimal_pairs.evaluate(pipe, pairs, metric=args.metric, reduction=args.reduction,
+    metric = args.metric or pipe.default_metric
+    print(f"masklm: scoring {len(pairs)} pairs with {metric} ({args.reduction})", file=sys.stderr)
+    result = minimal_pairs.evaluate(pipe, pairs, metric=metric, reduction=args.reduction,
                                     batch_tokens=args.batch_tokens, details=args.details)
     if args.plot:
         minimal_pairs.plot(result, args.plot)

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sentences", nargs="*", help="sentences to score")
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--input", help="file with one sentence per line (.txt), a .jsonl with \"text\", or - for stdin")
-    p.add_argument("--metric", choices=METRICS, default="pll", help="scoring metric (default pll)")
+    p.add_argument("--metric", choices=METRICS,
+                   help="scoring metric (default: mntp for models trained with mntp, e.g. GPT-BERT; else pll)")
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                    help="sum or mean of the token log-probabilities (default sum)")
     p.add_argument("--per-token", action="store_true", help="also print each token's log-probability")
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise InputError("no sentences given; pass them as arguments or with --input FILE")
     pipe = load(args.model, device=args.device)
+    if args.metric is None:
+        print(f"masklm: scoring with {pipe.default_metric} (the default for this model)", file=sys.stderr)
     results = pipe.score(texts, metric=args.metric, reduction=args.reduction, per_token=args.per_token,
                          batch_tokens=args.batch_tokens)
     rows = [{"sentence": t, **(r if args.per_token else {"score": r})} for t, r in zip(texts, results)]

@@ -13,12 +13,10 @@ folder's ``training_args.json`` lists its ``objectives``):
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,26 +28,10 @@ from masklm.generation.confidence import COMMITS, SCHEDULES, confidence_decode
 from masklm.generation.diffusion import diffusion_sample
 from masklm.generation.mask_predict import mask_predict
 from masklm.generation.sampling import Network
+from masklm.modeldir import masked_shift
 
 STRATEGIES = ("mask-predict", "confidence", "diffusion", "autoregressive")
 DEFAULT_TEMPERATURE = {"mask-predict": 0.0, "confidence": 0.0, "diffusion": 1.0, "autoregressive": 1.0}
-
-
-def read_objectives(model_dir: str | Path | None) -> list[str] | None:
-    """The ``objectives`` a model folder was trained with (``training_args.json``), or None if unknown."""
-    if model_dir is None:
-        return None
-    path = Path(model_dir) / "training_args.json"
-    if not path.is_file():
-        return None
-    objectives = json.loads(path.read_text(encoding="utf-8")).get("objectives")
-    return list(objectives) if objectives else None
-
-
-def masked_shift(objectives: Sequence[str] | None) -> int:
-    """1 if masked predictions are read one position to the left (mntp, or clm only), else 0."""
-    names = set(objectives or ())
-    return 1 if "mntp" in names or (names and names <= {"clm"}) else 0
 
 
 def check_causal(objectives: Sequence[str] | None) -> None:

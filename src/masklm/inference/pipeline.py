@@ -3,6 +3,10 @@
 ``pipe = masklm.load(dir)`` gives ``pipe.model``, ``pipe.tokenizer``, ``pipe.config`` and the tasks.
 ``fill_mask`` follows the Hugging Face fill-mask pipeline's output schema (``score``, ``token``,
 ``token_str``, ``sequence``) and runs the MLM head only at the mask positions.
+
+A model trained with ``mntp`` (GPT-BERT's masked next-token prediction) predicts the token at j from
+position j - 1. The folder's ``training_args.json`` says so: ``pipe.mask_shift`` is then 1, ``fill_mask``
+reads there, and ``score`` defaults to the ``mntp`` metric instead of ``pll``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import torch
 
 from masklm.errors import InputError
-from masklm.modeldir import load_model_dir, save_model_dir
+from masklm.modeldir import load_model_dir, masked_shift, read_objectives, save_model_dir
 from masklm.training.distributed import pick_device
 
 
@@ -31,6 +35,8 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.config = model.config
         self.path = path
+        self.objectives = read_objectives(path)   # from training_args.json; None when unknown
+        self.mask_shift = masked_shift(self.objectives)
         self._token_strs: dict[int, str] = {}  # token id -> decode([id]), filled as fill_mask meets them
 
     @property
@@ -40,6 +46,12 @@ class Pipeline:
     @property
     def max_length(self) -> int:
         return self.config.max_position_embeddings
+
+    @property
+    def default_metric(self) -> str:
+        """The sentence score that matches how the model was trained: ``mntp`` when masks are read one
+        position to the left, else ``pll``."""
+        return "mntp" if self.mask_shift else "pll"
 
     def save(self, path: str | Path) -> Path:
         return save_model_dir(path, self.model, self.tokenizer)
@@ -125,9 +137,9 @@ class Pipeline:
         for lo in range(0, len(encoded), batch_size):
             chunk = encoded[lo:lo + batch_size]
             input_ids, attention_mask = self._pad(chunk)
-            hidden = self.model.encode(input_ids, attention_mask=attention_mask)
-            where = input_ids == mask_id                        # [B, T]
-            logits = self.model.predict(hidden[where]).float()  # [M, V], the head only at the masks
+            hidden = self.model.encode(input_ids, attention_mask=attention_mask)   # [B, T, D]
+            rows, cols = (input_ids == mask_id).nonzero(as_tuple=True)             # [M] each, row-major
+            logits = self.model.predict(hidden[rows, cols - self.mask_shift]).float()  # [M, V], head at the masks
             probs = logits.softmax(-1)
             if target_ids is not None:
                 probs = probs[:, target_ids]
@@ -176,17 +188,19 @@ class Pipeline:
 
     # ---- scoring and embeddings (the work is in masklm.scoring and masklm.inference.embed) ------
 
-    def score(self, sentences: str | list[str], metric: str = "pll", reduction: str = "sum",
+    def score(self, sentences: str | list[str], metric: str | None = None, reduction: str = "sum",
               per_token: bool = False, batch_tokens: int | None = None) -> Any:
-        """Sentence log-probabilities (nats): ``pll``, ``pll-word-l2r``, ``causal`` or ``mntp``.
+        """Sentence log-probabilities (nats): ``pll``, ``pll-word-l2r``, ``causal`` or ``mntp``
+        (default: ``default_metric``).
 
         A float per sentence (a list for a list); with ``per_token=True`` a dict
         ``{"score", "tokens": [(token, logprob), ...]}`` each. See ``masklm.scoring.pll``.
         """
         from masklm.scoring.pll import score_sentences
 
-        return score_sentences(self.model, self.tokenizer, sentences, metric=metric, reduction=reduction,
-                               per_token=per_token, batch_tokens=batch_tokens, max_length=self.max_length)
+        return score_sentences(self.model, self.tokenizer, sentences, metric=metric or self.default_metric,
+                               reduction=reduction, per_token=per_token, batch_tokens=batch_tokens,
+                               max_length=self.max_length)
 
     def generate(self, prompt: str | list[str | None] | None = None, **kwargs: Any) -> Any:
         """Generate text (``strategy`` = mask-predict, confidence, diffusion or autoregressive).
@@ -196,9 +210,9 @@ class Pipeline:
         list of them, decoded in one batch. See ``masklm.generation.generate`` for the parameters; the
         model folder's ``training_args.json`` supplies ``objectives`` unless given.
         """
-        from masklm.generation import generate, read_objectives
+        from masklm.generation import generate
 
-        kwargs.setdefault("objectives", read_objectives(self.path))
+        kwargs.setdefault("objectives", self.objectives)
         kwargs.setdefault("max_length", self.max_length)
         out = generate(self.model, self.tokenizer, prompt, **kwargs)
         shared = {k: out[k] for k in ("network_calls", "seconds", "strategy", "steps")}

@@ -102,13 +102,16 @@ def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "accuracy": correct / len(rows)}
 
 
-def evaluate(pipe, pairs: list[Pair], metric: str = "pll", reduction: str = "sum",
+def evaluate(pipe, pairs: list[Pair], metric: str | None = None, reduction: str = "sum",
              batch_tokens: int | None = None, details: bool = False) -> dict[str, Any]:
     """Score every pair with ``pipe`` and tally accuracy overall, per field and per paradigm.
+
+    ``metric`` defaults to ``pipe.default_metric`` (``mntp`` for models trained with it, else ``pll``).
 
     Returns ``{rule, metric, reduction, pairs, correct, ties, accuracy, macro_accuracy, by_field,
     by_paradigm}`` (plus ``details``: one row per pair, when asked).
     """
+    metric = metric or pipe.default_metric
     check_metric(metric, reduction)
     if not pairs:
         raise DataError("no minimal pairs to evaluate; pass BLiMP-format .jsonl files")

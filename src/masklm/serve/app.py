@@ -12,7 +12,6 @@ No request field names a file, a module or a command: requests carry only text a
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,14 +47,7 @@ def read_info(pipe, limits: Limits) -> dict[str, Any]:
     from masklm import __version__
 
     cfg = pipe.config
-    objectives, folder_version = None, getattr(cfg, "masklm_version", None)
-    path: Path | None = getattr(pipe, "path", None)
-    if path is not None and (path / "training_args.json").is_file():
-        try:
-            args = json.loads((path / "training_args.json").read_text())
-            objectives = args.get("objectives") or args.get("objective")
-        except (OSError, ValueError):
-            objectives = None
+    path: Path | None = pipe.path
     return {
         "model_id": path.name if path is not None else None,
         "arch": cfg.arch,
@@ -69,8 +61,10 @@ def read_info(pipe, limits: Limits) -> dict[str, Any]:
         "mask_token": pipe.tokenizer.mask_token,
         "dtype": str(next(pipe.model.parameters()).dtype).removeprefix("torch."),
         "device": str(pipe.device),
-        "objectives": objectives,
-        "model_masklm_version": folder_version,
+        "objectives": pipe.objectives,
+        "mask_shift": pipe.mask_shift,
+        "default_score_metric": pipe.default_metric,
+        "model_masklm_version": getattr(cfg, "masklm_version", None),
         "masklm_version": __version__,
         "generate": hasattr(pipe, "generate"),
         "limits": limits.as_dict(),

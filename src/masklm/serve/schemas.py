@@ -27,7 +27,8 @@ class FillMaskRequest(_Strict):
 
 
 class ScoreParameters(_Strict):
-    metric: Literal["pll", "pll-word-l2r", "causal", "mntp"] = "pll"
+    metric: Literal["pll", "pll-word-l2r", "causal", "mntp"] | None = Field(
+        None, description="default: mntp for models trained with mntp (GPT-BERT), else pll; see GET /info")
     reduction: Literal["sum", "mean"] = "sum"
     per_token: bool = False
 
