@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +145,7 @@ def test_import_ltg(tmp_path, capsys, arch, fmt, split):
     assert (tokenizer.pad_token, tokenizer.unk_token, tokenizer.cls_token, tokenizer.sep_token,
             tokenizer.mask_token) == expected
     assert tokenizer.pad_id == 3 and tokenizer.mask_id == 4
+    assert objectives_of(out) == (["mntp", "clm"] if arch == "gpt-bert" else ["mlm"])  # random weights: no clear reading
     ids, mask = batch()
     with torch.no_grad():
         assert (loaded(ids, attention_mask=mask).logits - model(ids, attention_mask=mask).logits).abs().max() <= 1e-6
@@ -202,16 +205,16 @@ def test_import_ltg_bad_input_exit_2(tmp_path, capsys, breakage, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
-    """§2.4's check: weights trained with the interleaved split have a much lower MLM loss read that way."""
+def counting_reference(tmp_path, arch: str, objective: str, position_split: str) -> list[str]:
+    """A model trained here on counting sequences "w7 w8 w9 ...", written as a reference checkpoint; the
+    import-ltg arguments for it, without --out. A masked word is told by its neighbours, so the model must
+    use the relative-position terms (which the wrong split scrambles)."""
     import random
 
     from masklm.config import TrainConfig
     from masklm.modeldir import load_model_dir
     from masklm.training.trainer import train
 
-    # Counting sequences "w7 w8 w9 ...": a masked word is told by its left and right neighbours, so the
-    # model must use the relative-position terms, which the wrong split scrambles.
     rng = random.Random(0)
     docs = []
     for _ in range(200):
@@ -219,10 +222,10 @@ def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
         docs.append(" ".join(f"w{(start + i) % 40}" for i in range(rng.randint(20, 40))))
     (tmp_path / "c.txt").write_text("\n\n".join(docs))
     run = train(TrainConfig(
-        arch="ltg-bert", out=str(tmp_path / "run"), corpus=[str(tmp_path / "c.txt")], vocab_size=200, seq_len=32,
-        batch_size=16, max_steps=150, lr=3e-3, progress=False, log_every=50,
+        arch=arch, objective=objective, out=str(tmp_path / "run"), corpus=[str(tmp_path / "c.txt")],
+        vocab_size=200, seq_len=32, batch_size=16, max_steps=150, lr=3e-3, progress=False, log_every=50,
         model={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-               "position_split": "interleaved", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+               "position_split": position_split, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
     model, _, _ = load_model_dir(run / "final")
     c = model.config
     ref = tmp_path / "ref"
@@ -232,12 +235,41 @@ def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
         "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "vocab_size": c.vocab_size,
         "num_attention_heads": c.num_attention_heads, "num_hidden_layers": c.num_hidden_layers,
         "layer_norm_eps": c.layer_norm_eps, "position_bucket_size": 32, "max_position_embeddings": 512}))
-    args = ["import-ltg", "--weights", str(ref / "model.bin"), "--config", str(ref / "config.json"),
+    return ["import-ltg", "--weights", str(ref / "model.bin"), "--config", str(ref / "config.json"),
             "--tokenizer", str(run / "final" / "tokenizer.json"), "--check-text", str(tmp_path / "c.txt")]
+
+
+def objectives_of(folder: Path) -> list[str]:
+    return json.loads((folder / "training_args.json").read_text())["objectives"]
+
+
+def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
+    """§2.4's check: weights trained with the interleaved split have a much lower MLM loss read that way."""
+    args = counting_reference(tmp_path, "ltg-bert", "mlm", "interleaved")
     assert main([*args, "--out", str(tmp_path / "wrong")]) == 2  # contiguous is the default
     err = capsys.readouterr().err
     assert "it was trained with the interleaved split; pass --position-split interleaved" in err
     assert not (tmp_path / "wrong").exists()
     assert main([*args, "--out", str(tmp_path / "right"), "--position-split", "interleaved"]) == 0
-    assert "masked-LM loss on the check text" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "masked-LM loss on the check text" in err and "objectives mlm (from the loss check" in err
+    assert objectives_of(tmp_path / "right") == ["mlm"]
     assert main([*args, "--out", str(tmp_path / "forced"), "--no-split-check"]) == 0
+
+
+def test_import_ltg_reads_an_mntp_checkpoint_one_position_left(tmp_path, capsys):
+    """GPT-BERT's MNTP weights predict a mask from the position before it (§6): the loss check finds that
+    reading, records it in training_args.json, and the loaded pipeline reads masks there."""
+    import masklm
+
+    args = counting_reference(tmp_path, "gpt-bert", "mntp", "contiguous")
+    assert main([*args, "--out", str(tmp_path / "found")]) == 0
+    err = capsys.readouterr().err
+    losses = re.search(r"contiguous ([\d.]+) / ([\d.]+)", err)
+    assert float(losses.group(2)) * 1.25 < float(losses.group(1)), err  # one position left is clearly better
+    assert "objectives mntp, clm (from the loss check" in err
+    assert objectives_of(tmp_path / "found") == ["mntp", "clm"] and masklm.load(tmp_path / "found").mask_shift == 1
+    assert main([*args, "--out", str(tmp_path / "told"), "--objectives", "mlm"]) == 0
+    assert objectives_of(tmp_path / "told") == ["mlm"] and masklm.load(tmp_path / "told").mask_shift == 0
+    assert main([*args, "--out", str(tmp_path / "bad"), "--objectives", "mlm,nsp"]) == 2
+    assert "--objectives 'mlm,nsp'" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from masklm.errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     imp = sub.add_parser(
@@ -43,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="text (files, folders or a built-in corpus; default kjv) on which the masked-LM loss "
                           "under both position splits is compared; a clearly worse --position-split is refused")
     ltg.add_argument("--no-split-check", action="store_true", help="skip that comparison")
+    ltg.add_argument("--objectives", metavar="LIST",
+                     help="what the checkpoint was trained with, e.g. mlm or mntp,clm (default: read off the "
+                          "masked-LM loss check, else GPT-BERT weights mean mntp,clm and LTG-BERT weights mlm); "
+                          "decides where fill-mask reads a mask and the default score metric")
     ltg.set_defaults(func=run_import_ltg)
 
 
@@ -80,6 +86,15 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import_ltg(args: argparse.Namespace) -> int:
     from masklm.hf.ltg_export import import_ltg
 
+    objectives = None
+    if args.objectives is not None:
+        from masklm.objectives.base import OBJECTIVE_NAMES
+
+        objectives = [name.strip() for name in args.objectives.split(",") if name.strip()]
+        unknown = [name for name in objectives if name not in OBJECTIVE_NAMES]
+        if unknown or not objectives:
+            raise ConfigError(f"--objectives {args.objectives!r}: use names from {', '.join(OBJECTIVE_NAMES)}, "
+                              "comma-separated (e.g. mlm or mntp,clm)")
     texts = None
     if not args.no_split_check:
         from itertools import islice
@@ -90,6 +105,6 @@ def run_import_ltg(args: argparse.Namespace) -> int:
         texts = list(islice(iter_documents(args.check_text), SPLIT_CHECK_TEXTS))
     with _StderrWarnings():
         out = import_ltg(args.weights, args.config, args.tokenizer, args.out, position_split=args.position_split,
-                         check_texts=texts, log=lambda message: print(f"masklm: {message}", file=sys.stderr))
+                         check_texts=texts, objectives=objectives, log=lambda message: print(f"masklm: {message}", file=sys.stderr))
     print(out)
     return 0

@@ -139,14 +139,20 @@ def reference_tokenizer(path: str | Path):
 
 # A wrong position split leaves every weight in place but scrambles the relative-position terms; the
 # trained convention then gives a much lower masked-LM loss on real text (research/ltg_bert.md §2.4).
+# The same loss tells how masks are read: at the mask (MLM) or one position to the left (GPT-BERT's MNTP,
+# §6). A reading counts only when it beats the other one clearly.
 SPLIT_CHECK_RATIO = 1.25
 SPLIT_CHECK_TEXTS = 32
+SHIFTS = (0, 1)
 
 
-def position_split_losses(model_config: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer,
-                          texts: list[str], seq_len: int = 128) -> dict[str, float]:
-    """Masked-LM loss (15% masked, fixed masks) of the same weights read with each position split."""
+def reading_losses(model_config: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer,
+                   texts: list[str], seq_len: int = 128) -> dict[tuple[str, int], float]:
+    """Masked-LM loss (15% masked, fixed masks) of the same weights for each (position split, shift):
+    shift 0 reads a mask's prediction at the mask, shift 1 one position to its left."""
     import dataclasses
+
+    import torch.nn.functional as F
 
     from masklm.data.masking import mask_tokens
     from masklm.models.ltg_bert import LtgBertForMaskedLM
@@ -161,25 +167,45 @@ def position_split_losses(model_config: ModelConfig, state: dict[str, torch.Tens
         ids[i, :len(r)], attention[i, :len(r)] = torch.tensor(r), 1
     inputs, labels = mask_tokens(ids, rows=list(range(len(rows))), seed=0, epoch=0, mask_id=tok.mask_id,
                                  vocab_size=tok.vocab_size, special_ids=tok.special_ids, attention_mask=attention)
+    b, t = (labels != -100).nonzero(as_tuple=True)    # [M] each; t >= 1, as position 0 is [CLS]
     losses = {}
     for split in ("contiguous", "interleaved"):
         model = LtgBertForMaskedLM(dataclasses.replace(model_config, position_split=split)).eval()
         model.load_state_dict(state, strict=True)
         with torch.no_grad():
-            losses[split] = float(model(inputs, attention_mask=attention, labels=labels).loss)
+            hidden = model.encode(inputs, attention_mask=attention)                   # [B, T, D]
+            for shift in SHIFTS:
+                logits = model.predict(hidden[b, t - shift]).float()                  # [M, V]
+                losses[split, shift] = float(F.cross_entropy(logits, labels[b, t]))
     return losses
+
+
+def _clearly_worse(loss: float, other: float) -> bool:
+    return loss > SPLIT_CHECK_RATIO * other and loss - other > 0.05
+
+
+def objectives_for(shift: int, arch: str) -> list[str]:
+    """What a model read with ``shift`` was trained with: MLM, or GPT-BERT's MNTP (with CLM when the
+    weights are GPT-BERT's, whose published recipe mixes the two)."""
+    if shift == 0:
+        return ["mlm"]
+    return ["mntp", "clm"] if arch == "gpt-bert" else ["mntp"]
 
 
 def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, out: str | Path,
                position_split: str = "contiguous", check_texts: list[str] | None = None,
-               log=lambda message: None) -> Path:
+               objectives: list[str] | None = None, log=lambda message: None) -> Path:
     """Convert a reference LTG-BERT / GPT-BERT checkpoint into a masklm model folder; returns its path.
 
-    With ``check_texts``, the masked-LM loss of the weights is measured under both position splits first,
-    and a ``position_split`` whose loss is clearly worse than the other's is refused.
+    With ``check_texts``, the masked-LM loss of the weights is measured under both position splits and
+    both mask readings first: a ``position_split`` whose loss is clearly worse than the other's is refused,
+    and the reading that is clearly better sets the folder's objectives (``training_args.json``), which
+    decide where ``fill_mask`` reads and the default score metric. Without a clear answer, or without
+    ``check_texts``, the architecture decides (GPT-BERT: mntp + clm; LTG-BERT: mlm). ``objectives``
+    overrides both.
     """
     from masklm.hf.ltg_reference import convert_reference_state_dict
-    from masklm.modeldir import write_model_dir
+    from masklm.modeldir import masked_shift, write_model_dir
     from masklm.models.ltg_bert import LtgBertForMaskedLM
 
     state = load_reference_weights(weights)
@@ -194,21 +220,31 @@ def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, o
         model.load_state_dict(converted, strict=True)
     except RuntimeError as exc:  # convert_reference_state_dict checked names and shapes; be safe anyway
         raise ModelDirError(f"weights do not fit the config: {str(exc).splitlines()[0]}") from None
-    if check_texts:
-        losses = position_split_losses(model_config, converted, tok, check_texts)
-        if losses:
-            other = "interleaved" if position_split == "contiguous" else "contiguous"
-            log(f"masked-LM loss on the check text: contiguous {losses['contiguous']:.3f}, "
-                f"interleaved {losses['interleaved']:.3f}")
-            if (losses[position_split] > SPLIT_CHECK_RATIO * losses[other]
-                    and losses[position_split] - losses[other] > 0.05):
-                raise ModelDirError(
-                    f"with --position-split {position_split} the checkpoint's masked-LM loss is "
-                    f"{losses[position_split]:.3f} against {losses[other]:.3f} with {other}: it was trained with "
-                    f"the {other} split; pass --position-split {other} (or --no-split-check to keep {position_split})"
-                )
+    source = "--objectives" if objectives else None
+    losses = reading_losses(model_config, converted, tok, check_texts) if check_texts else {}
+    if losses:
+        other = "interleaved" if position_split == "contiguous" else "contiguous"
+        log("masked-LM loss on the check text, read at the mask / one position left: "
+            + ", ".join(f"{split} {losses[split, 0]:.3f} / {losses[split, 1]:.3f}" for split in ("contiguous",
+                                                                                              "interleaved")))
+        mine, theirs = (min(losses[split, shift] for shift in SHIFTS) for split in (position_split, other))
+        if _clearly_worse(mine, theirs):
+            raise ModelDirError(
+                f"with --position-split {position_split} the checkpoint's masked-LM loss is {mine:.3f} against "
+                f"{theirs:.3f} with {other}: it was trained with the {other} split; pass --position-split "
+                f"{other} (or --no-split-check to keep {position_split})"
+            )
+        best = min(SHIFTS, key=lambda shift: losses[position_split, shift])
+        if source is None and _clearly_worse(losses[position_split, 1 - best], losses[position_split, best]):
+            objectives, source = objectives_for(best, model_config.arch), "the loss check"
+    if source is None:
+        objectives, source = objectives_for(int(model_config.arch == "gpt-bert"), model_config.arch), "the architecture"
+    log(f"objectives {', '.join(objectives)} (from {source}; --objectives sets them), so masks are read "
+        f"{'one position to their left' if masked_shift(objectives) else 'at the mask'}")
     state_out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    return write_model_dir(out, model_config.to_json_dict(), state_out, tok)
+    return write_model_dir(out, model_config.to_json_dict(), state_out, tok,
+                           training_args={"objectives": objectives, "imported_by": "masklm import-ltg",
+                                          "objectives_from": source})
 
 
 __all__ = ["AUTO_MAP", "add_hf_fields", "copy_remote_files", "import_ltg", "is_ltg_config"]
