@@ -240,3 +240,16 @@ def test_cli(model_dir, tmp_path, capsys):
     assert "missing.txt" in capsys.readouterr().err
     assert main(["score", "--model", str(model_dir)]) == 2
     assert "no sentences" in capsys.readouterr().err
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"text": SENTENCES[0]}) + "\n\n" + json.dumps({"text": SENTENCES[1]}) + "\n")
+    assert main(["score", "--model", str(model_dir), "--input", str(jsonl), "--metric", "pll-word-l2r",
+                 "--json"]) == 0
+    assert [r["score"] for r in json.loads(capsys.readouterr().out)] == pytest.approx(want, abs=1e-6)
+    bad = [("{not json", "in.jsonl:2: not valid JSON"),
+           ('{"txt": "a"}', 'in.jsonl:2: expected an object with a string "text" field'),
+           ('["a"]', 'in.jsonl:2: expected an object with a string "text" field, got list')]
+    for line, message in bad:
+        jsonl.write_text(json.dumps({"text": "a"}) + "\n" + line + "\n")
+        assert main(["score", "--model", str(model_dir), "--input", str(jsonl)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError, InputError
 
 
@@ -22,24 +23,18 @@ def read_texts(path: str | None, positional: list[str]) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"input file {file} does not exist; check the path")
+    if file.name.endswith(".jsonl"):
+        texts = []
+        for where, record in jsonl_objects(file, 'an object with a string "text" field'):
+            if not isinstance(record.get("text"), str):
+                raise DataError(f'{where}: expected an object with a string "text" field; add it')
+            texts.append(record["text"])
+        return texts
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
-    if not file.name.endswith(".jsonl"):
-        return [line for line in lines if line.strip()]
-    texts = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file}:{n}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f"{file}:{n}: expected an object with a string \"text\" field; add it")
-        texts.append(record["text"])
-    return texts
+    return [line for line in lines if line.strip()]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

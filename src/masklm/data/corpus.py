@@ -189,6 +189,27 @@ def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
         yield number, record
 
 
+def jsonl_objects(file: Path, expected: str = "a JSON object") -> Iterator[tuple[str, dict]]:
+    """``("file:line", object)`` for each non-blank line of a JSONL file of user input (scores, pairs,
+    fine-tuning data). Strict, unlike a corpus: a line that is not JSON, or not an object (``expected``
+    says what one should hold), is a DataError naming the line."""
+    try:
+        with open(file, encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{n}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{where}: expected {expected}, got {type(record).__name__}")
+                yield where, record
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
+
+
 def _iter_jsonl(path: Path, stats: CorpusStats) -> Iterator[str]:
     for number, record in _iter_records(path, stats):
         text = record["text"].strip()

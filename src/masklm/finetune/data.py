@@ -14,7 +14,6 @@ the token, the last the tag, so CoNLL-2003's four columns work), blank lines bet
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError
 
 SEQUENCE_FORMATS = (".csv", ".tsv", ".jsonl")
@@ -68,16 +68,7 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if suffix not in SEQUENCE_FORMATS:
         raise DataError(f"{file}: unknown format {suffix or '(no suffix)'!r}; use .csv, .tsv or .jsonl")
     if suffix == ".jsonl":
-        for n, line in _lines(file):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{n}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{file}:{n}: expected a JSON object, got {type(record).__name__}")
-            yield f"{file}:{n}", record
+        yield from jsonl_objects(file)
         return
     try:
         with open(file, encoding="utf-8-sig", newline="") as f:

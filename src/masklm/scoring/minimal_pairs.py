@@ -13,12 +13,12 @@ paradigm.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError
 from masklm.scoring.pll import check_metric, score_sentences
 
@@ -63,20 +63,7 @@ def read_pairs(paths: list[str | Path] | None) -> list[Pair]:
     pairs: list[Pair] = []
     for path in resolve_paths(paths):
         count = 0
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object with sentence_good and sentence_bad")
+        for where, record in jsonl_objects(path, "a JSON object with sentence_good and sentence_bad"):
             for key in ("sentence_good", "sentence_bad"):
                 value = record.get(key)
                 if not isinstance(value, str) or not value.strip():
