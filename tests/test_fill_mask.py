@@ -127,3 +127,12 @@ def test_mntp_models_read_masks_one_position_left(model_dir, tmp_path, capsys):
     assert evaluate(mntp, [Pair("the cat sat .", "cat the sat .", "order")])["metric"] == "mntp"
     assert main(["score", "--model", str(mntp_dir), sentence]) == 0
     assert "scoring with mntp" in capsys.readouterr().err
+    fresh = masklm.load(mntp_dir)
+    fresh.score(sentence, metric="pll")   # allowed, with one warning naming the metric that fits
+    fresh.score(sentence, metric="pll")
+    assert capsys.readouterr().err.count("warning: the pll score reads this model in a way it was not trained "
+                                         "for (objectives: clm, mntp); mntp fits it") == 1
+    fresh.score(sentence, metric="causal")  # mntp,clm: the causal score fits too
+    plain.score(sentence, metric="mntp")   # the fill-mask fixture was trained with mlm only
+    err = capsys.readouterr().err
+    assert "causal score" not in err and "the mntp score reads this model" in err and "pll fits it" in err

@@ -44,7 +44,7 @@ def run_minimal_pairs(args: argparse.Namespace) -> int:
         raise InputError(f"--plot {args.plot}: the chart is a PNG; give a file name ending in .png")
     pairs = minimal_pairs.read_pairs(args.data)
     pipe = load(args.model, device=args.device)
-    metric = args.metric or pipe.default_metric
+    metric = pipe.resolve_metric(args.metric)
     print(f"masklm: scoring {len(pairs)} pairs with {metric} ({args.reduction})", file=sys.stderr)
     result = minimal_pairs.evaluate(pipe, pairs, metric=metric, reduction=args.reduction,
                                     batch_tokens=args.batch_tokens, details=args.details)

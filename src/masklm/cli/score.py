@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise InputError("no sentences given; pass them as arguments or with --input FILE")
     pipe = load(args.model, device=args.device)
+    metric = pipe.resolve_metric(args.metric)
     if args.metric is None:
-        print(f"masklm: scoring with {pipe.default_metric} (the default for this model)", file=sys.stderr)
-    results = pipe.score(texts, metric=args.metric, reduction=args.reduction, per_token=args.per_token,
+        print(f"masklm: scoring with {metric} (the default for this model)", file=sys.stderr)
+    results = pipe.score(texts, metric=metric, reduction=args.reduction, per_token=args.per_token,
                          batch_tokens=args.batch_tokens)
     rows = [{"sentence": t, **(r if args.per_token else {"score": r})} for t, r in zip(texts, results)]
     if args.json:

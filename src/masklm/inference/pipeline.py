@@ -37,6 +37,7 @@ class Pipeline:
         self.path = path
         self.objectives = read_objectives(path)   # from training_args.json; None when unknown
         self.mask_shift = masked_shift(self.objectives)
+        self._warned: set[str] = set()          # metrics already warned about (resolve_metric)
         self._token_strs: dict[int, str] = {}  # token id -> decode([id]), filled as fill_mask meets them
 
     @property
@@ -49,9 +50,25 @@ class Pipeline:
 
     @property
     def default_metric(self) -> str:
-        """The sentence score that matches how the model was trained: ``mntp`` when masks are read one
-        position to the left, else ``pll``."""
+        """The sentence score that matches how the model was trained: ``causal`` for a causal LM,
+        ``mntp`` when masks are read one position to the left, else ``pll``."""
+        names = set(self.objectives or ())
+        if names and names <= {"clm"}:
+            return "causal"
         return "mntp" if self.mask_shift else "pll"
+
+    def resolve_metric(self, metric: str | None) -> str:
+        """``metric``, or ``default_metric`` for None. A metric the model was not trained for (known from
+        ``training_args.json``) is allowed, with a one-time warning naming the one that fits."""
+        metric = metric or self.default_metric
+        names = set(self.objectives or ())
+        trained_for = {"pll": {"mlm", "diffusion"}, "pll-word-l2r": {"mlm", "diffusion"}, "causal": {"clm"},
+                       "mntp": {"mntp"}}.get(metric, names)
+        if names and not names & trained_for and metric not in self._warned:
+            self._warned.add(metric)
+            print(f"masklm: warning: the {metric} score reads this model in a way it was not trained for "
+                  f"(objectives: {', '.join(sorted(names))}); {self.default_metric} fits it", file=sys.stderr)
+        return metric
 
     def save(self, path: str | Path) -> Path:
         return save_model_dir(path, self.model, self.tokenizer)
@@ -191,14 +208,14 @@ class Pipeline:
     def score(self, sentences: str | list[str], metric: str | None = None, reduction: str = "sum",
               per_token: bool = False, batch_tokens: int | None = None) -> Any:
         """Sentence log-probabilities (nats): ``pll``, ``pll-word-l2r``, ``causal`` or ``mntp``
-        (default: ``default_metric``).
+        (default: ``default_metric``; see ``resolve_metric``).
 
         A float per sentence (a list for a list); with ``per_token=True`` a dict
         ``{"score", "tokens": [(token, logprob), ...]}`` each. See ``masklm.scoring.pll``.
         """
         from masklm.scoring.pll import score_sentences
 
-        return score_sentences(self.model, self.tokenizer, sentences, metric=metric or self.default_metric,
+        return score_sentences(self.model, self.tokenizer, sentences, metric=self.resolve_metric(metric),
                                reduction=reduction, per_token=per_token, batch_tokens=batch_tokens,
                                max_length=self.max_length)
 

@@ -98,7 +98,7 @@ def evaluate(pipe, pairs: list[Pair], metric: str | None = None, reduction: str 
     Returns ``{rule, metric, reduction, pairs, correct, ties, accuracy, macro_accuracy, by_field,
     by_paradigm}`` (plus ``details``: one row per pair, when asked).
     """
-    metric = metric or pipe.default_metric
+    metric = pipe.resolve_metric(metric)
     check_metric(metric, reduction)
     if not pairs:
         raise DataError("no minimal pairs to evaluate; pass BLiMP-format .jsonl files")
