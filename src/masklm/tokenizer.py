@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -166,14 +166,56 @@ def _template(cls_id: int, sep_id: int) -> processors.TemplateProcessing:
     )
 
 
+def _wordpiece_backend(vocab: dict[str, int] | None = None) -> _Backend:
+    """A cased BERT-style WordPiece tokenizer (empty, to train, or around ``vocab``)."""
+    backend = _Backend(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##") if vocab
+                       else models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
+def _continuation_pieces(texts: Iterable[str]) -> list[str]:
+    """Every ``##c`` piece the WordPiece trainer will create for ``texts``, sorted (see ``_train_wordpiece``)."""
+    probe = _wordpiece_backend()
+    # No merges: the trainer only counts words, builds the alphabet and the ##c pieces (all of them,
+    # whatever the vocabulary size).
+    probe.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(
+        vocab_size=1, min_frequency=1, continuing_subword_prefix="##", show_progress=False))
+    return sorted(t for t in probe.get_vocab() if t.startswith("##") and len(t) > 2)
+
+
+def _train_wordpiece(texts: Callable[[], Iterable[str]], vocab_size: int, min_frequency: int) -> _Backend:
+    """WordPiece training that gives the same vocabulary on every run.
+
+    The tokenizers trainer creates a ``##c`` piece the first time it meets ``c`` inside a word, in hash
+    map order, and those ids break ties between equally frequent merges; so two runs can pick different
+    merges (huggingface/tokenizers#1794). Declaring every ``##c`` up front, in sorted order, fixes their
+    ids; the real vocabulary is then rebuilt without marking them special. Costs a first, merge-free pass.
+    """
+    pieces = _continuation_pieces(texts())
+    trained = _wordpiece_backend()
+    trained.train_from_iterator(texts(), trainer=trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS + pieces,
+        continuing_subword_prefix="##", show_progress=False))
+    backend = _wordpiece_backend(trained.get_vocab())
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    return backend
+
+
 def train_tokenizer(
-    texts: Iterable[str],
+    texts: Iterable[str] | Callable[[], Iterable[str]],
     kind: str = "wordpiece",
     vocab_size: int = 8192,
     min_frequency: int = 2,
     model_max_length: int = _DEFAULT_MAX_LENGTH,
 ) -> Tokenizer:
-    """Train a WordPiece or byte-level BPE tokenizer on a stream of texts (never held in memory)."""
+    """Train a WordPiece or byte-level BPE tokenizer; the same texts give the same tokenizer on every run.
+
+    ``texts`` is a list of texts, or a function that returns a fresh stream of them (so a corpus is never
+    held in memory: WordPiece reads it twice). Another one-shot iterable is read into a list first.
+    """
     if kind not in KINDS:
         raise ConfigError(f"unknown tokenizer kind {kind!r}; use one of {', '.join(KINDS)}")
     floor = len(SPECIAL_TOKENS) + (256 if kind == "bpe" else 1)
@@ -181,15 +223,13 @@ def train_tokenizer(
         raise ConfigError(f"vocab_size {vocab_size} is too small for {kind}; use at least {floor}")
     if min_frequency < 1:
         raise ConfigError(f"min_frequency must be >= 1 (got {min_frequency})")
+    if not callable(texts):
+        texts = texts if isinstance(texts, (list, tuple)) else list(texts)
+        stream = lambda: texts  # noqa: E731 - the same list each pass
+    else:
+        stream = texts
     if kind == "wordpiece":
-        backend = _Backend(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-        backend.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-            continuing_subword_prefix="##", show_progress=False,
-        )
+        backend = _train_wordpiece(stream, vocab_size, min_frequency)
     else:
         # No unk_token: with all 256 bytes in the alphabet every text is representable.
         backend = _Backend(models.BPE())
@@ -199,7 +239,7 @@ def train_tokenizer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
         )
-    backend.train_from_iterator(texts, trainer=trainer)
+        backend.train_from_iterator(stream(), trainer=trainer)
     ids = [backend.token_to_id(t) for t in SPECIAL_TOKENS]
     assert ids == list(range(len(SPECIAL_TOKENS))), ids
     template = _template(ids[2], ids[3])

@@ -33,19 +33,21 @@ def run_train(args: argparse.Namespace) -> int:
     from masklm.data.corpus import CorpusStats, iter_documents
     from masklm.tokenizer import train_tokenizer
 
-    stats = CorpusStats()
-    documents = iter_documents(args.corpus, stats)  # raises here for a missing path
+    passes: list[CorpusStats] = []
+
+    def documents():  # a fresh stream per pass (WordPiece reads the corpus twice); the last pass is reported
+        passes.append(CorpusStats())
+        return iter_documents(args.corpus, passes[-1])
+
+    documents()  # raises here for a missing path
     print(f"training {args.kind} tokenizer (vocab {args.vocab_size}) on {' '.join(args.corpus)}", file=sys.stderr)
     tokenizer = train_tokenizer(
         documents, kind=args.kind, vocab_size=args.vocab_size,
         min_frequency=args.min_frequency, model_max_length=args.model_max_length,
     )
     out = tokenizer.save(args.out)
+    stats = passes[-1]
     print(f"read {stats.summary()}", file=sys.stderr)
-    if tokenizer.kind == "wordpiece":
-        print("note: WordPiece training in the tokenizers library can choose a different vocabulary on each run "
-              "when pair counts tie (huggingface/tokenizers#1794); keep this tokenizer.json to reproduce a run, "
-              "or use --kind bpe, which trains reproducibly", file=sys.stderr)
     summary = {"out": str(out), "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                "fingerprint": tokenizer.fingerprint(), "corpus": stats.to_dict()}
     if args.json:

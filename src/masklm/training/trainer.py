@@ -96,7 +96,7 @@ class Trainer:
         if not (tok_dir / "tokenizer.json").is_file():
             if self.info.is_main:
                 self.log(f"training a {cfg.tokenizer_kind} tokenizer (vocab {cfg.vocab_size}) on the corpus")
-                tok = train_tokenizer(iter_documents(cfg.corpus), kind=cfg.tokenizer_kind,
+                tok = train_tokenizer(lambda: iter_documents(cfg.corpus), kind=cfg.tokenizer_kind,
                                       vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
                 tok.save(tok_dir)
             barrier(self.info)
