@@ -19,25 +19,17 @@ from collections.abc import Sequence
 import torch
 
 from masklm.data.masking import mask_tokens
-from masklm.objectives.base import ObjectiveBatch, has_predecessor, next_token_labels
-from masklm.tokenizer import Tokenizer
+from masklm.objectives.base import MaskedLM, ObjectiveBatch, has_predecessor, next_token_labels
 
 
-class MaskedNextToken:
+class MaskedNextToken(MaskedLM):
     """``obj(batch, rows, epoch) -> ObjectiveBatch``: MLM corruption, bidirectional, labels[i] = orig[i+1].
 
-    Deterministic per (seed, epoch, row) through ``mask_tokens``.
+    Takes ``MaskedLM``'s settings (rate, 80/10/10 split, strategy, seed). Deterministic per
+    (seed, epoch, row) through ``mask_tokens``.
     """
 
     name = "mntp"
-
-    def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
-                 strategy: str = "token", seed: int = 0) -> None:
-        self.tokenizer = tokenizer
-        self.rate = rate  # the trainer moves it along a mask-rate schedule
-        self.split = tuple(split)
-        self.strategy = strategy  # token, whole-word or span
-        self.seed = seed
 
     def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
         ids, attention, docs = batch["input_ids"], batch["attention_mask"], batch["document_ids"]
