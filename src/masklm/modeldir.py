@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
+from masklm.files import fsync_path
 
 if TYPE_CHECKING:
     from masklm.tokenizer import Tokenizer
@@ -40,14 +41,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.write(json.dumps(data, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,7 +86,7 @@ def write_model_dir(
         _write_json(tmp / CONFIG_FILE, config_json)
         # "format": "pt" is what transformers checks before trusting a safetensors file
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        _fsync(tmp / WEIGHTS_FILE)
+        fsync_path(tmp / WEIGHTS_FILE)
         tokenizer.save(tmp)
         if ltg:
             copy_remote_files(tmp)

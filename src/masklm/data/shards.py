@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import hashlib
 import json
 import multiprocessing
 import os
@@ -32,6 +31,7 @@ import numpy as np
 
 from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
 from masklm.errors import DataError
+from masklm.files import sha256_file
 from masklm.tokenizer import Tokenizer, word_starts
 
 FORMAT_VERSION = 1
@@ -48,14 +48,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _describe_files(files: list[Path]) -> list[dict]:
     described = []
     for path in files:
@@ -70,7 +62,7 @@ def _same_files(old: list[dict], new: list[dict]) -> bool:
         return False
     for before, now in zip(old, new):
         if before["mtime_ns"] != now["mtime_ns"]:
-            if "sha256" not in before or before["sha256"] != _sha256(Path(now["path"])):
+            if "sha256" not in before or before["sha256"] != sha256_file(Path(now["path"])):
                 return False
     return True
 
@@ -235,7 +227,7 @@ def prepare_shards(
         raise DataError(f"{out_dir} exists and is not a shard folder; pass an empty or new folder to --out")
     for entry in described:
         if entry["size"] <= HASH_LIMIT:
-            entry["sha256"] = _sha256(Path(entry["path"]))
+            entry["sha256"] = sha256_file(Path(entry["path"]))
 
     num_workers = num_workers or min(os.cpu_count() or 1, 8)
     dtype = token_dtype(tokenizer.vocab_size)

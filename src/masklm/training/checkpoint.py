@@ -9,7 +9,6 @@ last, and only then is the folder renamed into place. A folder without a valid m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -23,29 +22,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from masklm.files import fsync_path, sha256_file
+
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -85,16 +65,16 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
     for name in FILES:
-        _fsync_file(tmp / name)
-    manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+        fsync_path(tmp / name)
+    manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)}
                                         for n in FILES}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    _fsync_file(tmp / MANIFEST)
-    _fsync_dir(tmp)
+    fsync_path(tmp / MANIFEST)
+    fsync_path(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_path(root)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -123,7 +103,7 @@ def verify(path: Path) -> str | None:
             f = path / name
             if not f.is_file():
                 return f"{name} is missing"
-            if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
+            if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
                 return f"{name} does not match its checksum"
     except (ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest ({exc})"
