@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     mp.add_argument("--data", nargs="+", metavar="PATH",
                     help="BLiMP-format .jsonl files or folders of them (default: the small set shipped with masklm)")
     mp.add_argument("--metric", choices=METRICS,
-                    help="sentence score (default: mntp for models trained with mntp, e.g. GPT-BERT; else pll)")
+                    help="default: the metric that fits how the model was trained "
+                    "(mntp for GPT-BERT-style mntp models, causal for causal LMs, else pll)")
     mp.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                     help="sum (default) or mean of token log-probabilities")
     mp.add_argument("--batch-tokens", type=int,

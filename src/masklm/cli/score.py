@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--input", help="file with one sentence per line (.txt), a .jsonl with \"text\", or - for stdin")
     p.add_argument("--metric", choices=METRICS,
-                   help="scoring metric (default: mntp for models trained with mntp, e.g. GPT-BERT; else pll)")
+                   help="default: the metric that fits how the model was trained "
+                   "(mntp for GPT-BERT-style mntp models, causal for causal LMs, else pll)")
     p.add_argument("--reduction", choices=["sum", "mean"], default="sum",
                    help="sum or mean of the token log-probabilities (default sum)")
     p.add_argument("--per-token", action="store_true", help="also print each token's log-probability")
