@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import masklm
-from masklm.generation import read_objectives
+from masklm.modeldir import read_objectives
 
 
 def train_model(out: Path, minutes: float) -> Path:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,13 +123,6 @@ def read_objectives(model_dir: str | Path | None) -> list[str] | None:
     if isinstance(objectives, str):
         objectives = [objectives]
     return list(objectives) if objectives else None
-
-
-def masked_shift(objectives: Sequence[str] | None) -> int:
-    """Where a masked token's prediction is read: 1 = one position to the left, for GPT-BERT-style models
-    trained with ``mntp`` (or ``clm`` only, whose logits at i score token i+1); 0 = at the mask itself."""
-    names = set(objectives or ())
-    return 1 if "mntp" in names or (names and names <= {"clm"}) else 0
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,5 @@ point (``pipe.generate`` and ``masklm generate`` call it); see docs/generation.m
 from __future__ import annotations
 
 from masklm.generation.api import STRATEGIES, check_causal, generate
-from masklm.modeldir import masked_shift, read_objectives
 
-__all__ = ["STRATEGIES", "check_causal", "generate", "masked_shift", "read_objectives"]
+__all__ = ["STRATEGIES", "check_causal", "generate"]

@@ -28,7 +28,7 @@ from masklm.generation.confidence import COMMITS, SCHEDULES, confidence_decode
 from masklm.generation.diffusion import diffusion_sample
 from masklm.generation.mask_predict import mask_predict
 from masklm.generation.sampling import Network
-from masklm.modeldir import masked_shift
+from masklm.objectives.reading import TrainedAs
 
 STRATEGIES = ("mask-predict", "confidence", "diffusion", "autoregressive")
 DEFAULT_TEMPERATURE = {"mask-predict": 0.0, "confidence": 0.0, "diffusion": 1.0, "autoregressive": 1.0}
@@ -36,17 +36,17 @@ DEFAULT_TEMPERATURE = {"mask-predict": 0.0, "confidence": 0.0, "diffusion": 1.0,
 
 def check_causal(objectives: Sequence[str] | None) -> None:
     """Refuse (or warn about) autoregressive decoding of weights never trained with causal attention."""
-    names = set(objectives or ())
-    if "clm" in names:
+    trained = TrainedAs.from_names(objectives)
+    if trained.causal_decoding == "trained":
         return
-    if "mntp" in names:
-        print("masklm: warning: this model was trained with mntp but never with clm, so never with causal "
-              "attention; autoregressive output may be poor (mask-predict or confidence suit it)", file=sys.stderr)
+    if trained.causal_decoding == "untrained":
+        print(f"masklm: warning: this model was trained with {trained.describe()} but never with clm, so never "
+              "with causal attention; autoregressive output may be poor (mask-predict or confidence suit it)",
+              file=sys.stderr)
         return
-    trained = ", ".join(sorted(names)) if names else "unknown objectives (no training_args.json)"
     raise InputError(f"autoregressive decoding needs weights trained with clm (or mntp); this model has "
-                     f"{trained}; use mask-predict, confidence or diffusion, or pass objectives=['clm'] "
-                     "if you know better")
+                     f"{trained.describe()}; use mask-predict, confidence or diffusion, or pass "
+                     "objectives=['clm'] if you know better")
 
 
 def _check(strategy: str, steps: int | None, length: int, temperature: float, top_k: int | None,
@@ -140,7 +140,7 @@ def generate(model: torch.nn.Module, tokenizer, prompt: str | None | Sequence[st
         check_causal(objectives)
     banned = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
     banned[[i for i in tokenizer.special_ids if i < banned.numel() and not (stop_at_sep and i == tokenizer.sep_id)]] = True
-    shift = 1 if strategy == "autoregressive" else masked_shift(objectives)
+    shift = 1 if strategy == "autoregressive" else TrainedAs.from_names(objectives).mask_shift
     net = Network(model, shift, banned, trace=trace)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))

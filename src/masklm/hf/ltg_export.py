@@ -20,6 +20,7 @@ import torch
 
 from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
+from masklm.objectives.reading import TrainedAs, objectives_reading_at
 from masklm.tokenizer import Tokenizer
 
 LTG_ARCHS = ("ltg-bert", "gpt-bert")
@@ -184,14 +185,6 @@ def _clearly_worse(loss: float, other: float) -> bool:
     return loss > SPLIT_CHECK_RATIO * other and loss - other > 0.05
 
 
-def objectives_for(shift: int, arch: str) -> list[str]:
-    """What a model read with ``shift`` was trained with: MLM, or GPT-BERT's MNTP (with CLM when the
-    weights are GPT-BERT's, whose published recipe mixes the two)."""
-    if shift == 0:
-        return ["mlm"]
-    return ["mntp", "clm"] if arch == "gpt-bert" else ["mntp"]
-
-
 def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, out: str | Path,
                position_split: str = "contiguous", check_texts: list[str] | None = None,
                objectives: list[str] | None = None, log=lambda message: None) -> Path:
@@ -205,7 +198,7 @@ def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, o
     overrides both.
     """
     from masklm.hf.ltg_reference import convert_reference_state_dict
-    from masklm.modeldir import masked_shift, write_model_dir
+    from masklm.modeldir import write_model_dir
     from masklm.models.ltg_bert import LtgBertForMaskedLM
 
     state = load_reference_weights(weights)
@@ -236,11 +229,12 @@ def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, o
             )
         best = min(SHIFTS, key=lambda shift: losses[position_split, shift])
         if source is None and _clearly_worse(losses[position_split, 1 - best], losses[position_split, best]):
-            objectives, source = objectives_for(best, model_config.arch), "the loss check"
+            objectives, source = objectives_reading_at(best, model_config.arch), "the loss check"
     if source is None:
-        objectives, source = objectives_for(int(model_config.arch == "gpt-bert"), model_config.arch), "the architecture"
+        objectives, source = objectives_reading_at(int(model_config.arch == "gpt-bert"),
+                                                                model_config.arch), "the architecture"
     log(f"objectives {', '.join(objectives)} (from {source}; --objectives sets them), so masks are read "
-        f"{'one position to their left' if masked_shift(objectives) else 'at the mask'}")
+        f"{'one position to their left' if TrainedAs.from_names(objectives).mask_shift else 'at the mask'}")
     state_out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     return write_model_dir(out, model_config.to_json_dict(), state_out, tok,
                            training_args={"objectives": objectives, "imported_by": "masklm import-ltg",

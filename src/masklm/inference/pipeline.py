@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from masklm.errors import InputError
-from masklm.modeldir import load_model_dir, masked_shift, read_objectives, save_model_dir
+from masklm.modeldir import load_model_dir, read_objectives, save_model_dir
+from masklm.objectives.reading import TrainedAs
 from masklm.training.distributed import pick_device
 
 
@@ -36,7 +37,8 @@ class Pipeline:
         self.config = model.config
         self.path = path
         self.objectives = read_objectives(path)   # from training_args.json; None when unknown
-        self.mask_shift = masked_shift(self.objectives)
+        self.trained_as = TrainedAs.from_names(self.objectives)
+        self.mask_shift = self.trained_as.mask_shift
         self._warned: set[str] = set()          # metrics already warned about (resolve_metric)
         self._token_strs: dict[int, str] = {}  # token id -> decode([id]), filled as fill_mask meets them
 
@@ -50,24 +52,18 @@ class Pipeline:
 
     @property
     def default_metric(self) -> str:
-        """The sentence score that matches how the model was trained: ``causal`` for a causal LM,
-        ``mntp`` when masks are read one position to the left, else ``pll``."""
-        names = set(self.objectives or ())
-        if names and names <= {"clm"}:
-            return "causal"
-        return "mntp" if self.mask_shift else "pll"
+        """The sentence score that matches how the model was trained (``objectives.reading``): ``causal``
+        for a causal LM, ``mntp`` when masks are read one position to the left, else ``pll``."""
+        return self.trained_as.default_metric
 
     def resolve_metric(self, metric: str | None) -> str:
         """``metric``, or ``default_metric`` for None. A metric the model was not trained for (known from
         ``training_args.json``) is allowed, with a one-time warning naming the one that fits."""
         metric = metric or self.default_metric
-        names = set(self.objectives or ())
-        trained_for = {"pll": {"mlm", "diffusion"}, "pll-word-l2r": {"mlm", "diffusion"}, "causal": {"clm"},
-                       "mntp": {"mntp"}}.get(metric, names)
-        if names and not names & trained_for and metric not in self._warned:
+        if not self.trained_as.fits(metric) and metric not in self._warned:
             self._warned.add(metric)
             print(f"masklm: warning: the {metric} score reads this model in a way it was not trained for "
-                  f"(objectives: {', '.join(sorted(names))}); {self.default_metric} fits it", file=sys.stderr)
+                  f"(objectives: {self.trained_as.describe()}); {self.default_metric} fits it", file=sys.stderr)
         return metric
 
     def save(self, path: str | Path) -> Path:

@@ -49,6 +49,25 @@ class ObjectiveBatch:
     objective: str = ""
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How weights trained with one objective are read afterwards (``objectives.reading`` combines them).
+
+    masked:          the objective feeds masked inputs, so its outputs predict masked tokens.
+    shift:           the prediction for token j sits at position j - shift (1: GPT-BERT's MNTP and CLM).
+    metrics:         sentence scores that read the model the way this objective trained it, best first.
+    causal_decoding: "trained" (causal attention and next-token labels), "untrained" (next-token labels
+                     but bidirectional attention: left-to-right decoding runs, poorly) or "no".
+    evaluators:      held-out measures of this objective (``training.evaluate``): mlm, causal, diffusion.
+    """
+
+    masked: bool
+    shift: int
+    metrics: tuple[str, ...]
+    causal_decoding: str
+    evaluators: tuple[str, ...]
+
+
 def batch_denominator(batch: ObjectiveBatch) -> float:
     """The normaliser of one micro-batch: ``loss_denominator``, or the number of targets."""
     if batch.loss_denominator is not None:
@@ -128,6 +147,8 @@ class MaskedLM:
     """BERT's objective: mask a share of tokens (token-level, whole-word or span), predict the originals."""
 
     name = "mlm"
+    reading = Reading(masked=True, shift=0, metrics=("pll", "pll-word-l2r"), causal_decoding="no",
+                      evaluators=("mlm",))
 
     def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
                  strategy: str = "token", seed: int = 0) -> None:

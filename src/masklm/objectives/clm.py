@@ -17,7 +17,7 @@ from torch import nn
 
 from masklm.data.masking import IGNORE_INDEX
 from masklm.data.packing import PackedRows
-from masklm.objectives.base import ObjectiveBatch, next_token_labels
+from masklm.objectives.base import ObjectiveBatch, Reading, next_token_labels
 from masklm.tokenizer import Tokenizer
 
 
@@ -28,6 +28,8 @@ class CausalLM:
     """
 
     name = "clm"
+    reading = Reading(masked=False, shift=1, metrics=("causal",), causal_decoding="trained",
+                      evaluators=("mlm", "causal"))
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
         self.tokenizer = tokenizer

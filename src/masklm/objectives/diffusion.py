@@ -37,7 +37,7 @@ from torch import nn
 
 from masklm.data.masking import IGNORE_INDEX, row_generator
 from masklm.data.packing import PackedRows
-from masklm.objectives.base import ObjectiveBatch, objective_log_probs
+from masklm.objectives.base import ObjectiveBatch, Reading, objective_log_probs
 from masklm.tokenizer import Tokenizer
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -85,6 +85,8 @@ class MaskedDiffusion:
     """
 
     name = "diffusion"
+    reading = Reading(masked=True, shift=0, metrics=("pll", "pll-word-l2r"), causal_decoding="no",
+                      evaluators=("mlm", "diffusion"))
 
     def __init__(self, tokenizer: Tokenizer, eps: float = 1e-3, seed: int = 0) -> None:
         if tokenizer.mask_id not in set(tokenizer.special_ids):

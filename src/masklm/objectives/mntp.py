@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from masklm.data.masking import mask_tokens
-from masklm.objectives.base import MaskedLM, ObjectiveBatch, has_predecessor, next_token_labels
+from masklm.objectives.base import MaskedLM, ObjectiveBatch, Reading, has_predecessor, next_token_labels
 
 
 class MaskedNextToken(MaskedLM):
@@ -30,6 +30,8 @@ class MaskedNextToken(MaskedLM):
     """
 
     name = "mntp"
+    reading = Reading(masked=True, shift=1, metrics=("mntp",), causal_decoding="untrained",
+                      evaluators=("mlm", "causal"))
 
     def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
         ids, attention, docs = batch["input_ids"], batch["attention_mask"], batch["document_ids"]

@@ -38,6 +38,7 @@ from masklm.models import build_model
 from masklm.objectives.base import batch_denominator, next_token_labels, objective_loss, step_loss_scales
 from masklm.objectives.clm import evaluate_causal
 from masklm.objectives.diffusion import evaluate_diffusion
+from masklm.objectives.reading import TrainedAs
 from masklm.objectives.schedule import build_schedule
 from masklm.tokenizer import Tokenizer, train_tokenizer
 from masklm.training import checkpoint as ckpt
@@ -321,10 +322,11 @@ class Trainer:
         cfg = self.cfg
         result = evaluate_mlm(model, rows, tok, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
                               seed=cfg.seed)
-        if {"clm", "mntp"} & set(objectives):
+        evaluators = TrainedAs.from_names(objectives).evaluators
+        if "causal" in evaluators:
             causal = evaluate_causal(model, rows, tok, batch_size=cfg.batch_size, max_batches=cfg.eval_batches)
             result |= {"causal_loss": causal["causal_loss"], "causal_ppl": causal["causal_ppl"]}
-        if "diffusion" in objectives:
+        if "diffusion" in evaluators:
             bound = evaluate_diffusion(model, rows, tok, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
                                        samples=cfg.eval_diffusion_samples, seed=cfg.seed + EVAL_SEED_OFFSET,
                                        eps=cfg.diffusion_eps)
