@@ -1,9 +1,8 @@
 """masklm: masked language models, from raw text to serving."""
 
-__version__ = "0.1.0"
-
-from masklm.config import ModelConfig, TrainConfig  # noqa: E402
-from masklm.errors import ConfigError, DataError, InputError, MaskLMError, ModelDirError  # noqa: E402
+from masklm.config import ModelConfig, TrainConfig
+from masklm.errors import ConfigError, DataError, InputError, MaskLMError, ModelDirError
+from masklm.version import __version__
 
 
 def build_model(config: ModelConfig):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from masklm.errors import ConfigError, MaskLMError
+from masklm.version import __version__
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -201,8 +202,6 @@ class ModelConfig:
 
     def to_json_dict(self) -> dict[str, Any]:
         """What goes into a model folder's ``config.json`` (Hugging Face compatible for BERT)."""
-        from masklm import __version__
-
         out = self.to_dict()
         if self.arch == "bert":
             out.update(model_type="bert", architectures=["BertForMaskedLM"], position_embedding_type="absolute")

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from masklm.errors import MaskLMError
+from masklm.version import __version__
 
 # Command-group modules under masklm.cli, in the order `masklm --help` lists them.
 COMMAND_MODULES = [
@@ -25,8 +26,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from masklm import __version__
-
     parser = _Parser(prog="masklm", description="Masked language models: train, use, evaluate and serve.")
     parser.add_argument("--version", action="version", version=f"masklm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)

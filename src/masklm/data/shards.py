@@ -33,6 +33,7 @@ from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
 from masklm.errors import DataError
 from masklm.files import sha256_file
 from masklm.tokenizer import Tokenizer, word_starts
+from masklm.version import __version__
 
 FORMAT_VERSION = 1
 CHUNK_DOCUMENTS = 1000          # documents per worker task: bounds memory, amortises IPC
@@ -213,8 +214,6 @@ def prepare_shards(
     Does nothing (logs "up to date") when ``out_dir`` already holds shards of the same files made
     with the same tokenizer; rebuilds when either changed.
     """
-    from masklm import __version__
-
     out_dir = Path(out_dir)
     files = resolve_files(sources)
     described = _describe_files(files)

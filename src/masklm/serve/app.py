@@ -38,14 +38,13 @@ from masklm.serve.schemas import (
     ScoreRequest,
     TokenizeRequest,
 )
+from masklm.version import __version__
 
 JsonRoute = tuple[type[BaseModel], Callable[[Any], Awaitable[Response]]]
 
 
 def read_info(pipe, limits: Limits) -> dict[str, Any]:
     """What ``GET /info`` reports: the model, its training objectives, the server's limits."""
-    from masklm import __version__
-
     cfg = pipe.config
     path: Path | None = pipe.path
     return {
@@ -85,8 +84,6 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
         batcher.start()
         yield
         batcher.stop()
-
-    from masklm import __version__
 
     app = FastAPI(title="masklm", version=__version__, lifespan=lifespan,
                   description="Fill-mask, sentence scores, generation and embeddings from a masklm model folder.")
