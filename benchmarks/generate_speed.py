@@ -37,7 +37,7 @@ from masklm.modeldir import read_objectives
 
 
 def train_model(out: Path, minutes: float) -> Path:
-    from masklm.config import TrainConfig
+    from masklm.training.config import TrainConfig
     from masklm.training.trainer import train
 
     cfg = TrainConfig(arch="gpt-bert", size="tiny", corpus=["kjv"], out=str(out), objective="mntp=3,clm=1",

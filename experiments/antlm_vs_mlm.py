@@ -40,6 +40,22 @@ from typing import Any
 
 import torch
 
+from masklm.data.corpus import iter_documents
+from masklm.data.packing import PackedRows, split_documents
+from masklm.data.shards import ShardedCorpus, prepare_shards
+from masklm.errors import ConfigError, MaskLMError
+from masklm.modeldir import load_model_dir
+from masklm.tokenizer import Tokenizer, train_tokenizer
+from masklm.training.config import TrainConfig
+from masklm.training.evaluate import (
+    EVAL_SEED_OFFSET,
+    evaluate_causal,
+    evaluate_diffusion,
+    evaluate_mlm,
+    heldout_rows,
+)
+from masklm.training.trainer import train
+
 RUNS = ("mlm", "antlm", "mntp+clm", "diffusion")
 MIX = "mntp=15,clm=1"
 ANTLM_RATIO = (("clm", 1), ("mlm", 4), ("clm", 1))
@@ -103,8 +119,6 @@ def evaluate_mntp_aligned(model, rows, tok, *, batch_size: int, max_batches: int
     Same masked inputs as ``evaluate_mlm`` (same seed, rate and rows); the targets are the same masked
     tokens, except those that start a document or a row (nothing before them in their document).
     """
-    from masklm.training.trainer import evaluate_mlm
-
     r = evaluate_mlm(model, rows, tok, batch_size=batch_size, max_batches=max_batches, seed=seed, shift=True)
     return {"mntp_loss": r["eval_loss"], "mntp_accuracy": r["eval_accuracy"], "mntp_tokens": r["eval_tokens"]}
 
@@ -121,17 +135,9 @@ def _last_record(metrics: Path, key: str) -> dict[str, Any] | None:
 
 def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """All metrics for one trained run, on the held-out rows of its (shared) data split."""
-    from masklm.data.packing import PackedRows, split_documents
-    from masklm.data.shards import ShardedCorpus
-    from masklm.modeldir import load_model_dir
-    from masklm.objectives.clm import evaluate_causal
-    from masklm.objectives.diffusion import evaluate_diffusion
-    from masklm.training.trainer import EVAL_SEED_OFFSET, evaluate_mlm
-
     model, _, tok = load_model_dir(run_dir / "final")
-    shards = ShardedCorpus(run_dir / "data")
-    _, held = split_documents(shards.num_documents, args.heldout_fraction, args.seed)
-    rows = PackedRows(shards, held, args.seq_len, tok.pad_id)
+    rows = heldout_rows(ShardedCorpus(run_dir / "data"), heldout_fraction=args.heldout_fraction, seed=args.seed,
+                        seq_len=args.seq_len, pad_id=tok.pad_id)
     kw = dict(batch_size=args.batch_size, max_batches=args.eval_batches)
     mlm = evaluate_mlm(model, rows, tok, seed=args.seed, **kw)
     causal = evaluate_causal(model, rows, tok, **kw)
@@ -139,7 +145,7 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                               **kw)
     mntp = evaluate_mntp_aligned(model, rows, tok, seed=args.seed, **kw)
     return {
-        "heldout_docs": [int(d) for d in held],
+        "heldout_docs": [int(d) for d in rows.doc_indices],
         "heldout_rows": min(len(rows), args.batch_size * args.eval_batches),
         "mlm_accuracy": mlm["eval_accuracy"], "mlm_loss": mlm["eval_loss"], "mlm_tokens": mlm["eval_tokens"],
         "mntp_accuracy": mntp["mntp_accuracy"], "mntp_loss": mntp["mntp_loss"],
@@ -165,7 +171,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], out_png: Path) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: only the final plot needs it, and it takes a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -206,14 +212,6 @@ def plot(rows: list[dict[str, Any]], out_png: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every run; write results.json, results.md and the plot; return the table rows."""
-    from masklm.config import TrainConfig
-    from masklm.data.corpus import iter_documents
-    from masklm.data.packing import PackedRows, split_documents
-    from masklm.data.shards import ShardedCorpus, prepare_shards
-    from masklm.errors import ConfigError
-    from masklm.tokenizer import Tokenizer, train_tokenizer
-    from masklm.training.trainer import train
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -298,8 +296,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    from masklm.errors import MaskLMError
-
     try:
         main()
     except MaskLMError as exc:

@@ -20,7 +20,7 @@ WORDS = "the a cat dog bird sat ran flew on under over mat tree house and then".
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from masklm.config import TrainConfig
+    from masklm.training.config import TrainConfig
     from masklm.training.trainer import train
 
     root = tmp_path_factory.mktemp("fm")

@@ -13,8 +13,9 @@ from masklm.config import ModelConfig
 from masklm.errors import ConfigError
 from masklm.models import build_model
 from masklm.training.lamb import Lamb
-from masklm.training.optim import LRSchedule, build_optimizer, param_groups, split_decay
-from masklm.training.schedules import (
+from masklm.training.optim import build_optimizer, param_groups, split_decay
+from masklm.training.progress import (
+    LRSchedule,
     MaskRateSchedule,
     SeqLenSchedule,
     build_lr_schedule,
@@ -177,53 +178,55 @@ def test_build_optimizer_kinds():
 
 
 def test_ltg_bert_lr_recipe():
-    s = build_lr_schedule("ltg-bert", 1000)
-    assert s.warmup_steps == 16 and s.cooldown_steps == 0
-    assert s(0) == pytest.approx(1 / 17) and s(15) == pytest.approx(16 / 17) and s(16) == 1.0
-    assert s(16 + 492) == pytest.approx(0.55)  # half way through the cosine: (1 + 0.1) / 2
-    assert s(1000) == pytest.approx(0.1) and s(5000) == pytest.approx(0.1)
-    values = [s(t) for t in range(16, 1000)]
+    s = build_lr_schedule("ltg-bert")
+    assert s.warmup_steps(1000) == 16 and s.cooldown_steps(1000) == 0
+    assert s(0, 1000) == pytest.approx(1 / 17) and s(15, 1000) == pytest.approx(16 / 17) and s(16, 1000) == 1.0
+    assert s(16 + 492, 1000) == pytest.approx(0.55)  # half way through the cosine: (1 + 0.1) / 2
+    assert s(1000, 1000) == pytest.approx(0.1) and s(5000, 1000) == pytest.approx(0.1)
+    values = [s(t, 1000) for t in range(16, 1000)]
     assert all(a >= b for a, b in zip(values, values[1:])) and min(values) > 0.1
     for t in range(16, 1000):  # the reference's formula, after warmup
         progress = (t - 16) / (1000 - 16)
-        assert s(t) == pytest.approx(max(0.1, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))), abs=1e-12)
+        assert s(t, 1000) == pytest.approx(max(0.1, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))),
+                                           abs=1e-12)
 
 
 def test_gpt_bert_lr_recipe_cools_down_to_zero():
-    s = build_lr_schedule("gpt-bert", 1000)
-    assert s.warmup_steps == 16 and s.cooldown_steps == 16
-    assert s(16) == 1.0 and s(16 + 484) == pytest.approx(0.55)  # cosine now spans 16..984
-    assert s(984) == pytest.approx(0.1) and 0.1 < s(983) < 0.1 + 1e-4  # continuous into the cooldown
-    assert s(992) == pytest.approx(0.05) and s(999) == pytest.approx(0.1 / 16) and s(1000) == 0.0
-    # Resizing keeps the recipe's fractions: a 500-step run warms up 8 steps and cools down 8.
-    s.resize(500)
-    assert (s.warmup_steps, s.cooldown_steps) == (8, 8) and s(492) == pytest.approx(0.1) and s(499) > 0
+    s = build_lr_schedule("gpt-bert")
+    assert s.warmup_steps(1000) == 16 and s.cooldown_steps(1000) == 16
+    assert s(16, 1000) == 1.0 and s(16 + 484, 1000) == pytest.approx(0.55)  # cosine now spans 16..984
+    assert s(984, 1000) == pytest.approx(0.1) and 0.1 < s(983, 1000) < 0.1 + 1e-4  # continuous into the cooldown
+    assert s(992, 1000) == pytest.approx(0.05) and s(999, 1000) == pytest.approx(0.1 / 16) and s(1000, 1000) == 0.0
+    # A shorter run keeps the recipe's fractions: a 500-step run warms up 8 steps and cools down 8.
+    assert (s.warmup_steps(500), s.cooldown_steps(500)) == (8, 8)
+    assert s(492, 500) == pytest.approx(0.1) and s(499, 500) > 0
     # A pure function of (step, total): a fresh schedule at the same length gives the same numbers.
-    fresh = build_lr_schedule("gpt-bert", 500)
-    assert [s(t) for t in range(0, 501, 7)] == [fresh(t) for t in range(0, 501, 7)]
+    fresh = build_lr_schedule("gpt-bert")
+    assert [s(t, 500) for t in range(0, 501, 7)] == [fresh(t, 500) for t in range(0, 501, 7)]
 
 
 def test_plain_kinds_unchanged_and_constant_cooldown():
-    old = LRSchedule("cosine", 100, 10, 0.0)
-    new = build_lr_schedule("cosine", 100, warmup=0.1)
-    assert [old(t) for t in range(101)] == [new(t) for t in range(101)]
-    wsd = build_lr_schedule("constant", 100, warmup=0, cooldown=0.2)  # warmup-stable-decay
-    assert wsd(0) == 1.0 and wsd(79) == 1.0 and wsd(80) == 1.0 and wsd(90) == pytest.approx(0.5)
-    assert wsd(99) == pytest.approx(0.05)
+    old = LRSchedule("cosine", 10, 0.0)
+    new = build_lr_schedule("cosine", warmup=0.1)
+    assert [old(t, 100) for t in range(101)] == [new(t, 100) for t in range(101)]
+    wsd = build_lr_schedule("constant", warmup=0, cooldown=0.2)  # warmup-stable-decay
+    assert wsd(0, 100) == 1.0 and wsd(79, 100) == 1.0 and wsd(80, 100) == 1.0 and wsd(90, 100) == pytest.approx(0.5)
+    assert wsd(99, 100) == pytest.approx(0.05)
     with pytest.raises(ConfigError, match="unknown LR schedule 'cosin'"):
-        build_lr_schedule("cosin", 100)
+        build_lr_schedule("cosin")
 
 
 # ---- mask rate ----------------------------------------------------------------------------------
 
 
 def test_mask_rate_schedule():
-    s = MaskRateSchedule.parse("0.30->0.15", total_steps=1000)
+    s = MaskRateSchedule.parse("0.30->0.15")
     assert (s.start, s.end) == (0.30, 0.15)
-    assert s(0) == pytest.approx(0.30) and s(500) == pytest.approx(0.225) and s(1000) == pytest.approx(0.15)
-    assert s(250) == pytest.approx(0.2625) and s(2000) == pytest.approx(0.15)
-    constant = MaskRateSchedule.parse(0.15, total_steps=10)
-    assert constant(0) == constant(10) == 0.15
+    assert s(0, 1000) == pytest.approx(0.30) and s(500, 1000) == pytest.approx(0.225)
+    assert s(1000, 1000) == pytest.approx(0.15)
+    assert s(250, 1000) == pytest.approx(0.2625) and s(2000, 1000) == pytest.approx(0.15)
+    constant = MaskRateSchedule.parse(0.15)
+    assert constant(0, 10) == constant(10, 10) == 0.15
     assert parse_mask_rate(" 0.3 -> .15 ") == (0.3, 0.15) and parse_mask_rate("0.4") == (0.4, 0.4)
 
 
@@ -238,14 +241,21 @@ def test_mask_rate_nonsense_is_one_clear_error(bad):
 # ---- sequence length ----------------------------------------------------------------------------
 
 
+def phase_at(s: SeqLenSchedule, step: int, total: int) -> tuple[int, float]:
+    """(seq_len, batch fraction) of the phase ``RowOrder`` reads at ``step``."""
+    phase = s.phases[s.phase_index(step, total)]
+    return phase.seq_len, phase.batch_fraction
+
+
 def test_ltg_bert_seq_len_schedule():
     s = SeqLenSchedule([(0.0, 128, 1.0), (0.9, 512, 0.25)])
     assert s.boundaries(1000) == [0, 900] and s.boundaries(15625) == [0, 14063]
-    assert s(0, 1000) == (128, 1.0) and s(899, 1000) == (128, 1.0)
-    assert s(900, 1000) == (512, 0.25) and s(999, 1000) == (512, 0.25)
-    assert s(14062, 15625) == (128, 1.0) and s(14063, 15625) == (512, 0.25)
-    assert s.batch_size(256, 899, 1000) == 256 and s.batch_size(256, 900, 1000) == 64
-    assert s.batch_size(2, 900, 1000) == 1 and s.max_seq_len == 512
+    assert phase_at(s, 0, 1000) == (128, 1.0) and phase_at(s, 899, 1000) == (128, 1.0)
+    assert phase_at(s, 900, 1000) == (512, 0.25) and phase_at(s, 999, 1000) == (512, 0.25)
+    assert phase_at(s, 14062, 15625) == (128, 1.0) and phase_at(s, 14063, 15625) == (512, 0.25)
+    assert s.phases[s.phase_index(899, 1000)].batch_size(256) == 256
+    assert s.phases[s.phase_index(900, 1000)].batch_size(256) == 64
+    assert s.phases[s.phase_index(900, 1000)].batch_size(2) == 1 and s.max_seq_len == 512
     preset = SeqLenSchedule.preset("ltg-bert")
     assert [(p.start, p.seq_len, p.batch_fraction) for p in preset.phases] == [(0.0, 128, 1.0), (0.9, 512, 0.25)]
 
@@ -255,20 +265,16 @@ def test_gpt_bert_seq_len_schedule():
     assert s.boundaries(1000) == [0, 700, 900] and s.boundaries(7812) == [0, 5469, 7031]
     for step, want in [(0, (128, 1.0)), (699, (128, 1.0)), (700, (256, 0.5)), (899, (256, 0.5)),
                        (900, (512, 0.25)), (999, (512, 0.25))]:
-        assert s(step, 1000) == want, step
-    assert s(5468, 7812) == (128, 1.0) and s(5469, 7812) == (256, 0.5)
-    assert s(7030, 7812) == (256, 0.5) and s(7031, 7812) == (512, 0.25)
+        assert phase_at(s, step, 1000) == want, step
+    assert phase_at(s, 5468, 7812) == (128, 1.0) and phase_at(s, 5469, 7812) == (256, 0.5)
+    assert phase_at(s, 7030, 7812) == (256, 0.5) and phase_at(s, 7031, 7812) == (512, 0.25)
     doubled = SeqLenSchedule.preset("gpt-bert", base_seq_len=256)
     assert [p.seq_len for p in doubled.phases] == [256, 512, 1024]
-    # GPT-BERT's batch ramp from a quarter to the full batch, on top of the phase's share.
-    ramped = SeqLenSchedule.preset("gpt-bert", ramp_from=0.25)
-    assert ramped(0, 1000) == (128, 0.25) and ramped(500, 1000) == (128, pytest.approx(0.625))
-    assert ramped(800, 1000) == (256, pytest.approx(0.5 * 0.85)) and ramped(1000, 1000)[1] == 0.25
 
 
 def test_seq_len_boundaries_survive_float_rounding():
     s = SeqLenSchedule([(0.0, 64, 1.0), (0.3, 128, 0.5)])  # 0.3 * 10 = 3.0000000000000004 in floats
-    assert s.boundaries(10) == [0, 3] and s(3, 10) == (128, 0.5) and s(2, 10) == (64, 1.0)
+    assert s.boundaries(10) == [0, 3] and phase_at(s, 3, 10) == (128, 0.5) and phase_at(s, 2, 10) == (64, 1.0)
 
 
 @pytest.mark.parametrize("phases", [[], [(0.1, 128, 1.0)], [(0.0, 128, 1.0), (0.5, 256, 0.5), (0.4, 512, 0.25)],

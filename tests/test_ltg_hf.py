@@ -211,8 +211,8 @@ def counting_reference(tmp_path, arch: str, objective: str, position_split: str)
     use the relative-position terms (which the wrong split scrambles)."""
     import random
 
-    from masklm.config import TrainConfig
     from masklm.modeldir import load_model_dir
+    from masklm.training.config import TrainConfig
     from masklm.training.trainer import train
 
     rng = random.Random(0)

@@ -46,11 +46,11 @@ def run(ids, attention, starts=None, rows=None, **kwargs):
     return mask_tokens(ids, rows=rows, attention_mask=attention, word_starts=starts, **kwargs)
 
 
-@pytest.mark.parametrize("whole_word", [False, True])
+@pytest.mark.parametrize("strategy", ["token", "whole-word"])
 @pytest.mark.parametrize("rate", [0.15, 0.4])
-def test_rate_split_and_specials(whole_word, rate):
+def test_rate_split_and_specials(strategy, rate):
     ids, attention, starts = make_batch()
-    inputs, labels = run(ids, attention, starts, whole_word=whole_word, rate=rate)
+    inputs, labels = run(ids, attention, starts, strategy=strategy, rate=rate)
     assert inputs.shape == ids.shape and inputs.dtype == torch.long and labels.dtype == torch.long
     maskable = attention.bool() & ~torch.isin(ids, torch.tensor(SPECIALS))
     chosen = labels != -100
@@ -91,27 +91,27 @@ def test_custom_split_all_kept():
 
 def test_deterministic_per_seed_epoch_row():
     ids, attention, starts = make_batch(B=32)
-    first = run(ids, attention, starts, whole_word=True)
-    again = run(ids, attention, starts, whole_word=True)
+    first = run(ids, attention, starts, strategy="whole-word")
+    again = run(ids, attention, starts, strategy="whole-word")
     assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not torch.equal(run(ids, attention, starts, whole_word=True, epoch=1)[1], first[1])
-    assert not torch.equal(run(ids, attention, starts, whole_word=True, seed=2)[1], first[1])
+    assert not torch.equal(run(ids, attention, starts, strategy="whole-word", epoch=1)[1], first[1])
+    assert not torch.equal(run(ids, attention, starts, strategy="whole-word", seed=2)[1], first[1])
 
 
-@pytest.mark.parametrize("whole_word", [False, True])
-def test_independent_of_batch_composition(whole_word):
+@pytest.mark.parametrize("strategy", ["token", "whole-word"])
+def test_independent_of_batch_composition(strategy):
     ids, attention, starts = make_batch(B=8)
     rows = [100, 7, 55, 3, 9, 12, 1000, 42]
-    full_inputs, full_labels = run(ids, attention, starts, rows=rows, whole_word=whole_word)
+    full_inputs, full_labels = run(ids, attention, starts, rows=rows, strategy=strategy)
     for pick in ([2], [5, 0], [7, 3, 1]):
         inputs, labels = run(ids[pick], attention[pick], starts[pick], rows=[rows[i] for i in pick],
-                             whole_word=whole_word)
+                             strategy=strategy)
         assert torch.equal(inputs, full_inputs[pick]) and torch.equal(labels, full_labels[pick])
 
 
 def test_whole_words_are_all_or_nothing():
     ids, attention, starts = make_batch(max_word=5)
-    _, labels = run(ids, attention, starts, whole_word=True)
+    _, labels = run(ids, attention, starts, strategy="whole-word")
     chosen = (labels != -100).numpy()
     maskable = attention.numpy().astype(bool) & ~np.isin(ids.numpy(), SPECIALS)
     word = np.cumsum(starts.numpy(), axis=1)
@@ -128,7 +128,7 @@ def test_row_starting_mid_word_keeps_the_fragment_whole():
     ids = torch.randint(5, V, (2000, 8))
     starts = torch.zeros(2000, 8, dtype=torch.bool)
     starts[:, 4] = True  # tokens 0-3 continue a word from the previous row, 4-7 are one word
-    _, labels = run(ids, None, starts, whole_word=True, rate=0.5)
+    _, labels = run(ids, None, starts, strategy="whole-word", rate=0.5)
     chosen = labels != -100
     assert torch.equal(chosen[:, :4].all(1), chosen[:, :4].any(1))
     assert torch.equal(chosen[:, 4:].all(1), chosen[:, 4:].any(1))
@@ -140,7 +140,7 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="split"):
         run(ids, attention, split=(0.5, 0.1, 0.1))
     with pytest.raises(ConfigError, match="word_starts"):
-        run(ids, attention, None, whole_word=True)
+        run(ids, attention, None, strategy="whole-word")
     with pytest.raises(ConfigError, match="rows"):
         run(ids, attention, rows=[0])
 
@@ -149,6 +149,6 @@ def test_masking_is_fast():
     ids, attention, starts = make_batch(B=32, T=128)
     start = time.perf_counter()
     for step in range(20):
-        run(ids, attention, starts, rows=list(range(step * 32, step * 32 + 32)), whole_word=True)
+        run(ids, attention, starts, rows=list(range(step * 32, step * 32 + 32)), strategy="whole-word")
     per_batch = (time.perf_counter() - start) / 20
     assert per_batch < 0.01, f"mask_tokens(32x128) took {per_batch * 1000:.2f} ms"

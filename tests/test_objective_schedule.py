@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from masklm.errors import ConfigError
+from masklm.objectives import ObjectiveOptions
 from masklm.objectives.schedule import ObjectiveSchedule, build_schedule
 
 
@@ -130,7 +131,7 @@ def test_fractional_epochs_and_describe():
 
 def test_build_schedule_returns_the_scheduled_objectives():
     tok = SimpleNamespace(mask_id=4, pad_id=0, special_ids=[0, 1, 2, 3, 4], vocab_size=50)
-    sched = build_schedule("clm:1,mntp:2,diffusion:1,mlm:1", tok, unit="steps", rate=0.2, seed=3)
+    sched = build_schedule("clm:1,mntp:2,diffusion:1,mlm:1", tok, ObjectiveOptions(rate=0.2, seed=3), unit="steps")
     assert sched.names == ("clm", "mntp", "diffusion", "mlm")
     got = [sched.objective_at(step, step).name for step in range(5)]
     assert got == ["clm", "mntp", "mntp", "diffusion", "mlm"]

@@ -19,11 +19,18 @@ from masklm.config import ModelConfig
 from masklm.data.masking import mask_tokens
 from masklm.errors import ConfigError
 from masklm.models import build_model
-from masklm.objectives import ObjectiveBatch, build_objective, objective_loss, step_loss_scales
+from masklm.objectives import (
+    ObjectiveBatch,
+    ObjectiveOptions,
+    build_objective,
+    objective_loss,
+    step_loss_scales,
+)
 from masklm.objectives.base import objective_log_probs
-from masklm.objectives.clm import CausalLM, evaluate_causal
-from masklm.objectives.diffusion import MaskedDiffusion, diffusion_nelbo, evaluate_diffusion, maskable_tokens
+from masklm.objectives.clm import CausalLM
+from masklm.objectives.diffusion import MaskedDiffusion, diffusion_nelbo, maskable_tokens
 from masklm.objectives.mntp import MaskedNextToken
+from masklm.training.evaluate import evaluate_causal, evaluate_diffusion
 
 V, PAD, UNK, CLS, SEP, MASK = 50, 0, 1, 2, 3, 4
 TOK = SimpleNamespace(pad_id=PAD, mask_id=MASK, special_ids=[PAD, UNK, CLS, SEP, MASK], vocab_size=V)
@@ -148,7 +155,7 @@ def test_causal_attention_hides_the_future_and_bidirectional_does_not(arch):
             return model(ids, attention_mask=ob.attention_mask, causal=ob.causal, document_ids=ob.document_ids).logits
 
     clm = CausalLM(TOK)(batch, [0, 1], 0)
-    bidi = build_objective("mlm", TOK, seed=0)(batch, [0, 1], 0)
+    bidi = build_objective("mlm", TOK, ObjectiveOptions(seed=0))(batch, [0, 1], 0)
     assert clm.causal and not bidi.causal
     for b, j in [(0, 15), (1, 8)]:  # a token inside the second document of row 0, inside row 1's only one
         ids = batch["input_ids"].clone()
@@ -178,7 +185,7 @@ def test_causal_attention_hides_the_future_and_bidirectional_does_not(arch):
 
 def test_objective_loss_defaults_to_the_token_mean_the_trainer_used():
     batch = random_batch(B=8, T=16)
-    ob = build_objective("mlm", TOK, seed=0)(batch, list(range(8)), 0)
+    ob = build_objective("mlm", TOK, ObjectiveOptions(seed=0))(batch, list(range(8)), 0)
     n = int((ob.labels != -100).sum())
     logits = torch.randn(n, V)
     loss_sum, denominator = objective_loss(logits, ob)
@@ -199,13 +206,13 @@ def test_step_loss_scales_mix_objective_means_by_micro_batch_share():
 
 def test_build_objective_by_name():
     for name, cls in [("clm", CausalLM), ("mntp", MaskedNextToken), ("diffusion", MaskedDiffusion)]:
-        obj = build_objective(name, TOK, seed=1)
+        obj = build_objective(name, TOK, ObjectiveOptions(seed=1))
         assert isinstance(obj, cls) and obj.name == name
     assert build_objective("mlm", TOK).name == "mlm"
     with pytest.raises(ConfigError, match="unknown objective 'gpt'"):
         build_objective("gpt", TOK)
     with pytest.raises(ConfigError):
-        build_objective("diffusion", TOK, diffusion_eps=0.0)
+        build_objective("diffusion", TOK, ObjectiveOptions(diffusion_eps=0.0))
 
 
 # ---- masked diffusion ---------------------------------------------------------------------------

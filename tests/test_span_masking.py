@@ -225,15 +225,12 @@ def test_strategy_argument():
     starts = torch.ones_like(ids, dtype=torch.bool)
     base = {"rows": [0, 1, 2, 3], "seed": 0, "epoch": 0, "mask_id": MASK, "vocab_size": V,
             "special_ids": SPECIALS, "attention_mask": attention}
-    # whole_word=True is the old spelling of strategy="whole-word", and the default is "token".
-    old = mask_tokens(ids, whole_word=True, word_starts=starts, **base)
-    new = mask_tokens(ids, strategy="whole-word", word_starts=starts, **base)
-    assert all(torch.equal(a, b) for a, b in zip(old, new))
+    # the default is "token", and whole words of one token each are token-level masking
+    words = mask_tokens(ids, strategy="whole-word", word_starts=starts, **base)
+    assert all(torch.equal(a, b) for a, b in zip(words, mask_tokens(ids, strategy="token", **base)))
     assert all(torch.equal(a, b) for a, b in zip(mask_tokens(ids, **base), mask_tokens(ids, strategy="token", **base)))
     with pytest.raises(ConfigError, match="unknown masking strategy 'spans'"):
         mask_tokens(ids, strategy="spans", **base)
-    with pytest.raises(ConfigError, match="contradicts"):
-        mask_tokens(ids, strategy="span", whole_word=True, **base)
 
 
 def test_span_masking_is_fast():

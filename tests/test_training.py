@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from masklm.cli import main
-from masklm.config import TrainConfig
 from masklm.errors import ConfigError
 from masklm.training import checkpoint as ckpt
-from masklm.training.optim import LRSchedule
+from masklm.training.config import TrainConfig
+from masklm.training.progress import LRSchedule
 
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 WORDS = "the a cat dog bird sat ran flew on under over mat tree house and then quickly slowly".split()
@@ -111,7 +111,8 @@ def test_same_eval_masks_every_time(tmp_path, corpus, tokenizer_dir):
     from masklm.data.packing import PackedRows, split_documents
     from masklm.data.shards import ShardedCorpus
     from masklm.inference.pipeline import load
-    from masklm.training.trainer import evaluate_mlm, train
+    from masklm.training.evaluate import evaluate_mlm
+    from masklm.training.trainer import train
 
     run = train(tiny_config(tmp_path / "run", corpus, tokenizer_dir, max_steps=2))
     pipe = load(run / "final")
@@ -160,12 +161,13 @@ def test_checkpoint_fallback_skips_incomplete(tmp_path):
 
 
 def test_lr_schedules():
-    cos = LRSchedule("cosine", total_steps=110, warmup_steps=10, min_ratio=0.1)
-    assert cos(0) == pytest.approx(1 / 11) and cos(9) == pytest.approx(10 / 11)
-    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
-    lin = LRSchedule("linear", total_steps=110, warmup_steps=10)
-    assert lin(60) == pytest.approx(0.5) and lin(110) == pytest.approx(0.0)
-    assert LRSchedule("constant", 100, 0)(99) == 1.0
+    cos = LRSchedule("cosine", warmup=10, min_ratio=0.1)
+    assert cos(0, 110) == pytest.approx(1 / 11) and cos(9, 110) == pytest.approx(10 / 11)
+    assert cos(10, 110) == pytest.approx(1.0) and cos(60, 110) == pytest.approx(0.55)
+    assert cos(110, 110) == pytest.approx(0.1)
+    lin = LRSchedule("linear", warmup=10)
+    assert lin(60, 110) == pytest.approx(0.5) and lin(110, 110) == pytest.approx(0.0)
+    assert LRSchedule("constant", 0)(99, 100) == 1.0
 
 
 def test_config_errors_exit_2_and_leave_nothing(tmp_path, capsys, corpus):
@@ -206,7 +208,7 @@ def _free_port() -> int:
 
 DDP_SCRIPT = r"""
 import sys, torch
-from masklm.config import TrainConfig
+from masklm.training.config import TrainConfig
 from masklm.training.distributed import setup, cleanup
 from masklm.training.trainer import Trainer
 cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[1]))
@@ -367,18 +369,17 @@ def test_seq_len_schedule_row_order(tmp_path, corpus, tokenizer_dir):
 
     from masklm.data.shards import ShardedCorpus, prepare_shards
     from masklm.tokenizer import Tokenizer
-    from masklm.training.schedules import SeqLenSchedule
-    from masklm.training.trainer import RowOrder
+    from masklm.training.progress import SeqLenSchedule
+    from masklm.training.row_order import RowOrder
 
     tok = Tokenizer.load(tokenizer_dir)
     prepare_shards([str(corpus)], tok, tmp_path / "data", log=lambda m: None)
     shards = ShardedCorpus(tmp_path / "data")
     docs = np.arange(shards.num_documents)
     order = RowOrder(shards, docs, tok.pad_id, SeqLenSchedule.preset("ltg-bert", base_seq_len=16), 8, 1, seed=0)
-    order.total_steps = 20
     seen = []
     for step in range(20):
-        rows, batch_size, key, global_rows = order.at(step)
+        rows, batch_size, key, global_rows = order.at(step, 20)
         assert (rows.seq_len, batch_size) == ((16, 8) if step < 18 else (64, 2))
         assert len(global_rows) == batch_size and key == (0 if step < 18 else 1_000_000) + (
             step // order.steps_per_epoch[0] if step < 18 else 0)

@@ -1,8 +1,15 @@
 """masklm: masked language models, from raw text to serving."""
 
-from masklm.config import ModelConfig, TrainConfig
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from masklm.config import ModelConfig
 from masklm.errors import ConfigError, DataError, InputError, MaskLMError, ModelDirError
 from masklm.version import __version__
+
+if TYPE_CHECKING:
+    from masklm.training.config import TrainConfig
 
 
 def build_model(config: ModelConfig):
@@ -17,6 +24,15 @@ def load(path, device=None):
     from masklm.inference.pipeline import load as _load
 
     return _load(path, device=device)
+
+
+def __getattr__(name: str):
+    if name == "TrainConfig":
+        # lazy: checking a TrainConfig needs torch (optimizers, objectives); `import masklm` stays light
+        from masklm.training.config import TrainConfig
+
+        return TrainConfig
+    raise AttributeError(f"module 'masklm' has no attribute {name!r}")
 
 
 def train(config: TrainConfig):

@@ -1,7 +1,10 @@
-"""Configuration: the model config, the training config, size presets and TOML loading.
+"""Configuration: the model config, size presets, and the typed loaders every config uses.
 
 Field names follow Hugging Face's where a field means the same thing, so a BERT ``config.json`` written
-here is also a valid ``transformers.BertConfig``.
+here is also a valid ``transformers.BertConfig``. The training config (``training.config.TrainConfig``)
+lives beside the trainer, because checking it needs the optimizers, schedules and objectives; it reads
+its TOML and dicts through ``read_toml`` and ``dataclass_from_dict`` here, so this module imports
+nothing above it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import sys
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +104,20 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's top-level table; ConfigError naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing .toml file to --config")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
+
+
+def dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls(**data)`` after checking every key is a field of ``cls`` and every value fits its annotation;
+    ConfigError naming ``where`` (a file or "flags") and the key otherwise."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
@@ -184,7 +200,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "model config") -> ModelConfig:
-        return _from_dict(cls, dict(data), where)
+        return dataclass_from_dict(cls, dict(data), where)
 
     @classmethod
     def from_preset(cls, arch: str, size: str, **overrides: Any) -> ModelConfig:
@@ -219,142 +235,3 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``masklm train`` needs. TOML top-level keys are these fields; ``[model]`` overrides sizes."""
-
-    # what to train
-    arch: str = "bert"
-    size: str = "tiny"
-    model: dict[str, Any] = field(default_factory=dict)
-    corpus: list[str] = field(default_factory=lambda: ["kjv"])
-    out: str = "runs/masklm"
-    init_from: str | None = None
-    # tokenizer: an existing folder, or trained on the corpus
-    tokenizer: str | None = None
-    tokenizer_kind: str = "wordpiece"
-    vocab_size: int = 8192
-    # data
-    seq_len: int = 128
-    seq_len_schedule: str = "constant"  # or ltg-bert (128 -> 512 at 90%) / gpt-bert, lengths scaled by seq_len/128
-    heldout_fraction: float = 0.02
-    # objective and masking
-    objective: str = "mlm"  # one name, an AntLM schedule "clm:4,mlm:16,clm:4" or a mix "mntp=15,clm=1"
-    schedule_unit: str = "epochs"  # what an AntLM schedule's phase lengths count: epochs, steps or tokens
-    masking: str = "token"  # token, whole-word or span
-    mask_rate: float | str = 0.15  # or a linear schedule such as "0.30->0.15"
-    mask_split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    diffusion_eps: float = 1e-3
-    eval_diffusion_samples: int = 4
-    # optimisation
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_steps: int | None = None
-    epochs: float | None = None
-    optimizer: str = "adamw"  # adamw or lamb
-    no_decay: str = "bert"  # which parameters skip weight decay: bert, ltg-bert or gpt-bert naming rules
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    warmup_steps: int | float = 0.06
-    schedule: str = "cosine"  # cosine, linear, constant, or the ltg-bert / gpt-bert recipes
-    min_lr_ratio: float = 0.0
-    lr_cooldown: int | float = 0
-    clip_norm: float | None = 1.0
-    seed: int = 0
-    time_limit: float | None = None  # minutes; the run (and its LR schedule) is shortened to fit
-    # bookkeeping
-    save_every: int = 0
-    keep_last: int = 2
-    eval_every: int = 0
-    eval_batches: int = 8
-    log_every: int = 10
-    resume: bool = False
-    device: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        from masklm.data.masking import STRATEGIES
-        from masklm.objectives.schedule import ObjectiveSchedule
-        from masklm.training.optim import NO_DECAY_STYLES, OPTIMIZERS
-        from masklm.training.schedules import LR_KINDS, SEQ_LEN_PRESETS, parse_mask_rate
-
-        if self.schedule not in LR_KINDS:
-            raise ConfigError(f"schedule must be one of {', '.join(LR_KINDS)}, got {self.schedule!r}")
-        if self.masking not in STRATEGIES:
-            raise ConfigError(f"masking must be one of {', '.join(STRATEGIES)}, got {self.masking!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.no_decay not in NO_DECAY_STYLES:
-            raise ConfigError(f"no_decay must be one of {', '.join(NO_DECAY_STYLES)}, got {self.no_decay!r}")
-        if self.tokenizer_kind not in ("wordpiece", "bpe"):
-            raise ConfigError(f"tokenizer_kind must be wordpiece or bpe, got {self.tokenizer_kind!r}")
-        parse_mask_rate(self.mask_rate)
-        if self.seq_len_schedule not in SEQ_LEN_PRESETS:
-            raise ConfigError(f"seq_len_schedule must be one of {', '.join(SEQ_LEN_PRESETS)}, "
-                              f"got {self.seq_len_schedule!r}")
-        ObjectiveSchedule.parse(self.objective, self.schedule_unit)  # errors before any training starts
-        if not 0.0 < self.diffusion_eps < 1.0:
-            raise ConfigError(f"diffusion_eps must be in (0, 1), got {self.diffusion_eps}")
-        if self.lr_cooldown < 0:
-            raise ConfigError(f"lr_cooldown must be >= 0, got {self.lr_cooldown}")
-        if len(self.mask_split) != 3 or abs(sum(self.mask_split) - 1.0) > 1e-6 or min(self.mask_split) < 0:
-            raise ConfigError(
-                f"mask_split must be three non-negative shares (mask, random, keep) summing to 1, got {self.mask_split}"
-            )
-        for name in ("batch_size", "grad_accum", "seq_len", "log_every", "keep_last", "eval_diffusion_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if self.time_limit is not None and self.time_limit <= 0:
-            raise ConfigError(f"time_limit must be > 0 minutes, got {self.time_limit}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.heldout_fraction < 0.5:
-            raise ConfigError(f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
-        if isinstance(self.corpus, str):
-            self.corpus = [self.corpus]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
-        return _from_dict(cls, dict(data), where)
-
-    @classmethod
-    def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing .toml file to --config")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file") from None
-        data.update(overrides or {})
-        return cls.from_dict(data, where=str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def max_seq_len(self) -> int:
-        """The longest rows the run reads (the last phase of a sequence-length schedule)."""
-        from masklm.training.schedules import SeqLenSchedule
-
-        return SeqLenSchedule.preset(self.seq_len_schedule, base_seq_len=self.seq_len).max_seq_len
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig.from_preset(
-            self.arch, self.size, **{"vocab_size": vocab_size, "max_position_embeddings": max(512, self.max_seq_len),
-                                      **self.model}
-        )
-
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -29,12 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.config import TrainConfig
-    from masklm.data.packing import PackedRows, split_documents
+    # lazy: torch, the models and the trainer load only when the demo runs, not for `masklm --help`
+    from masklm.data.packing import split_documents
     from masklm.data.shards import ShardedCorpus
     from masklm.errors import ConfigError
     from masklm.inference.pipeline import load
-    from masklm.training.trainer import evaluate_mlm, train
+    from masklm.training.config import TrainConfig
+    from masklm.training.evaluate import evaluate_mlm, heldout_rows
+    from masklm.training.trainer import train
 
     if args.minutes <= 0:
         raise ConfigError(f"--minutes must be > 0, got {args.minutes}")
@@ -62,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {text}\n    -> {words}")
 
     corpus = ShardedCorpus(out / "data")
-    train_docs, heldout_docs = split_documents(corpus.num_documents, cfg.heldout_fraction, cfg.seed)
+    train_docs, _ = split_documents(corpus.num_documents, cfg.heldout_fraction, cfg.seed)
     baseline_id = most_frequent_token(corpus, train_docs, pipe.tokenizer.special_ids)
-    heldout = PackedRows(corpus, heldout_docs, cfg.seq_len, pipe.tokenizer.pad_id)
+    heldout = heldout_rows(corpus, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, seq_len=cfg.seq_len,
+                           pad_id=pipe.tokenizer.pad_id)
     result = evaluate_mlm(pipe.model, heldout, pipe.tokenizer, batch_size=cfg.batch_size,
                           max_batches=cfg.eval_batches, seed=cfg.seed, baseline_id=baseline_id)
     print(f"\nheld-out masked-token accuracy (15% masked, {result['eval_tokens']} tokens): "

@@ -88,7 +88,7 @@ def run_import_ltg(args: argparse.Namespace) -> int:
 
     objectives = None
     if args.objectives is not None:
-        from masklm.objectives.base import OBJECTIVE_NAMES
+        from masklm.objectives.registry import OBJECTIVE_NAMES
 
         objectives = [name.strip() for name in args.objectives.split(",") if name.strip()]
         unknown = [name for name in objectives if name not in OBJECTIVE_NAMES]

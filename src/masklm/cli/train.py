@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from masklm.config import TrainConfig
+if TYPE_CHECKING:
+    from masklm.training.config import TrainConfig
 
 
 def _rate(text: str) -> float | str:
@@ -65,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    # lazy: checking a TrainConfig imports torch; `masklm --help` need not
+    from masklm.training.config import TrainConfig
+
     overrides = {field: getattr(args, flag[2:].replace("-", "_"))
                  for flag, (field, _, _) in FLAGS.items()
                  if getattr(args, flag[2:].replace("-", "_")) is not None}
@@ -82,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.training.trainer import train
+    from masklm.training.trainer import train  # lazy: torch and the models load only when training
 
     train(config_from_args(args))
     return 0

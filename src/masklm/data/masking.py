@@ -68,19 +68,18 @@ def mask_tokens(
     vocab_size: int,
     special_ids: Sequence[int],
     attention_mask: torch.Tensor | None = None,
-    whole_word: bool = False,
     word_starts: torch.Tensor | None = None,
-    strategy: str | None = None,
+    strategy: str = "token",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask a batch -> (inputs [B, T] long, labels [B, T] long with -100 where not predicted).
 
     ``input_ids`` [B, T]; ``rows`` [B]: the global row number of each batch row (the random key);
     ``attention_mask`` [B, T] (0 = pad, never chosen); ``word_starts`` [B, T] bool, needed for
-    whole-word masking. ``strategy`` is "token", "whole-word" or "span"; left out, ``whole_word``
-    picks between the first two (the older spelling). Special tokens are never chosen and random
-    replacements are never special.
+    whole-word masking. ``strategy`` is "token", "whole-word" or "span". Special tokens are never
+    chosen and random replacements are never special.
     """
-    strategy = _resolve_strategy(strategy, whole_word)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown masking strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if not 0.0 <= rate <= 1.0:
         raise ConfigError(f"mask rate must be in [0, 1] (got {rate})")
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
@@ -113,16 +112,6 @@ def mask_tokens(
     inputs = np.where(to_random, allowed[picks], inputs)
     labels = np.where(chosen, ids, IGNORE_INDEX)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(labels).to(device)
-
-
-def _resolve_strategy(strategy: str | None, whole_word: bool) -> str:
-    if strategy is None:
-        return "whole-word" if whole_word else "token"
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown masking strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if whole_word and strategy != "whole-word":
-        raise ConfigError(f"whole_word=True contradicts strategy={strategy!r}; pass only strategy")
-    return strategy
 
 
 def _select_words(

@@ -181,7 +181,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     from masklm.modeldir import load_model_dir, save_model_dir
     from masklm.training.distributed import pick_device
     from masklm.training.optim import build_optimizer, set_lr
-    from masklm.training.schedules import build_lr_schedule
+    from masklm.training.progress import build_lr_schedule
 
     say = log or (lambda _: None)
     args.validate()
@@ -195,7 +195,8 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     model.to(device)
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = math.ceil(len(train_split.rows) / args.batch_size)
-    schedule = build_lr_schedule("linear", args.epochs * steps_per_epoch, warmup=args.warmup)
+    total_steps = args.epochs * steps_per_epoch
+    schedule = build_lr_schedule("linear", warmup=args.warmup)
     generator = torch.Generator().manual_seed(args.seed)
     say(f"fine-tuning {model_dir} for {args.task}: {len(train_split.rows)} training and "
         f"{len(valid_split.rows)} validation examples, {task['num_labels']} output(s), "
@@ -208,7 +209,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
         for batch in torch.randperm(len(train_split.rows), generator=generator).split(args.batch_size):
             idx = batch.tolist()
             input_ids, mask = pad([train_split.rows[i] for i in idx], tokenizer.pad_id)
-            set_lr(optimizer, args.lr, schedule, step)
+            set_lr(optimizer, args.lr * schedule(step, total_steps))
             loss = _loss(model, model(input_ids.to(device), mask.to(device)), [train_split.targets[i] for i in idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,9 +1,11 @@
-"""The objective contract, the loss every objective shares, and the masked-LM objective.
+"""The objective contract and the loss every objective shares.
 
 An objective sees a packed batch (``input_ids``, ``attention_mask``, ``document_ids``, ``word_starts``,
-all ``[B, T]``) plus the global row indices and the epoch, and returns an ``ObjectiveBatch``: the model
-inputs, the labels (-100 where nothing is predicted), whether attention is causal, and how its loss is
-weighted and normalised. It knows nothing about architectures.
+all ``[B, T]``) plus the global row indices, the epoch and the mask rate of this step, and returns an
+``ObjectiveBatch``: the model inputs, the labels (-100 where nothing is predicted), whether attention
+is causal, and how its loss is weighted and normalised. It knows nothing about architectures. Each
+objective class names itself (``name``), says how weights trained with it are read (``reading``) and
+builds itself from the run's options (``from_config``); ``objectives.registry`` lists them.
 
 The model returns logits only where ``labels != -100`` (``[N, V]``, row-major), and
 ``objective_loss(logits, batch)`` turns them into ``(loss_sum, denominator)``. MLM, CLM and MNTP are
@@ -13,15 +15,14 @@ target by 1/t, divides by every maskable token and removes [MASK] from the softm
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from masklm.data.masking import IGNORE_INDEX, mask_tokens
-from masklm.errors import ConfigError
+from masklm.data.masking import IGNORE_INDEX
 from masklm.tokenizer import Tokenizer
 
 
@@ -36,6 +37,7 @@ class ObjectiveBatch:
     excluded_token_id: a token whose logit is set to -inf before the softmax (MDLM's "zero masking
         probabilities": the denoiser may never predict [MASK]); None = none.
     objective: the name of the objective that made the batch (for logging and per-objective means).
+    mask_rate: the share of tokens the objective masked at; None when it does not mask by a rate.
     """
 
     input_ids: torch.Tensor
@@ -47,6 +49,7 @@ class ObjectiveBatch:
     loss_denominator: float | None = None
     excluded_token_id: int | None = None
     objective: str = ""
+    mask_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,39 @@ class Reading:
     metrics: tuple[str, ...]
     causal_decoding: str
     evaluators: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """What the objectives of a run are built from (``TrainConfig``'s objective fields).
+
+    rate: the mask rate a call uses when it names none (the trainer always names its scheduled rate).
+    split: mask/random/keep shares of the selected tokens. masking: token, whole-word or span.
+    seed: the key of every mask. diffusion_eps: the smallest masking probability t of MDLM.
+    """
+
+    rate: float = 0.15
+    split: Sequence[float] = (0.8, 0.1, 0.1)
+    masking: str = "token"
+    seed: int = 0
+    diffusion_eps: float = 1e-3
+
+
+class Objective(Protocol):
+    """``objective(batch, rows, epoch, rate=...) -> ObjectiveBatch``; ``rows`` [B] are global row indices.
+
+    ``rate`` is the share of tokens to mask at this step (the trainer's mask-rate schedule); objectives
+    that do not mask by a rate accept it and ignore it, so every objective is called the same way.
+    """
+
+    name: ClassVar[str]
+    reading: ClassVar[Reading]
+
+    @classmethod
+    def from_config(cls, options: ObjectiveOptions, tokenizer: Tokenizer) -> Objective: ...
+
+    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int,
+                 rate: float | None = None) -> ObjectiveBatch: ...
 
 
 def batch_denominator(batch: ObjectiveBatch) -> float:
@@ -141,60 +177,3 @@ def has_predecessor(attention_mask: torch.Tensor, document_ids: torch.Tensor) ->
     out[:, 1:] = (document_ids[:, 1:] == document_ids[:, :-1]) & (document_ids[:, 1:] >= 0)
     out[:, 1:] &= attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     return out
-
-
-class MaskedLM:
-    """BERT's objective: mask a share of tokens (token-level, whole-word or span), predict the originals."""
-
-    name = "mlm"
-    reading = Reading(masked=True, shift=0, metrics=("pll", "pll-word-l2r"), causal_decoding="no",
-                      evaluators=("mlm",))
-
-    def __init__(self, tokenizer: Tokenizer, rate: float = 0.15, split: Sequence[float] = (0.8, 0.1, 0.1),
-                 strategy: str = "token", seed: int = 0) -> None:
-        self.tokenizer = tokenizer
-        self.rate = rate  # the trainer moves it along a mask-rate schedule
-        self.split = tuple(split)
-        self.strategy = strategy  # token, whole-word or span
-        self.seed = seed
-
-    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
-        inputs, labels = mask_tokens(
-            batch["input_ids"], rows=rows, seed=self.seed, epoch=epoch, rate=self.rate, split=self.split,
-            mask_id=self.tokenizer.mask_id, vocab_size=self.tokenizer.vocab_size,
-            special_ids=self.tokenizer.special_ids, attention_mask=batch["attention_mask"],
-            strategy=self.strategy, word_starts=batch.get("word_starts"),
-        )
-        return ObjectiveBatch(inputs, labels, batch["attention_mask"], batch["document_ids"], causal=False,
-                              objective=self.name)
-
-
-def _registry() -> dict[str, type]:
-    # Imported here: the other objectives import this module.
-    from masklm.objectives.clm import CausalLM
-    from masklm.objectives.diffusion import MaskedDiffusion
-    from masklm.objectives.mntp import MaskedNextToken
-
-    return {"mlm": MaskedLM, "clm": CausalLM, "mntp": MaskedNextToken, "diffusion": MaskedDiffusion}
-
-
-OBJECTIVE_NAMES = ("mlm", "clm", "mntp", "diffusion")
-
-
-def build_objective(name: str, tokenizer: Tokenizer, *, rate: float = 0.15,
-                    split: Sequence[float] = (0.8, 0.1, 0.1), masking: str = "token", seed: int = 0,
-                    diffusion_eps: float = 1e-3):
-    """An objective by name: ``mlm``, ``clm``, ``mntp`` (GPT-BERT) or ``diffusion`` (MDLM).
-
-    ``rate``, ``split`` and ``masking`` apply to mlm and mntp; ``diffusion_eps`` is the smallest t.
-    """
-    registry = _registry()
-    if name not in registry:
-        raise ConfigError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVE_NAMES)}")
-    if name == "clm":
-        return registry[name](tokenizer)
-    if name == "diffusion":
-        if not (math.isfinite(diffusion_eps) and 0.0 < diffusion_eps < 1.0):
-            raise ConfigError(f"diffusion eps must be in (0, 1) (got {diffusion_eps})")
-        return registry[name](tokenizer, eps=diffusion_eps, seed=seed)
-    return registry[name](tokenizer, rate=rate, split=split, strategy=masking, seed=seed)

@@ -16,7 +16,7 @@ positions carry no label, so they contribute exactly zero ("carry-over unmasking
 
 Loss normalisation: the weighted sum is divided by the number of maskable tokens in the batch (every
 token the model is scored on), not by the number of masked ones, so the training loss is the
-per-token NELBO that ``evaluate_diffusion`` reports.
+per-token NELBO that ``training.evaluate.evaluate_diffusion`` reports.
 
 Randomness: per-token draws come from ``row_generator(seed, epoch, row)``, so a row's mask does not
 depend on its batch-mates given its t. The times are stratified ("antithetic" in MDLM's code) across
@@ -33,11 +33,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from masklm.data.masking import IGNORE_INDEX, row_generator
-from masklm.data.packing import PackedRows
-from masklm.objectives.base import ObjectiveBatch, Reading, objective_log_probs
+from masklm.errors import ConfigError
+from masklm.objectives.base import ObjectiveBatch, ObjectiveOptions, Reading, objective_log_probs
 from masklm.tokenizer import Tokenizer
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,10 +77,11 @@ def diffusion_mask(input_ids: torch.Tensor, t: torch.Tensor, uniforms: torch.Ten
 
 
 class MaskedDiffusion:
-    """``obj(batch, rows, epoch) -> ObjectiveBatch`` for MDLM training.
+    """``obj(batch, rows, epoch, rate=None) -> ObjectiveBatch`` for MDLM training.
 
     weights [N] = 1/t of each target's row; loss_denominator = maskable tokens in the micro-batch;
-    excluded_token_id = [MASK]. The model sees no t (MDLM's default: no time conditioning).
+    excluded_token_id = [MASK]. The model sees no t (MDLM's default: no time conditioning). ``rate``
+    is accepted for the common contract and ignored: each row draws its own masking probability t.
     """
 
     name = "diffusion"
@@ -94,6 +94,13 @@ class MaskedDiffusion:
         self.tokenizer = tokenizer
         self.eps = float(eps)
         self.seed = seed
+
+    @classmethod
+    def from_config(cls, options: ObjectiveOptions, tokenizer: Tokenizer) -> MaskedDiffusion:
+        eps = options.diffusion_eps
+        if not (math.isfinite(eps) and 0.0 < eps < 1.0):
+            raise ConfigError(f"diffusion eps must be in (0, 1) (got {eps})")
+        return cls(tokenizer, eps=eps, seed=options.seed)
 
     def times(self, rows: Sequence[int], epoch: int) -> torch.Tensor:
         """Stratified t per row of the micro-batch ``[B]`` float64, keyed on (seed, epoch, rows[0])."""
@@ -115,7 +122,8 @@ class MaskedDiffusion:
                               loss_denominator=float(maskable.sum()), excluded_token_id=tok.mask_id,
                               objective=self.name)
 
-    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
+    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int,
+                 rate: float | None = None) -> ObjectiveBatch:
         return self.corrupt(batch, rows, epoch, self.times(rows, epoch))
 
 
@@ -151,42 +159,3 @@ def diffusion_nelbo(logits_fn: LogitsFn, input_ids: torch.Tensor, *, maskable: t
         row_of = selected.nonzero()[:, 0].cpu()  # [N] batch row of each target
         out[k].index_add_(0, row_of, nll / t[row_of])
     return out
-
-
-@torch.no_grad()
-def evaluate_diffusion(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, batch_size: int,
-                       max_batches: int, samples: int = 8, seed: int = 0, eps: float = 1e-3) -> dict[str, float]:
-    """The MDLM likelihood bound over the first ``batch_size * max_batches`` held-out rows.
-
-    -> {"diffusion_nelbo": per-token NELBO in nats (over maskable tokens), "diffusion_ppl_bound":
-    exp of it (an upper bound on perplexity), "diffusion_nelbo_stderr", "samples", "tokens"}.
-    ``samples`` draws of t per row; pass a seed no training mask uses.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    per_row: list[torch.Tensor] = []
-    n_rows = min(len(rows), batch_size * max_batches)
-    for lo in range(0, n_rows, batch_size):
-        row_ids = list(range(lo, min(lo + batch_size, n_rows)))
-        batch = {k: v.to(device) for k, v in rows.batch(row_ids).items()}
-        attention, docs = batch["attention_mask"], batch["document_ids"]
-        maskable = maskable_tokens(batch["input_ids"], attention, tok.special_ids)
-
-        def logits_fn(noisy: torch.Tensor, labels: torch.Tensor, attention=attention, docs=docs) -> torch.Tensor:
-            return model(noisy, attention_mask=attention, labels=labels, document_ids=docs).logits
-
-        est = diffusion_nelbo(logits_fn, batch["input_ids"], maskable=maskable, mask_id=tok.mask_id,
-                              samples=samples, seed=seed, rows=row_ids, eps=eps)  # [K, B]
-        total += float(est.mean(0).sum())
-        count += int(maskable.sum())
-        per_row.append(est)
-    model.train(was_training)
-    nelbo = total / max(count, 1)
-    stderr = 0.0
-    if per_row and samples > 1:
-        est = torch.cat(per_row, dim=1)  # [K, R]
-        stderr = float(est.sum(1).std()) / math.sqrt(samples) / max(count, 1)
-    return {"diffusion_nelbo": nelbo, "diffusion_ppl_bound": math.exp(min(nelbo, 700.0)),
-            "diffusion_nelbo_stderr": stderr, "samples": samples, "tokens": count}

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 
 import torch
 
-from masklm.data.masking import mask_tokens
-from masklm.objectives.base import MaskedLM, ObjectiveBatch, Reading, has_predecessor, next_token_labels
+from masklm.objectives.base import ObjectiveBatch, Reading, has_predecessor, next_token_labels
+from masklm.objectives.mlm import MaskedLM
 
 
 class MaskedNextToken(MaskedLM):
-    """``obj(batch, rows, epoch) -> ObjectiveBatch``: MLM corruption, bidirectional, labels[i] = orig[i+1].
+    """``obj(batch, rows, epoch, rate=...) -> ObjectiveBatch``: MLM corruption, bidirectional, labels[i] = orig[i+1].
 
     Takes ``MaskedLM``'s settings (rate, 80/10/10 split, strategy, seed). Deterministic per
     (seed, epoch, row) through ``mask_tokens``.
@@ -33,14 +33,11 @@ class MaskedNextToken(MaskedLM):
     reading = Reading(masked=True, shift=1, metrics=("mntp",), causal_decoding="untrained",
                       evaluators=("mlm", "causal"))
 
-    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int) -> ObjectiveBatch:
-        ids, attention, docs = batch["input_ids"], batch["attention_mask"], batch["document_ids"]
+    def __call__(self, batch: dict[str, torch.Tensor], rows: Sequence[int], epoch: int,
+                 rate: float | None = None) -> ObjectiveBatch:
+        rate = self.rate if rate is None else rate
+        attention, docs = batch["attention_mask"], batch["document_ids"]
         selectable = has_predecessor(attention, docs)  # [B, T]
-        inputs, masked_labels = mask_tokens(
-            ids, rows=rows, seed=self.seed, epoch=epoch, rate=self.rate, split=self.split,
-            mask_id=self.tokenizer.mask_id, vocab_size=self.tokenizer.vocab_size,
-            special_ids=self.tokenizer.special_ids, attention_mask=selectable.long(),
-            strategy=self.strategy, word_starts=batch.get("word_starts"),
-        )
+        inputs, masked_labels = self.mask(batch, rows, epoch, rate, selectable.long())
         labels = next_token_labels(masked_labels, attention, docs)  # [B, T]: orig[i+1] where i+1 selected
-        return ObjectiveBatch(inputs, labels, attention, docs, causal=False, objective=self.name)
+        return ObjectiveBatch(inputs, labels, attention, docs, causal=False, objective=self.name, mask_rate=rate)

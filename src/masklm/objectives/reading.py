@@ -4,7 +4,7 @@ Weights trained with GPT-BERT's ``mntp`` predict a masked token j at position j 
 ``mlm`` or ``diffusion`` predict it at j; ``clm`` alone gives a causal LM whose logits at i score token
 i + 1 (research/ltg_bert.md §6). Which sentence score fits, whether left-to-right decoding suits, and
 which held-out evaluators run all follow from the same names. Each objective class declares its own
-``Reading`` (``objectives.base``); ``TrainedAs`` combines the declarations of a model's objectives, and
+``Reading`` (``objectives.base``; the classes are listed in ``objectives.registry``); ``TrainedAs`` combines the declarations of a model's objectives, and
 fill-mask, scoring, generation, import-ltg and the trainer's evaluation ask it instead of testing names.
 
 The masked objectives decide how masks are read (the one with the largest shift wins: a model trained
@@ -18,12 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from masklm.objectives.base import MaskedLM, Reading
-from masklm.objectives.clm import CausalLM
-from masklm.objectives.diffusion import MaskedDiffusion
-from masklm.objectives.mntp import MaskedNextToken
+from masklm.objectives.base import Reading
+from masklm.objectives.registry import OBJECTIVES
 
-READINGS: dict[str, Reading] = {cls.name: cls.reading for cls in (MaskedLM, CausalLM, MaskedNextToken, MaskedDiffusion)}
+READINGS: dict[str, Reading] = {name: cls.reading for name, cls in OBJECTIVES.items()}
 EVALUATORS = ("mlm", "causal", "diffusion")
 _CAUSAL_RANK = {"no": 0, "untrained": 1, "trained": 2}
 

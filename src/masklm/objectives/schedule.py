@@ -22,24 +22,20 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property, reduce
-from typing import Any
 
 from masklm.errors import ConfigError
+from masklm.objectives.base import Objective, ObjectiveOptions
+from masklm.objectives.registry import OBJECTIVE_NAMES, build_objective
+from masklm.tokenizer import Tokenizer
 
 UNITS = ("epochs", "steps", "tokens")
 MAX_MIX_PERIOD = 10_000
 
 
-def _names() -> tuple[str, ...]:
-    from masklm.objectives.base import OBJECTIVE_NAMES
-
-    return OBJECTIVE_NAMES
-
-
 def _check_name(name: str, text: str) -> str:
-    if name not in _names():
+    if name not in OBJECTIVE_NAMES:
         raise ConfigError(f"unknown objective {name!r} in --objective {text!r}; "
-                          f"choose from: {', '.join(_names())}")
+                          f"choose from: {', '.join(OBJECTIVE_NAMES)}")
     return name
 
 
@@ -220,7 +216,7 @@ class ScheduledObjectives:
     ``objective_at(step, micro_index, epoch_float, tokens_seen)`` -> the objective to call.
     """
 
-    def __init__(self, schedule: ObjectiveSchedule, objectives: dict[str, Any]) -> None:
+    def __init__(self, schedule: ObjectiveSchedule, objectives: dict[str, Objective]) -> None:
         self.schedule = schedule
         self.objectives = objectives
 
@@ -228,17 +224,16 @@ class ScheduledObjectives:
     def names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.schedule.names))
 
-    def objective_at(self, step: int, micro_index: int, epoch_float: float = 0.0, tokens_seen: int = 0) -> Any:
+    def objective_at(self, step: int, micro_index: int, epoch_float: float = 0.0, tokens_seen: int = 0) -> Objective:
         return self.objectives[self.schedule.name_at(step, micro_index, epoch_float, tokens_seen)]
 
     def phase_at(self, step: int, epoch_float: float = 0.0, tokens_seen: int = 0) -> int:
         return self.schedule.phase_at(step, epoch_float, tokens_seen)
 
 
-def build_schedule(text: str, tokenizer: Any, *, unit: str = "epochs", **objective_options: Any) -> ScheduledObjectives:
-    """Parse ``--objective`` and build its objectives; ``objective_options`` go to ``build_objective``."""
-    from masklm.objectives.base import build_objective
-
+def build_schedule(text: str, tokenizer: Tokenizer, options: ObjectiveOptions | None = None, *,
+                   unit: str = "epochs") -> ScheduledObjectives:
+    """Parse ``--objective`` and build each objective it names once, from ``options`` (None: the defaults)."""
     schedule = ObjectiveSchedule.parse(text, unit)
-    objectives = {name: build_objective(name, tokenizer, **objective_options) for name in dict.fromkeys(schedule.names)}
+    objectives = {name: build_objective(name, tokenizer, options) for name in dict.fromkeys(schedule.names)}
     return ScheduledObjectives(schedule, objectives)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def plot_metrics(metrics_path: Path, out_png: Path) -> Path | None:
     """Training loss per objective and held-out loss against step, as a PNG. None when there is nothing to plot."""
-    import matplotlib
+    import matplotlib  # lazy: only the end of a run plots, and matplotlib takes a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
