@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from masklm.errors import ConfigError
+
 EXAMPLES = [
     "In the beginning God created the [MASK] and the earth.",
     "And the LORD spake unto [MASK], saying,",
@@ -32,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     # lazy: torch, the models and the trainer load only when the demo runs, not for `masklm --help`
     from masklm.data.packing import split_documents
     from masklm.data.shards import ShardedCorpus
-    from masklm.errors import ConfigError
     from masklm.inference.pipeline import load
     from masklm.training.config import TrainConfig
     from masklm.training.evaluate import evaluate_mlm, heldout_rows
@@ -85,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
 def most_frequent_token(corpus, doc_indices, special_ids) -> int:
     """The commonest non-special token over the given documents (the unigram baseline's guess)."""
-    import numpy as np
-
     counts = np.zeros(corpus.vocab_size, dtype=np.int64)
     for i in doc_indices:
         counts += np.bincount(corpus.document(int(i)), minlength=corpus.vocab_size)[:corpus.vocab_size]

@@ -3,9 +3,10 @@
 Weights trained with GPT-BERT's ``mntp`` predict a masked token j at position j - 1; weights trained with
 ``mlm`` or ``diffusion`` predict it at j; ``clm`` alone gives a causal LM whose logits at i score token
 i + 1 (research/ltg_bert.md §6). Which sentence score fits, whether left-to-right decoding suits, and
-which held-out evaluators run all follow from the same names. Each objective class declares its own
-``Reading`` (``objectives.base``; the classes are listed in ``objectives.registry``); ``TrainedAs`` combines the declarations of a model's objectives, and
-fill-mask, scoring, generation, import-ltg and the trainer's evaluation ask it instead of testing names.
+which held-out evaluators run all follow from the same names. Each objective class (listed in
+``objectives.registry``) declares its own ``Reading`` (``objectives.base``); ``TrainedAs`` combines the
+declarations of a model's objectives, and fill-mask, scoring, generation, import-ltg and the trainer's
+evaluation ask it instead of testing names.
 
 The masked objectives decide how masks are read (the one with the largest shift wins: a model trained
 with both ``mlm`` and ``mntp`` saw next-token labels); a model trained only causally is read as a
