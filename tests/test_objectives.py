@@ -29,6 +29,7 @@ from masklm.objectives import (
 from masklm.objectives.base import objective_log_probs
 from masklm.objectives.clm import CausalLM
 from masklm.objectives.diffusion import MaskedDiffusion, diffusion_nelbo, maskable_tokens
+from masklm.objectives.mlm import MaskedLM
 from masklm.objectives.mntp import MaskedNextToken
 from masklm.training.evaluate import evaluate_causal, evaluate_diffusion
 
@@ -139,6 +140,22 @@ def test_mntp_with_the_default_split_still_shifts_the_mlm_targets():
     assert torch.equal(ob.labels[:, :-1], mlm_labels[:, 1:])
     changed = ob.input_ids != batch["input_ids"]
     assert changed[:, 1:].le(ob.labels[:, :-1] != -100).all()  # only selected tokens are corrupted
+
+
+def test_the_rate_handed_to_the_call_is_the_rate_masked_at():
+    batch = random_batch(seed=5)
+    rows = list(range(300))
+    for cls in (MaskedLM, MaskedNextToken):
+        at_call = cls(TOK, seed=3)(batch, rows, 0, rate=0.4)
+        built = cls(TOK, rate=0.4, seed=3)(batch, rows, 0)
+        assert torch.equal(at_call.input_ids, built.input_ids) and torch.equal(at_call.labels, built.labels)
+        assert at_call.mask_rate == built.mask_rate == 0.4
+        assert cls(TOK, seed=3)(batch, rows, 0).mask_rate == 0.15  # no rate named: the objective's own
+    # objectives that do not mask by a rate take it and ignore it, and say so with mask_rate None
+    for objective in (CausalLM(TOK), MaskedDiffusion(TOK, seed=3)):
+        plain, rated = objective(batch, rows, 0), objective(batch, rows, 0, rate=0.4)
+        assert torch.equal(plain.input_ids, rated.input_ids) and torch.equal(plain.labels, rated.labels)
+        assert plain.mask_rate is rated.mask_rate is None
 
 
 # ---- attention modes on every architecture (spec §D.2) -------------------------------------------

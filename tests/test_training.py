@@ -293,10 +293,36 @@ def test_mix_and_diffusion_objectives(tmp_path, corpus, tokenizer_dir):
     assert sorted((r["step"], r["objective"], r["steps"]) for r in train_recs) == [
         (4, "clm", 1), (4, "mntp", 3), (8, "clm", 1), (8, "mntp", 3)]
     assert train_recs[0]["mask_rate"] == pytest.approx(0.30 - 0.15 * 3 / 8)
+    # the mask rate is logged only where the objective masked by it: mntp, not clm
+    assert [("mask_rate" in r) for r in train_recs] == [r["objective"] == "mntp" for r in train_recs]
     run = train(tiny_config(tmp_path / "diff", corpus, tokenizer_dir, objective="diffusion", max_steps=3))
     final = [r for r in _records(run) if r.get("objective") == "eval"][-1]
     assert final["diffusion_ppl_bound"] == pytest.approx(math.exp(final["diffusion_nelbo"]))
     assert final["samples"] == 4
+    assert not any("mask_rate" in r for r in _records(run))  # diffusion draws its own t per row
+
+
+def test_heldout_rows_and_evaluators_reproduce_the_trainers_final_eval(tmp_path, corpus, tokenizer_dir):
+    """What the demo and the experiment rebuild from a run folder is exactly what the trainer evaluated."""
+    from masklm.data.shards import ShardedCorpus
+    from masklm.modeldir import load_model_dir
+    from masklm.objectives.reading import TrainedAs
+    from masklm.training.evaluate import evaluate_heldout, heldout_rows
+    from masklm.training.trainer import train
+
+    cfg = tiny_config(tmp_path / "run", corpus, tokenizer_dir, arch="gpt-bert", objective="mntp=1,clm=1",
+                      max_steps=2)
+    run = train(cfg)
+    model, _, tok = load_model_dir(run / "final")
+    rows = heldout_rows(ShardedCorpus(run / "data"), heldout_fraction=cfg.heldout_fraction, seed=cfg.seed,
+                        seq_len=cfg.seq_len, pad_id=tok.pad_id)
+    evaluators = TrainedAs.from_names(["mntp", "clm"]).evaluators
+    assert evaluators == ("mlm", "causal")
+    again = evaluate_heldout(model, rows, tok, evaluators, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
+                             seed=cfg.seed, diffusion_samples=cfg.eval_diffusion_samples,
+                             diffusion_eps=cfg.diffusion_eps)
+    final = [r for r in _records(run) if r.get("objective") == "eval"][-1]
+    assert {"step": 2, "objective": "eval", **again} == final
 
 
 def test_bad_objectives_fail_before_training(tmp_path, capsys, corpus):
