@@ -217,10 +217,6 @@ class ModelConfig:
             data["arch"] = "bert"
         return cls.from_dict(data, where)
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
 
 @dataclass
 class TrainConfig:
