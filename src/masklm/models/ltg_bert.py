@@ -29,8 +29,8 @@ bucket indices, and handed to ``scaled_dot_product_attention`` as a float bias t
 subclass it, as LTG's own Hugging Face code does (``LtgBertForMaskedLM(LtgBertModel)``), so the saved names
 stay ``embedding.*`` / ``transformer.*`` beside the head's (``classifier.*`` here, ``head.*`` fine-tuned).
 The remote-code file shipped for transformers (``hf/remote/modeling_masklm_ltg.py``) is generated from
-this module (``python -m masklm.hf.remote_gen``); keep it standalone: torch, the standard library, and
-``masklm.models`` modules only.
+this module and ``attention.py`` (``python -m masklm.hf.remote_gen``; a test fails when it is stale): what
+the encoder and head use must come from torch, the standard library or those two modules.
 """
 
 from __future__ import annotations
