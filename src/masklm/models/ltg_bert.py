@@ -30,7 +30,8 @@ subclass it, as LTG's own Hugging Face code does (``LtgBertForMaskedLM(LtgBertMo
 stay ``embedding.*`` / ``transformer.*`` beside the head's (``classifier.*`` here, ``head.*`` fine-tuned).
 The remote-code file shipped for transformers (``hf/remote/modeling_masklm_ltg.py``) is generated from
 this module and ``attention.py`` (``python -m masklm.hf.remote_gen``; a test fails when it is stale): what
-the encoder and head use must come from torch, the standard library or those two modules.
+the encoder and head use must come from torch, the standard library or those two modules (``ModelConfig``,
+named in annotations only, stands for the transformers config there).
 """
 
 from __future__ import annotations
