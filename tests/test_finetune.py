@@ -16,7 +16,7 @@ import masklm
 from masklm.cli import main
 from masklm.config import ModelConfig
 from masklm.errors import DataError, InputError
-from masklm.finetune import FinetuneArgs, finetune
+from masklm.finetune import FinetuneArgs, build_finetuned, finetune
 from masklm.finetune import metrics as M
 from masklm.modeldir import save_model_dir
 from masklm.models import build_model
@@ -99,6 +99,26 @@ def test_bio_spans_and_entity_f1_by_hand():
     s = M.entity_scores(gold, pred)
     assert s["entity_precision"] == pytest.approx(1 / 2) and s["entity_recall"] == pytest.approx(1 / 3)
     assert s["entity_f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+
+
+# ---- the task model: the pretrained encoder under its own names, plus a head --------------------------
+
+@pytest.mark.parametrize("arch,mlm_head", [("bert", "cls."), ("gpt-bert", "classifier.")])
+def test_head_attaches_to_the_encoder_by_name(arch, mlm_head):
+    torch.manual_seed(0)
+    base = build_model(ModelConfig(arch=arch, vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=40))
+    model = build_finetuned(base, {"type": "classification", "labels": ["a", "b"], "num_labels": 2})
+    base_state, state = base.state_dict(), model.state_dict()
+    encoder = [k for k in base_state if not k.startswith(mlm_head)]
+    assert sorted(state) == sorted(encoder + ["head.dense.bias", "head.dense.weight", "head.out.bias",
+                                              "head.out.weight"])
+    assert all(state[k].data_ptr() == base_state[k].data_ptr() for k in encoder)  # shared, not copied
+    ids = torch.randint(5, 50, (2, 7))
+    assert torch.equal(model.eval().encode(ids), base.eval().encode(ids))
+    assert model(ids).shape == (2, 2)
+    again = build_finetuned(model, {"type": "tagging", "labels": ["O", "B-X"], "num_labels": 2})
+    assert sorted(again.state_dict()) == sorted(encoder + ["head.out.bias", "head.out.weight"])
 
 
 # ---- classification: through the CLI, then the saved folder ------------------------------------------

@@ -132,6 +132,8 @@ def test_cached_autoregressive_equals_uncached(tok, arch):
     stepper = CausalStepper(model, 2, 17)
     steps = torch.cat([stepper.step(ids[:, :5])] + [stepper.step(ids[:, i:i + 1]) for i in range(5, 17)], 1)
     torch.testing.assert_close(steps, model.encode(ids, causal=True), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="holds 4 positions"):
+        CausalStepper(model, 2, 4).step(ids[:, :5])
     for temperature in (0.0, 1.0):
         a, b = (generate(model, tok, ["the river", "of"], length=12, strategy="autoregressive", seed=7,
                          temperature=temperature, cache=c, objectives=["clm"]) for c in (True, False))

@@ -396,7 +396,7 @@ def test_parameter_counts(arch, size, vocab, count):
     with torch.device("meta"):
         model = LtgBertForMaskedLM(ModelConfig.from_preset(arch, size, vocab_size=vocab))
     unique = {id(p): p.numel() for p in model.parameters()}
-    assert sum(unique.values()) == count == model.num_parameters()
+    assert sum(unique.values()) == count == sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -416,6 +416,8 @@ def test_forward_contract_and_sparse_head():
     out = model(ids, labels=labels)
     sel = full.logits[labels != -100]
     assert out.logits.shape == (3, 40) and torch.allclose(out.logits, sel, atol=1e-6)
+    # with labels, hidden_states are the rows the head read, as for BERT
+    assert torch.equal(out.hidden_states, full.hidden_states[labels != -100])
     assert torch.allclose(out.loss, F.cross_entropy(sel, labels[labels != -100]), atol=1e-6)
     none = model(ids, labels=torch.full((2, 12), -100))
     assert none.logits.shape == (0, 40) and none.loss.item() == 0.0

@@ -231,7 +231,3 @@ class ModelConfig:
         if "arch" not in data:
             data["arch"] = "bert"
         return cls.from_dict(data, where)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads

@@ -1,16 +1,19 @@
 """Task heads on a pretrained encoder, and fine-tuned model folders.
 
-A fine-tuned model is the pretrained encoder (BERT: ``bert.*``; LTG-BERT / GPT-BERT: ``embedding.*`` and
-``transformer.*``, the same names as in the pretrained folder) plus a head under ``head.*``. The
-masked-LM head is dropped. Its ``config.json`` is the encoder's plus a ``task`` block::
+A fine-tuned model is the pretrained encoder with a task head attached, as Hugging Face's
+``BertForSequenceClassification`` (``bert`` + classifier) and LTG's own task models (``LtgBertModel``
+subclasses with a ``head``) are built. The encoder keeps the names it has in the pretrained folder (BERT:
+``bert.*``; LTG-BERT / GPT-BERT: ``embedding.*`` and ``transformer.*``), so its weights move over by name,
+and the head sits under ``head.*``; the masked-LM head is left out. Its ``config.json`` is the encoder's
+plus a ``task`` block::
 
     "task": {"type": "classification" | "regression" | "tagging", "labels": [...], "num_labels": N,
              "id2label": {"0": ...}, "pooling": "mean" | "cls", ...}
 
-Sequence heads (classification, regression) pool the final hidden states, by default the **mean** over
-the non-padding tokens ([CLS] and [SEP] included; ``pooling="cls"`` takes the first token instead),
-then dropout -> dense D->D -> tanh -> dropout -> linear D->num_labels. The tagging head is dropout ->
-linear D->num_tags on every token; a word's tag is read at its **first sub-token**.
+Sequence heads (classification, regression) pool the final hidden states (``models.heads.pool``), by
+default the **mean** over the non-padding tokens ([CLS] and [SEP] included; ``pooling="cls"`` takes the
+first token instead), then dropout -> dense D->D -> tanh -> dropout -> linear D->num_labels. The tagging
+head is dropout -> linear D->num_tags on every token; a word's tag is read at its **first sub-token**.
 A BERT folder's config says ``architectures: ["BertModel"]``, so ``transformers.AutoModel`` loads its
 encoder (the head is ignored).
 """
@@ -26,11 +29,11 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, InputError, ModelDirError
+from masklm.models.bert import BertModel
+from masklm.models.heads import POOLINGS, pool
+from masklm.models.ltg_bert import LtgBertModel
 
 TASKS = ("classification", "regression", "tagging")
-POOLINGS = ("mean", "cls")
-# The masked-LM head's top-level module in each family; everything else is the encoder.
-_MLM_HEAD = {"bert": "cls", "ltg": "classifier"}
 
 
 @dataclass
@@ -74,12 +77,7 @@ class SequenceHead(nn.Module):
         self.out = nn.Linear(hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        x = torch.tanh(self.dense(self.dropout(pooled)))
+        x = torch.tanh(self.dense(self.dropout(pool(hidden, attention_mask, self.pooling))))
         return self.out(self.dropout(x))
 
 
@@ -95,49 +93,35 @@ class TokenHead(nn.Module):
         return self.out(self.dropout(hidden))
 
 
-class FineTunedModel(nn.Module):
-    """A pretrained masked-LM's encoder with a task head.
+def task_head(config: FineTunedConfig) -> SequenceHead | TokenHead:
+    """A freshly initialised head for ``config.task``: N(0, initializer_range) weights, zero biases."""
+    task, D = config.task, config.hidden_size
+    n, drop = int(task["num_labels"]), config.hidden_dropout_prob
+    head = (TokenHead(D, n, drop) if task["type"] == "tagging"
+            else SequenceHead(D, n, task.get("pooling", "mean"), drop))
+    std = config.initializer_range or 0.02
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            nn.init.zeros_(module.bias)
+    return head
 
-    ``model(input_ids, attention_mask)`` gives the task logits (``[B, N]`` for sequences, ``[B, T, N]``
-    for tagging); ``encode`` is the encoder's, so embeddings still work; ``predict`` (the MLM head)
-    raises InputError: fill-mask and scoring need a pretrained, not a fine-tuned, folder.
+
+class FineTunedModel(nn.Module):
+    """A pretrained encoder with a task head: ``model(input_ids, attention_mask)`` gives the task logits
+    (``[B, N]`` for sequences, ``[B, T, N]`` for tagging). One class per encoder (``BertForTask``,
+    ``LtgBertForTask``) places the encoder under its pretrained names; this base holds what they share.
+
+    ``encode`` is the encoder's, so embeddings still work; ``predict`` (the MLM head) raises InputError:
+    fill-mask and scoring need a pretrained, not a fine-tuned, folder.
     """
 
-    def __init__(self, base: nn.Module, task: dict[str, Any]) -> None:
-        super().__init__()
-        base_config: ModelConfig = base.config
-        fields = {k: getattr(base_config, k) for k in base_config.__dataclass_fields__ if k != "task"}
-        self.config = FineTunedConfig(**fields, task=task)
-        self.task = task
-        object.__setattr__(self, "base", base)  # not a submodule: its MLM head is left out of the weights
-        base.config = self.config
-        if list(base.named_parameters(recurse=False)):
-            raise ModelDirError("the model has parameters outside its submodules; masklm cannot fine-tune it")
-        head_name = _MLM_HEAD[base_config.family]
-        for name, child in base.named_children():
-            if name != head_name:
-                self.add_module(name, child)  # the same module objects, so base.encode uses them
-        drop = base_config.hidden_dropout_prob
-        n = int(task["num_labels"])
-        if task["type"] == "tagging":
-            self.head: nn.Module = TokenHead(base_config.hidden_size, n, drop)
-        else:
-            self.head = SequenceHead(base_config.hidden_size, n, task.get("pooling", "mean"), drop)
-        std = base_config.initializer_range or 0.02
-        for module in self.head.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, std)
-                nn.init.zeros_(module.bias)
+    config: FineTunedConfig
+    head: nn.Module
 
-    def train(self, mode: bool = True) -> FineTunedModel:
-        super().train(mode)
-        self.base.train(mode)
-        return self
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               causal: bool = False, document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The encoder's final hidden states ``[B, T, D]``."""
-        return self.base.encode(input_ids, attention_mask, causal, document_ids)
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.config.task
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         raise InputError(
@@ -148,15 +132,54 @@ class FineTunedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.base.encode(input_ids, attention_mask)
-        return self.head(hidden, attention_mask)
+        return self.head(self.encode(input_ids, attention_mask), attention_mask)
+
+
+class BertForTask(FineTunedModel):
+    """``bert`` (the BERT encoder) + ``head``."""
+
+    def __init__(self, config: FineTunedConfig, head: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.head = head
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               causal: bool = False, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's final hidden states ``[B, T, D]``."""
+        return self.bert(input_ids, attention_mask, causal, document_ids)
+
+
+class LtgBertForTask(FineTunedModel, LtgBertModel):
+    """An ``LtgBertModel`` (``embedding`` + ``transformer``, and its ``encode``) + ``head``."""
+
+    def __init__(self, config: FineTunedConfig, head: nn.Module) -> None:
+        super().__init__(config)  # FineTunedModel has no __init__: this is LtgBertModel's
+        self.head = head
+
+
+TASK_MODELS: dict[str, type[FineTunedModel]] = {"bert": BertForTask, "ltg": LtgBertForTask}
 
 
 def build_finetuned(base: nn.Module, task: dict[str, Any]) -> FineTunedModel:
-    """A fine-tunable model: ``base``'s encoder (shared, not copied) and a fresh head for ``task``."""
-    if isinstance(base, FineTunedModel):  # fine-tune a fine-tuned model again: keep its encoder only
-        base = base.base
-    return FineTunedModel(base, check_task(task, "task"))
+    """A fine-tunable model: ``base``'s encoder weights (shared, not copied) and a fresh head for ``task``.
+
+    ``base`` is a masked-LM model or a fine-tuned one (fine-tuning again keeps only its encoder). The
+    encoder's weights are ``base``'s tensors of the same names; its other weights (heads) are left out.
+    """
+    fields = {k: getattr(base.config, k) for k in ModelConfig.__dataclass_fields__}
+    config = FineTunedConfig(**fields, task=check_task(task, "task"))
+    head = task_head(config)
+    # meta: no memory and no random draws for the encoder, whose weights come from base next
+    with torch.device("meta"):
+        model = TASK_MODELS[config.family](config, head)
+    encoder = [name for name in model.state_dict() if not name.startswith("head.")]
+    state = base.state_dict()
+    missing = [name for name in encoder if name not in state]
+    if missing:
+        raise ModelDirError(f"the model has no weights {', '.join(missing[:3])}; masklm cannot fine-tune it")
+    model.load_state_dict({name: state[name] for name in encoder}, strict=False, assign=True)
+    return model
 
 
 def load_finetuned(folder: Path, data: dict[str, Any], device: str | torch.device | None = None
@@ -175,7 +198,7 @@ def load_finetuned(folder: Path, data: dict[str, Any], device: str | torch.devic
         raise ModelDirError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model only "
                             f"{base_config.vocab_size}; the folder mixes files of different models, re-save it")
     try:
-        model = FineTunedModel(build_model(base_config), task)
+        model = build_finetuned(build_model(base_config), task)
     except ConfigError as exc:
         raise ModelDirError(f"{where}: {exc}") from None
     state = load_weights(folder / WEIGHTS_FILE)

@@ -1,6 +1,6 @@
 """Sentence embeddings from the encoder's last hidden states.
 
-Pooling:
+Pooling (``models.heads.pool``, shared with fine-tuned sequence heads):
 - ``mean``: the average over all non-padding positions, [CLS] and [SEP] included, exactly as
   sentence-transformers' mean pooling does (it averages under the attention mask). Keeping the
   special tokens makes our vectors comparable with that convention.
@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from masklm.errors import InputError
+from masklm.models.heads import POOLINGS, pool
 from masklm.scoring.pll import default_batch_tokens
-
-POOLINGS = ("mean", "cls")
 
 
 @torch.inference_mode()
@@ -78,11 +77,7 @@ def embed_texts(
         keep = keep.to(device)
         attention_mask = None if bool(keep.all()) else keep.long()
         hidden = model.encode(input_ids.to(device), attention_mask=attention_mask).float()  # [B, T, D]
-        if pooling == "cls":
-            pooled = hidden[:, 0]                                                            # [B, D]
-        else:
-            weights = keep.to(hidden.dtype)[:, :, None]                                      # [B, T, 1]
-            pooled = (hidden * weights).sum(1) / weights.sum(1)                              # [B, D]
+        pooled = pool(hidden, keep, pooling)                                                 # [B, D]
         if normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         out[chunk] = pooled.cpu().numpy()

@@ -3,6 +3,10 @@
 Every model follows the forward contract in DESIGN.md §2:
 ``model(input_ids, attention_mask=None, labels=None, causal=False, document_ids=None) -> MaskedLMOutput``,
 plus ``model.encode(...) -> [B, T, D]`` and ``model.predict(hidden) -> logits``.
+
+A model is an encoder with heads attached: ``bert.BertModel`` / ``ltg_bert.LtgBertModel`` give ``[B, T, D]``
+(and take an ``attention.KVCache`` for causal decoding); ``heads.py`` holds the masked-LM forward, head
+interface and loss that every architecture shares, and the pooling of sequence vectors.
 """
 
 from __future__ import annotations

@@ -17,11 +17,18 @@ number per element. ``dropout`` here draws 16 bits per element (four per 64-bit 
 with a keep probability within 1/65536 of ``1 - p``. For the same reason, attention with dropout on CPU
 runs as explicit matmul-softmax-dropout-matmul (SDPA's CPU kernels cannot do dropout and fall back to
 the same maths with the slow dropout); everywhere else, and always without dropout, it is SDPA.
+
+Causal decoding one step at a time reuses the keys and values of earlier positions (``KVCache``, as in
+Hugging Face's ``past_key_value``): the model's encoder takes an optional cache, hands each attention
+module its ``LayerCache``, and the attention module that owns the weights appends the new rows' keys and
+values and attends over all of them. There is no second copy of any architecture's attention for decoding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,3 +134,76 @@ def attend(
     if attn.keep_rows is not None:
         out = out * attn.keep_rows
     return out
+
+
+class _Memo:
+    """``memo(name, make)``: ``make()`` the first time ``name`` is asked for, the stored result afterwards.
+
+    A cache keeps tensors derived from the weights that stay fixed while decoding (BERT's fused QKV
+    matrix, LTG-BERT's projected position table and bucket indices), so each is computed once per cache.
+    A cache is for inference: dropout off (``model.eval()``), weights unchanged between steps.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[str, Any] = {}
+
+    def memo(self, name: str, make: Callable[[], Any]) -> Any:
+        if name not in self._memo:
+            self._memo[name] = make()
+        return self._memo[name]
+
+
+class LayerCache(_Memo):
+    """One attention layer's keys and values of the positions fed so far (``[B, H, max_len, d]`` buffers)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.length = 0
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new rows' keys and values ``[B, H, n, d]`` -> those of all positions ``[B, H, S, d]``."""
+        p, n = self.length, k.shape[2]
+        self.keys[:, :, p:p + n] = k
+        self.values[:, :, p:p + n] = v
+        self.length = p + n
+        return self.keys[:, :, :p + n], self.values[:, :, :p + n]
+
+
+class KVCache(_Memo):
+    """Keys and values of every layer for incremental causal decoding of ``batch`` rows.
+
+    The encoder reads ``length`` (positions already fed = the position of the first new row) and
+    ``causal_mask(n)`` before its layers run, then passes ``cache[i]`` to layer i's attention, which
+    appends its keys and values. After one forward over n new rows, ``length`` has grown by n.
+    """
+
+    def __init__(self, num_layers: int, batch: int, num_heads: int, head_size: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch, num_heads, max_len, head_size)
+        self.layers = [LayerCache(torch.zeros(shape, dtype=dtype, device=device),
+                                  torch.zeros(shape, dtype=dtype, device=device)) for _ in range(num_layers)]
+        self.max_len = max_len
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    def __getitem__(self, layer: int) -> LayerCache:
+        return self.layers[layer]
+
+    def causal_mask(self, n: int, causal: bool = True, attention_mask: torch.Tensor | None = None,
+                    document_ids: torch.Tensor | None = None) -> AttentionMask:
+        """The attention mask of the next ``n`` positions over all ``length + n``. An encoder hands on what it
+        was asked for: a cache decodes causally, without padding or documents, and refuses anything else."""
+        if not causal or attention_mask is not None or document_ids is not None:
+            raise ValueError("a KVCache decodes causally, without padding or documents")
+        p = self.length
+        if p + n > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; {p + n} asked")
+        if n == 1:  # the newest position attends to every key
+            return AttentionMask()
+        device = self.layers[0].keys.device
+        allowed = torch.arange(p + n, device=device)[None, :] <= torch.arange(p, p + n, device=device)[:, None]
+        return AttentionMask(mask=allowed[None, None])  # [1, 1, n, p+n]

@@ -6,10 +6,15 @@ Parameter names and shapes are exactly those of ``transformers.BertForMaskedLM``
 by name alone. The decoder has no parameters of its own: it is the word-embedding matrix plus
 ``cls.predictions.bias``, which is also how Hugging Face saves it (tied keys are left out of the file).
 
+``BertModel`` is the encoder (``[B, T, D]`` out); ``BertForMaskedLM`` attaches the MLM head ``cls`` to it
+and runs the forward shared by every architecture (``models.heads.masked_lm_forward``).
+
 What makes training fast, without changing the maths:
 - sparse prediction: with labels, the MLM head and the loss run only on rows where ``labels != -100``
   (~15% of tokens); the head's ``[N, V]`` vocabulary projection dominates a small BERT otherwise;
-- a cross-entropy whose backward is one pass over ``[N, V]``;
+- a sparse last layer (``BertModel.forward_at``): with labels, the last layer's queries, attention output
+  and FFN run only at those rows too;
+- a cross-entropy whose backward is one pass over ``[N, V]`` (``models.heads.cross_entropy``);
 - one fused QKV matmul per layer (the three HF-named weights are concatenated inside forward);
 - ``scaled_dot_product_attention``, with no mask at all when nothing is masked;
 - positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
@@ -24,11 +29,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, InputError
-from masklm.models.attention import AttentionMask, attend, build_attention_mask, dropout
+from masklm.models.attention import AttentionMask, KVCache, LayerCache, attend, build_attention_mask, dropout
+from masklm.models.heads import cross_entropy, masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 
 # Hugging Face's names for activations (transformers.activations.ACT2FN) that BERT checkpoints use.
@@ -42,33 +47,9 @@ ACTIVATIONS = {
 }
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy whose backward is one pass: softmax - onehot (F.cross_entropy takes three)."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits, dim=-1)  # [N, V]
-        ctx.save_for_backward(logp, target)
-        return -logp.gather(1, target[:, None]).mean()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor):
-        logp, target = ctx.saved_tensors
-        grad = logp.exp()  # not in place: backward may run again with retain_graph=True
-        grad[torch.arange(target.numel(), device=target.device), target] -= 1.0
-        return grad.mul_(grad_loss / target.numel()), None
-
-
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean CE of logits ``[N, V]`` against ids ``[N]`` (no ignore index: rows are preselected)."""
-    if logits.requires_grad:
-        return _CrossEntropy.apply(logits, target)
-    return F.cross_entropy(logits, target)
-
-
 class BertEmbeddings(nn.Module):
-    """input_ids ``[B, T]`` -> LayerNorm(word + position + token_type[0]) ``[B, T, D]``."""
+    """input_ids ``[B, T]`` at positions ``start..start+T-1`` -> LayerNorm(word + position + token_type[0])
+    ``[B, T, D]``."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -79,10 +60,10 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(D, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         T = input_ids.shape[1]
         # every token is segment 0, so the type embedding is a single row: fold it into the position table
-        pos_type = self.position_embeddings.weight[:T] + self.token_type_embeddings.weight[0]  # [T, D]
+        pos_type = self.position_embeddings.weight[start:start + T] + self.token_type_embeddings.weight[0]  # [T, D]
         x = self.word_embeddings(input_ids) + pos_type
         return dropout(self.LayerNorm(x), self.dropout_p, self.training)
 
@@ -99,25 +80,34 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(D, D)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None) -> torch.Tensor:
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ``[3D, D]`` weight and ``[3D]`` bias: query, key, value. The 1/sqrt(d) attention scale is
+        folded into the query weights (``[D, D]``) instead of the scores."""
+        s = (self.query.weight.shape[0] // self.num_heads) ** -0.5
+        return (torch.cat([self.query.weight * s, self.key.weight, self.value.weight]),
+                torch.cat([self.query.bias * s, self.key.bias, self.value.bias]))
+
+    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         """``queries`` ``[B, M, D]``: attend only from these rows (keys and values still from all of ``x``);
-        the result is then ``[B, M, D]``. ``attn`` must already be cut to those M query rows."""
+        the result is then ``[B, M, D]``. ``attn`` must already be cut to those M query rows.
+        ``cache``: ``x`` holds the next positions of a causal decode; attend over the cached keys too."""
         B, T, D = x.shape
-        H = self.num_heads
-        # One [D, 3D] matmul instead of three [D, D] ones; concatenating the weights is tiny next to it.
-        # The 1/sqrt(d) attention scale is folded into the query weights ([D, D]) instead of the scores.
-        s = (D // H) ** -0.5
+        H, d = self.num_heads, D // self.num_heads
         if queries is None:
-            w = torch.cat([self.query.weight * s, self.key.weight, self.value.weight])
-            b = torch.cat([self.query.bias * s, self.key.bias, self.value.bias])
-            qkv = F.linear(x, w, b).view(B, T, 3, H, D // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+            # One [D, 3D] matmul instead of three [D, D] ones; concatenating the weights is tiny next to
+            # it, and while decoding the weights are fixed, so that happens once per cache.
+            w, b = self._fused_qkv() if cache is None else cache.memo("qkv", self._fused_qkv)
+            qkv = F.linear(x, w, b).view(B, T, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
             q, k, v = qkv.unbind(0)  # one gradient copy in backward, not three zero-filled [3, ...] buffers
+            if cache is not None:
+                k, v = cache.update(k, v)  # [B, H, S, d]: every position so far
         else:
-            M = queries.shape[1]
-            q = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, D // H).transpose(1, 2)
+            M, s = queries.shape[1], d ** -0.5
+            q = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, d).transpose(1, 2)
             w = torch.cat([self.key.weight, self.value.weight])
             b = torch.cat([self.key.bias, self.value.bias])
-            k, v = F.linear(x, w, b).view(B, T, 2, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+            k, v = F.linear(x, w, b).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
         y = attend(q, k, v, attn, self.dropout_p if self.training else 0.0, scale=1.0)
         return y.transpose(1, 2).reshape(B, q.shape[2], D)
 
@@ -141,8 +131,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertAddNorm(config.hidden_size, config)
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None) -> torch.Tensor:
-        return self.output(self.self(x, attn, queries), x if queries is None else queries)
+    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        return self.output(self.self(x, attn, queries, cache), x if queries is None else queries)
 
 
 class BertIntermediate(nn.Module):
@@ -168,9 +159,10 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertAddNorm(config.intermediate_size, config)
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn: AttentionMask, queries: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         """``[B, T, D]`` -> ``[B, T, D]``, or only the rows ``queries`` ``[B, M, D]`` -> ``[B, M, D]``."""
-        x = self.attention(x, attn, queries)
+        x = self.attention(x, attn, queries, cache)
         return self.output(self.intermediate(x), x)
 
 
@@ -179,19 +171,90 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, attn: AttentionMask) -> torch.Tensor:
-        for block in self.layer:
-            x = block(x, attn)
+    def forward(self, x: torch.Tensor, attn: AttentionMask, cache: KVCache | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.layer):
+            x = block(x, attn, cache=None if cache is None else cache[i])
         return x
 
 
+def _rows_of(attn: AttentionMask, at: torch.Tensor, T: int) -> AttentionMask:
+    """The attention mask of the query rows ``at`` ``[B, M]`` (positions), for keys at all T positions."""
+    mask, keep = attn.mask, attn.keep_rows
+    if attn.is_causal:  # SDPA's is_causal assumes queries 0..M-1; spell the triangle out for these rows
+        mask = torch.arange(T, device=at.device)[None, None, None, :] <= at[:, None, :, None]  # [B, 1, M, T]
+    elif mask is not None and mask.shape[2] != 1:
+        mask = mask.gather(2, at[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))  # [B, 1, M, T]
+    if keep is not None and keep.shape[2] != 1:
+        keep = keep.gather(2, at[:, None, :, None])  # [B, 1, M, 1]
+    return AttentionMask(mask=mask, is_causal=False, keep_rows=keep)
+
+
 class BertModel(nn.Module):
-    """Embeddings + encoder (HF's BertModel without the pooler)."""
+    """The encoder: embeddings + layers (HF's BertModel without the pooler), ``[B, T]`` -> ``[B, T, D]``."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,
+               document_ids: torch.Tensor | None, cache: KVCache | None) -> tuple[torch.Tensor, AttentionMask]:
+        """Check the length; -> embeddings ``[B, T, D]`` and the attention mask all layers use."""
+        T = input_ids.shape[1]
+        start = 0 if cache is None else cache.length
+        if start + T > self.config.max_position_embeddings:
+            raise InputError(
+                f"input has {start + T} tokens but this model takes at most "
+                f"{self.config.max_position_embeddings} (max_position_embeddings); truncate or split the input"
+            )
+        x = self.embeddings(input_ids, start)
+        if cache is None:
+            return x, build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+        return x, cache.causal_mask(T, causal, attention_mask, document_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        document_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``BertForMaskedLM.forward``.
+
+        cache: causal decoding (``causal=True``, no padding or documents): input_ids are the T positions
+        after the ``cache.length`` already fed; each layer appends its keys and values to the cache.
+        """
+        x, attn = self._embed(input_ids, attention_mask, causal, document_ids, cache)
+        return self.encoder(x, attn, cache)
+
+    def forward_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,
+                   document_ids: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
+        """The sparse last layer: final hidden states only at the flat positions ``selected`` ``[N]``
+        (row-major, N >= 1) -> ``[N, D]``, equal to ``forward(...).flatten(0, 1)[selected]``.
+
+        Every layer but the last runs on all tokens; the last one needs its keys and values everywhere
+        but its queries, attention output and FFN only where the head will read (MosaicBERT's trick):
+        at 15% masking that skips ~85% of the last layer. Selected positions are gathered per row into
+        ``[B, M, D]`` (M = most selected in a row; spare slots repeat position 0 and are dropped).
+        """
+        B, T = input_ids.shape
+        x, attn = self._embed(input_ids, attention_mask, causal, document_ids, None)
+        *early, last = self.encoder.layer
+        for block in early:
+            x = block(x, attn)
+        rows, cols = selected // T, selected % T  # [N]
+        counts = torch.bincount(rows, minlength=B)
+        slot = torch.arange(selected.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+        at = torch.zeros(B, int(counts.max()), dtype=torch.long, device=x.device)  # [B, M] positions
+        at[rows, slot] = cols
+        queries = x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, M, D]
+        out = last(x, _rows_of(attn, at, T), queries)  # [B, M, D]
+        return out[rows, slot]
 
 
 class BertPredictionTransform(nn.Module):
@@ -206,32 +269,31 @@ class BertPredictionTransform(nn.Module):
 
 
 class BertLMPredictions(nn.Module):
-    """MLM head parameters: transform and the output bias; the decoder weight is the word embedding."""
+    """MLM head: transform, then the decoder (the word embedding, handed in) plus the output bias."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.transform = BertPredictionTransform(config)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
+    def forward(self, hidden: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """hidden ``[..., D]``, decoder ``[V, D]`` -> logits ``[..., V]``."""
+        return F.linear(self.transform(hidden), decoder, self.bias)
+
 
 class BertHeads(nn.Module):
-    """Holds ``predictions`` so names read ``cls.predictions.*`` as in Hugging Face."""
+    """The MLM head (``models.heads.MaskedLMHead``); holds ``predictions`` so names read
+    ``cls.predictions.*`` as in Hugging Face."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.predictions = BertLMPredictions(config)
 
+    def forward(self, hidden: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        return self.predictions(hidden, decoder)
 
-def _rows_of(attn: AttentionMask, at: torch.Tensor, T: int) -> AttentionMask:
-    """The attention mask of the query rows ``at`` ``[B, M]`` (positions), for keys at all T positions."""
-    mask, keep = attn.mask, attn.keep_rows
-    if attn.is_causal:  # SDPA's is_causal assumes queries 0..M-1; spell the triangle out for these rows
-        mask = torch.arange(T, device=at.device)[None, None, None, :] <= at[:, None, :, None]  # [B, 1, M, T]
-    elif mask is not None and mask.shape[2] != 1:
-        mask = mask.gather(2, at[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))  # [B, 1, M, T]
-    if keep is not None and keep.shape[2] != 1:
-        keep = keep.gather(2, at[:, None, :, None])  # [B, 1, M, 1]
-    return AttentionMask(mask=mask, is_causal=False, keep_rows=keep)
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, target)
 
 
 class BertForMaskedLM(nn.Module):
@@ -262,57 +324,20 @@ class BertForMaskedLM(nn.Module):
         elif isinstance(module, BertLMPredictions):
             nn.init.zeros_(module.bias)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def encode(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``forward``."""
-        T = input_ids.shape[1]
-        if T > self.config.max_position_embeddings:
-            raise InputError(
-                f"input has {T} tokens but this model takes at most "
-                f"{self.config.max_position_embeddings} (max_position_embeddings); truncate or split the input"
-            )
-        x = self.bert.embeddings(input_ids)
-        attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
-        return self.bert.encoder(x, attn)
-
-    def _encode_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,
-                   document_ids: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
-        """Final hidden states only at the flat positions ``selected`` ``[N]`` -> ``[N, D]``.
-
-        Every layer but the last runs on all tokens; the last one needs its keys and values everywhere
-        but its queries, attention output and FFN only where the head will read (MosaicBERT's trick):
-        at 15% masking that skips ~85% of the last layer. Selected positions are gathered per row into
-        ``[B, M, D]`` (M = most selected in a row; spare slots repeat position 0 and are dropped).
-        """
-        B, T = input_ids.shape
-        if T > self.config.max_position_embeddings:
-            return self.encode(input_ids, attention_mask, causal, document_ids)  # raises the length error
-        x = self.bert.embeddings(input_ids)
-        attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
-        *early, last = self.bert.encoder.layer
-        for block in early:
-            x = block(x, attn)
-        rows, cols = selected // T, selected % T  # [N]
-        counts = torch.bincount(rows, minlength=B)
-        slot = torch.arange(selected.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
-        at = torch.zeros(B, int(counts.max()), dtype=torch.long, device=x.device)  # [B, M] positions
-        at[rows, slot] = cols
-        queries = x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, M, D]
-        out = last(x, _rows_of(attn, at, T), queries)  # [B, M, D]
-        return out[rows, slot]
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]`` (the encoder's; see ``BertModel``)."""
+        return self.bert(input_ids, attention_mask, causal, document_ids, cache)
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """MLM head: hidden ``[..., D]`` -> logits ``[..., V]`` (decoder tied to the word embeddings)."""
-        head = self.cls.predictions
-        return F.linear(head.transform(hidden), self.bert.embeddings.word_embeddings.weight, head.bias)
+        return self.cls(hidden, self.bert.get_input_embeddings().weight)
 
     def forward(
         self,
@@ -322,7 +347,7 @@ class BertForMaskedLM(nn.Module):
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
     ) -> MaskedLMOutput:
-        """Encode and predict.
+        """Encode and predict (``models.heads.masked_lm_forward``), with labels through the sparse last layer.
 
         input_ids:      ``[B, T]`` token ids.
         attention_mask: ``[B, T]``, 1 = token, 0 = padding (never attended to); None = no padding.
@@ -332,21 +357,9 @@ class BertForMaskedLM(nn.Module):
         document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
         Without labels, logits are ``[B, T, V]`` and loss is None.
         """
-        if labels is None:
-            hidden = self.encode(input_ids, attention_mask, causal, document_ids)  # [B, T, D]
-            return MaskedLMOutput(loss=None, logits=self.predict(hidden), hidden_states=hidden)
-
-        flat_labels = labels.reshape(-1)
-        selected = (flat_labels != -100).nonzero().squeeze(1)  # [N]
-        if selected.numel() == 0:
-            hidden = self.encode(input_ids, attention_mask, causal, document_ids).reshape(-1, self.config.hidden_size)
-            hidden = hidden[:0]
-        else:
-            hidden = self._encode_at(input_ids, attention_mask, causal, document_ids, selected)  # [N, D]
-        logits = self.predict(hidden)  # [N, V]
-        if selected.numel() == 0:
-            # nothing to predict: a zero loss that still backpropagates (to nothing) instead of NaN
-            loss = logits.sum() * 0.0
-        else:
-            loss = cross_entropy(logits, flat_labels.index_select(0, selected))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden)
+        inputs = (input_ids, attention_mask, causal, document_ids)
+        return masked_lm_forward(
+            self.cls, self.bert.get_input_embeddings().weight, labels,
+            encode=lambda: self.bert(*inputs),
+            encode_at=lambda selected: self.bert.forward_at(*inputs, selected),
+        )

@@ -24,6 +24,14 @@ Parameter names (``ltg_reference.py`` maps the reference checkpoints onto them):
 Attention never materialises the ``[T, T, 2D]`` position vectors of the reference: the two position
 terms are computed against the 63-row projected table (``[B, H, T, 63]``), gathered with the ``[T, T]``
 bucket indices, and handed to ``scaled_dot_product_attention`` as a float bias together with the mask.
+
+``LtgBertModel`` is the encoder (``embedding`` + ``transformer``, ``[B, T, D]`` out); models with a head
+subclass it, as LTG's own Hugging Face code does (``LtgBertForMaskedLM(LtgBertModel)``), so the saved names
+stay ``embedding.*`` / ``transformer.*`` beside the head's (``classifier.*`` here, ``head.*`` fine-tuned).
+The remote-code file shipped for transformers (``hf/remote/modeling_masklm_ltg.py``) is generated from
+this module and ``attention.py`` (``python -m masklm.hf.remote_gen``; a test fails when it is stale): what
+the encoder and head use must come from torch, the standard library or those two modules (``ModelConfig``,
+named in annotations only, stands for the transformers config there).
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
-from masklm.models.attention import build_attention_mask, dropout
+from masklm.models.attention import AttentionMask, KVCache, LayerCache, build_attention_mask, dropout
+from masklm.models.heads import masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 
 # The reference buckets relative positions with M = 512 for every length (also when it recomputes the
@@ -114,9 +123,12 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(D, D)
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, position_indices: torch.Tensor,
-                mask: torch.Tensor | None, keep_rows: torch.Tensor | None) -> torch.Tensor:
-        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[T, T]`` (long, in [0, R)),
-        mask additive ``[B|1, 1, T|1, T]`` (0 or -inf) or None, keep_rows ``[B, 1, T, 1]`` or None."""
+                mask: torch.Tensor | None, keep_rows: torch.Tensor | None,
+                cache: LayerCache | None = None) -> torch.Tensor:
+        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[T, S]`` (long, in [0, R)),
+        mask additive ``[B|1, 1, T|1, S]`` (0 or -inf) or None, keep_rows ``[B, 1, T, 1]`` or None.
+        S = T, or with ``cache`` (x = the next T positions of a causal decode) all positions so far:
+        the new keys and values are appended to the cache and attention runs over all of them."""
         B, T, D = x.shape
         H, d = self.num_heads, self.head_size
         p = self.dropout_p if self.training else 0.0
@@ -127,18 +139,22 @@ class Attention(nn.Module):
         else:
             v = self.in_proj_v(h)
         v = v.view(B, T, H, d).transpose(1, 2)  # [B, H, T, d]
-
-        pos = self.in_proj_qk(dropout(relative, p, self.training))  # [R, 2D]
-        R = pos.shape[0]
+        if cache is None:
+            pos = self.in_proj_qk(dropout(relative, p, self.training))  # [R, 2D]
+        else:
+            k, v = cache.update(k, v)  # [B, H, S, d]
+            # the position table is fixed while decoding: project it once per cache, not once per token
+            pos = cache.memo("relative_qk", lambda: self.in_proj_qk(relative))
+        R, S = pos.shape[0], k.shape[2]
         if self.interleaved:  # BNC-era checkpoints: head h owns columns [2hd, 2hd+2d) = Q_r then K_r
             q_pos, k_pos = pos.view(R, H, 2, d).unbind(2)  # [R, H, d]
         else:  # same cut as the content Q and K
             q_pos, k_pos = pos.view(R, 2, H, d).unbind(1)
         # content-to-position against the R-row table, then pick row d_ij for each (i, j)
         c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, T, R]
-        p2c = torch.matmul(q_pos.transpose(0, 1), k.transpose(-1, -2))  # [B, H, R, T]
-        index = position_indices.expand(B, H, T, T)
-        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, T, T]
+        p2c = torch.matmul(q_pos.transpose(0, 1), k.transpose(-1, -2))  # [B, H, R, S]
+        index = position_indices.expand(B, H, T, S)
+        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, T, S]
         if mask is not None:
             bias = bias + mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
@@ -176,26 +192,57 @@ class Layer(nn.Module):
         self.mlp = FeedForward(config)
 
 
+def _additive_mask(attn: AttentionMask, T: int, like: torch.Tensor) -> torch.Tensor | None:
+    """``attn`` as a float mask (0 = may attend, -inf = not) of ``like``'s dtype; None = nothing masked.
+    The relative-position bias is a float mask already, so the mask is folded into it."""
+    allowed = attn.mask  # bool, True = may attend
+    if allowed is None and attn.is_causal:
+        allowed = torch.ones(T, T, dtype=torch.bool, device=like.device).tril()[None, None]
+    if allowed is None:
+        return None
+    return torch.zeros(allowed.shape, dtype=like.dtype, device=like.device).masked_fill_(~allowed, float("-inf"))
+
+
 class Encoder(nn.Module):
     """The layers, plus GPT-BERT's DWA weights. There is no final LayerNorm."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.bucket_size = config.position_bucket_size
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         # DWA: attention and FFN are separate blocks j = 0..2L-1; block j mixes j+2 stored states
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
                                             for j in range(2 * config.num_hidden_layers))
                            if config.dwa else None)
 
-    def forward(self, x: torch.Tensor, relative: torch.Tensor, position_indices: torch.Tensor,
-                mask: torch.Tensor | None, keep_rows: torch.Tensor | None) -> torch.Tensor:
-        """x ``[B, T, D]`` (embedding output) -> final hidden states ``[B, T, D]``."""
+    def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                layer_outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x ``[B, T, D]`` (embedding output), relative ``[R, D]`` -> final hidden states ``[B, T, D]``.
+
+        Masks as in ``LtgBertForMaskedLM.forward``; ``cache`` as in ``LtgBertModel.encode``.
+        layer_outputs: a list to append each layer's output ``[B, T, D]`` to (transformers'
+        ``output_hidden_states``).
+        """
+        T = x.shape[1]
+        if cache is None:
+            attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+            indices = relative_position_indices(T, self.bucket_size, x.device)  # [T, T]
+        else:
+            start = cache.length
+            attn = cache.causal_mask(T, causal, attention_mask, document_ids)
+            table = cache.memo("relative_indices",
+                               lambda: relative_position_indices(cache.max_len, self.bucket_size, x.device))
+            indices = table[start:start + T, :start + T]  # [T, S]
+        mask = _additive_mask(attn, T, x)
         states = [x]  # DWA's s_0, s_1, ...: the un-mixed output of every block
         for i, layer in enumerate(self.layers):
-            x = x + layer.attention(x, relative, position_indices, mask, keep_rows)
+            x = x + layer.attention(x, relative, indices, mask, attn.keep_rows, None if cache is None else cache[i])
             x = self._mix(2 * i, states, x)
             x = x + layer.mlp(x)
             x = self._mix(2 * i + 1, states, x)
+            if layer_outputs is not None:
+                layer_outputs.append(x)
         return x
 
     def _mix(self, block: int, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -212,26 +259,41 @@ class Encoder(nn.Module):
 
 
 class MaskClassifier(nn.Module):
-    """MLM head parameters: LN -> dense -> GELU (exact) -> LN -> dropout -> word_embedding^T + bias."""
+    """The MLM head (``models.heads.MaskedLMHead``): LN -> dense -> GELU (exact) -> LN -> dropout ->
+    decoder (the word embedding, handed in) + bias."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.eps = config.layer_norm_eps
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """hidden ``[..., D]``, decoder ``[V, D]`` -> logits ``[..., V]``."""
+        h = F.gelu(self.dense(_layer_norm(hidden, self.eps)))
+        h = dropout(_layer_norm(h, self.eps), self.dropout_p, self.training)
+        return F.linear(h, decoder, self.bias)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
 
 
-class LtgBertForMaskedLM(nn.Module):
-    """LTG-BERT / GPT-BERT with the tied MLM head, following the forward contract of DESIGN.md §2."""
+class LtgBertModel(nn.Module):
+    """The encoder: ``embedding`` + ``transformer``, input_ids ``[B, T]`` -> ``[B, T, D]`` (any T: positions
+    are relative). Models with a head subclass it (see the module docstring).
+
+    Weights are drawn by ``reset_parameters``, which a complete model calls once all its modules exist,
+    so every parameter, the head's included, is drawn in one fixed order.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.arch not in ("ltg-bert", "gpt-bert"):
-            raise ValueError(f"LtgBertForMaskedLM needs arch ltg-bert or gpt-bert, got {config.arch!r}")
+            raise ValueError(f"{type(self).__name__} needs arch ltg-bert or gpt-bert, got {config.arch!r}")
         self.config = config
         self.embedding = Embedding(config)
         self.transformer = Encoder(config)
-        self.classifier = MaskClassifier(config)
-        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -245,8 +307,9 @@ class LtgBertForMaskedLM(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
+            elif isinstance(module, MaskClassifier):
+                nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.embedding.relative_embedding, mean=0.0, std=std, a=-2 * std, b=2 * std)
-        nn.init.zeros_(self.classifier.bias)
         for i, layer in enumerate(self.transformer.layers):
             layer.mlp.up_proj.weight.mul_(math.sqrt(1.0 / (2.0 * (i + 1))))
             layer.mlp.down_proj.weight.mul_(math.sqrt(1.0 / (2.0 * (i + 1))))
@@ -255,9 +318,8 @@ class LtgBertForMaskedLM(nn.Module):
                 alpha.zero_()
                 alpha[-1] = 1.0
 
-    def num_parameters(self) -> int:
-        """Unique parameters (the tied decoder weight is the word embedding, counted once)."""
-        return sum(p.numel() for p in self.parameters())
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding.word_embedding
 
     def encode(
         self,
@@ -265,26 +327,39 @@ class LtgBertForMaskedLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``forward``; any T works."""
-        T = input_ids.shape[1]
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``LtgBertForMaskedLM.forward``.
+
+        cache: causal decoding (``causal=True``, no padding or documents): input_ids are the T positions
+        after the ``cache.length`` already fed; each layer appends its keys and values to the cache.
+        """
         x, relative = self.embedding(input_ids)
-        attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
-        allowed = attn.mask  # bool, True = may attend
-        if allowed is None and attn.is_causal:
-            allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
-        mask = None
-        if allowed is not None:  # the relative bias is a float mask already, so fold the mask into it
-            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, float("-inf"))
-        indices = relative_position_indices(T, self.config.position_bucket_size, x.device)
-        return self.transformer(x, relative, indices, mask, attn.keep_rows)
+        return self.transformer(x, relative, attention_mask, causal, document_ids, cache)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        document_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The encoder's forward: ``encode``."""
+        return self.encode(input_ids, attention_mask, causal, document_ids, cache)
+
+
+class LtgBertForMaskedLM(LtgBertModel):
+    """LTG-BERT / GPT-BERT with the tied MLM head ``classifier``, following the forward contract of DESIGN.md §2."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.classifier = MaskClassifier(config)
+        self.reset_parameters()
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """MLM head: hidden ``[..., D]`` -> logits ``[..., V]``."""
-        eps = self.config.layer_norm_eps
-        h = F.gelu(self.classifier.dense(_layer_norm(hidden, eps)))
-        h = dropout(_layer_norm(h, eps), self.config.hidden_dropout_prob, self.training)
-        return F.linear(h, self.embedding.word_embedding.weight, self.classifier.bias)
+        return self.classifier(hidden, self.embedding.word_embedding.weight)
 
     def forward(
         self,
@@ -294,7 +369,7 @@ class LtgBertForMaskedLM(nn.Module):
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
     ) -> MaskedLMOutput:
-        """Encode and predict.
+        """Encode and predict (``models.heads.masked_lm_forward``).
 
         input_ids:      ``[B, T]`` token ids.
         attention_mask: ``[B, T]``, 1 = token, 0 = padding (never attended to); None = no padding.
@@ -304,14 +379,5 @@ class LtgBertForMaskedLM(nn.Module):
         document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
         Without labels, logits are ``[B, T, V]`` and loss is None.
         """
-        hidden = self.encode(input_ids, attention_mask, causal, document_ids)  # [B, T, D]
-        if labels is None:
-            return MaskedLMOutput(loss=None, logits=self.predict(hidden), hidden_states=hidden)
-        flat_labels = labels.reshape(-1)
-        selected = (flat_labels != -100).nonzero().squeeze(1)  # [N]
-        logits = self.predict(hidden.reshape(-1, hidden.shape[-1]).index_select(0, selected))  # [N, V]
-        if selected.numel() == 0:  # nothing to predict: a zero loss that still backpropagates, not NaN
-            loss = logits.sum() * 0.0
-        else:
-            loss = F.cross_entropy(logits, flat_labels.index_select(0, selected))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden)
+        return masked_lm_forward(self.classifier, self.embedding.word_embedding.weight, labels,
+                                 encode=lambda: self.encode(input_ids, attention_mask, causal, document_ids))

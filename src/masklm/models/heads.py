@@ -1,0 +1,111 @@
+"""The masked-LM forward, head interface and loss, and sentence pooling, shared by every architecture.
+
+A model is an encoder (``[B, T, D]`` out) with heads attached, as in Hugging Face's ``BertForMaskedLM``
+(``bert`` + ``cls``) and ModernBERT (``model`` + ``head``). What all masked-LM heads do alike lives here:
+
+- ``masked_lm_forward``: the forward contract of DESIGN.md §2. Label selection (``labels != -100``), the
+  head only at the selected rows (sparse prediction: the ``[N, V]`` vocabulary projection dominates a
+  small model otherwise), the head's mean loss, and a zero loss that still backpropagates when no
+  position is selected (a mean over nothing would be NaN).
+- ``MaskedLMHead``: what a head offers it. The decoder is the word-embedding matrix, handed in by the
+  model (tied, stored once, as Hugging Face saves it).
+- ``cross_entropy``: a mean cross-entropy whose backward is one pass over ``[N, V]`` (BERT's loss;
+  LTG-BERT keeps ``F.cross_entropy``, which rounds differently in the last bits).
+- ``pool``: one vector per sequence (mean or [CLS]), for embeddings and fine-tuned sequence heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from masklm.models.outputs import MaskedLMOutput
+
+POOLINGS = ("mean", "cls")
+
+
+class MaskedLMHead(Protocol):
+    """What ``masked_lm_forward`` asks of a masked-LM head module."""
+
+    def __call__(self, hidden: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """hidden ``[..., D]``, decoder (the word embeddings) ``[V, D]`` -> logits ``[..., V]``."""
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of logits ``[N, V]`` against token ids ``[N]``, N >= 1."""
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose backward is one pass: softmax - onehot (F.cross_entropy takes three)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)  # [N, V]
+        ctx.save_for_backward(logp, target)
+        return -logp.gather(1, target[:, None]).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        logp, target = ctx.saved_tensors
+        grad = logp.exp()  # not in place: backward may run again with retain_graph=True
+        grad[torch.arange(target.numel(), device=target.device), target] -= 1.0
+        return grad.mul_(grad_loss / target.numel()), None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean CE of logits ``[N, V]`` against ids ``[N]`` (no ignore index: rows are preselected)."""
+    if logits.requires_grad:
+        return _CrossEntropy.apply(logits, target)
+    return F.cross_entropy(logits, target)
+
+
+def masked_lm_forward(
+    head: MaskedLMHead,
+    decoder: torch.Tensor,
+    labels: torch.Tensor | None,
+    encode: Callable[[], torch.Tensor],
+    encode_at: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> MaskedLMOutput:
+    """Encode and predict, the same way for every architecture.
+
+    head:      the masked-LM head; decoder: the word-embedding matrix ``[V, D]``.
+    labels:    ``[B, T]`` target id or -100 = not predicted; None: logits everywhere ``[B, T, V]``, no loss.
+    encode:    () -> final hidden states ``[B, T, D]``.
+    encode_at: flat positions ``[N]`` (row-major, N >= 1) -> final hidden states there ``[N, D]``, for an
+               encoder that can skip work elsewhere (BERT's sparse last layer); default: ``encode`` and
+               pick the rows.
+    With labels: logits ``[N, V]`` and hidden_states ``[N, D]`` at the selected positions, loss = mean CE.
+    """
+    if labels is None:
+        hidden = encode()  # [B, T, D]
+        return MaskedLMOutput(loss=None, logits=head(hidden, decoder), hidden_states=hidden)
+    flat_labels = labels.reshape(-1)
+    selected = (flat_labels != -100).nonzero().squeeze(1)  # [N]
+    if encode_at is None or selected.numel() == 0:
+        hidden = encode().flatten(0, 1).index_select(0, selected)  # [N, D]
+    else:
+        hidden = encode_at(selected)
+    logits = head(hidden, decoder)  # [N, V]
+    if selected.numel() == 0:  # nothing to predict: a zero loss that still backpropagates (to nothing)
+        loss = logits.sum() * 0.0
+    else:
+        loss = head.loss(logits, flat_labels.index_select(0, selected))
+    return MaskedLMOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per sequence: hidden ``[B, T, D]``, attention_mask ``[B, T]`` (1 or True = token) -> ``[B, D]``.
+
+    ``mean`` averages the non-padding positions, [CLS] and [SEP] included, as sentence-transformers'
+    mean pooling does (so vectors compare with that convention); ``cls`` takes position 0.
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
