@@ -195,7 +195,8 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
             raise ServeError("this masklm version has no Pipeline.generate; /generate is not available",
                              "not_implemented")
         params = check_generate(body.prompt, body.parameters, gen_params, limits, tok)
-        result = await batcher.submit(Job("generate", (), [body.prompt or ""], params))
+        kind = "generate_steps" if body.return_steps else "generate"
+        result = await batcher.submit(Job(kind, (), [body.prompt or ""], params))
         if isinstance(result, str):
             return json_response({"generated_text": result})
         if isinstance(result, (list, tuple)) and all(isinstance(r, str) for r in result):
