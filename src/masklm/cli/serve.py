@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--api-key", default=os.environ.get("MASKLM_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on every route but /health "
+                   help="require 'Authorization: Bearer KEY' on every route but /health and the page at / "
                         "(default: $MASKLM_API_KEY; prefer the variable, arguments show in ps)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     g = p.add_argument_group("limits")
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"masklm: warning: listening on {args.host} without --api-key; anyone who can reach this "
               "address can use the model", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    print(f"masklm: serving {args.model} on http://{shown}:{port} (API docs at /docs)", file=sys.stderr, flush=True)
+    print(f"masklm: serving {args.model} on http://{shown}:{port} (playground at /, API docs at /docs)",
+          file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -7,6 +7,8 @@ without FastAPI's per-request machinery (see ``masklm.serve.gate``). Handlers ch
 fields on the event loop, then hand the model work, tokenization included, to the ``Batcher``'s worker
 thread. Every error is ``{"error", "error_type"}`` (see ``masklm.serve.responses``).
 No request field names a file, a module or a command: requests carry only text and numbers.
+``GET /`` is the playground page (``masklm.serve.page``); ``/generate`` with ``return_steps`` adds the
+canvas after every network call, which the page animates (``masklm.serve.steps``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from masklm.errors import MaskLMError
+from masklm.generation import STRATEGIES
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
 from masklm.serve.generation import check_generate, generate_params
 from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range
 from masklm.serve.metrics import Metrics
+from masklm.serve.page import add_page
 from masklm.serve.responses import as_serve_error, error_response, json_response
 from masklm.serve.schemas import (
     EmbedRequest,
@@ -66,6 +70,7 @@ def read_info(pipe, limits: Limits) -> dict[str, Any]:
         "model_masklm_version": getattr(cfg, "masklm_version", None),
         "masklm_version": __version__,
         "generate": hasattr(pipe, "generate"),
+        "strategies": list(STRATEGIES),
         "limits": limits.as_dict(),
     }
 
@@ -96,6 +101,7 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
 
     for kind in (ServeError, MaskLMError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(kind, on_error)
+    add_page(app)  # GET /: the playground page
 
     json_routes: dict[str, JsonRoute] = {}
 
@@ -195,7 +201,8 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
             raise ServeError("this masklm version has no Pipeline.generate; /generate is not available",
                              "not_implemented")
         params = check_generate(body.prompt, body.parameters, gen_params, limits, tok)
-        result = await batcher.submit(Job("generate", (), [body.prompt or ""], params))
+        kind = "generate_steps" if body.return_steps else "generate"
+        result = await batcher.submit(Job(kind, (), [body.prompt or ""], params))
         if isinstance(result, str):
             return json_response({"generated_text": result})
         if isinstance(result, (list, tuple)) and all(isinstance(r, str) for r in result):

@@ -26,6 +26,7 @@ from typing import Any
 from masklm.errors import MaskLMError
 from masklm.serve.limits import Limits, ServeError, check_encoded
 from masklm.serve.metrics import Metrics
+from masklm.serve.steps import generate_with_steps
 
 BATCHABLE = ("fill_mask", "score", "embed")
 
@@ -36,7 +37,7 @@ Outcome = tuple["Job", Any, BaseException | None]   # (job, result, error)
 class Job:
     """One request's model work. ``ids`` (token ids per text) is filled in by the worker."""
 
-    kind: str                   # fill_mask | score | embed | generate
+    kind: str                   # fill_mask | score | embed | generate | generate_steps
     key: tuple                  # equal (kind, key) may share a model call
     texts: list[str]
     params: dict[str, Any] = field(default_factory=dict)
@@ -169,6 +170,9 @@ class Runner:
 
     def generate(self, jobs: list[Job]) -> list[Any]:
         return [self.pipe.generate(**job.params) for job in jobs]
+
+    def generate_steps(self, jobs: list[Job]) -> list[Any]:
+        return [generate_with_steps(self.pipe, job.params) for job in jobs]
 
 
 class Batcher:

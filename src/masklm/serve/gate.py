@@ -1,8 +1,9 @@
 """The ASGI layer in front of the routes: API key, body-size bound, request metrics, JSON routes.
 
 A pure ASGI middleware (no per-request task or stream copies): it checks ``Authorization: Bearer KEY``
-in constant time on every route but ``/health``, refuses bodies over ``max_body_bytes`` with 413 before
-they are parsed, and records each request's route, status and latency.
+in constant time on every route but ``/health`` and the playground page's files (``masklm.serve.page``),
+refuses bodies over ``max_body_bytes`` with 413 before they are parsed, and records each request's route,
+status and latency.
 
 It also serves the JSON POST routes itself: the body is validated with the route's pydantic model
 (pydantic's own JSON parser) and handed to the route's function, whose response is sent as is. FastAPI's
@@ -18,9 +19,10 @@ from typing import Any
 
 from masklm.serve.limits import ServeError
 from masklm.serve.metrics import Metrics
+from masklm.serve.page import PAGE_PATHS
 from masklm.serve.responses import as_serve_error, error_response, parse_body
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", *PAGE_PATHS})  # the page files hold no model data
 
 
 class Gate:

@@ -71,3 +71,10 @@ class GenerateRequest(_Strict):
     prompt: str | None = Field(None, description="text to continue or fill; may hold mask tokens")
     parameters: dict[str, int | float | bool | str | None] = Field(
         default_factory=dict, examples=[{"length": 16, "steps": 8, "seed": 0}])
+    return_steps: bool = Field(False, description=(
+        'true adds the canvas after every network call: "canvas", the starting tokens (the prompt or template '
+        'with a mask token at each position to generate), and "trace", one entry per network call in order '
+        '(len(trace) == network_calls), each {"tokens": the canvas after that call as token pieces, "committed": '
+        'indices into tokens that went from the mask token to a token at that call, "remasked": indices that '
+        'went from a token back to the mask token (mask-predict revising its least confident choices)}. '
+        "Special tokens are left out, but for the [SEP] that ended a stop_at_sep text. Not with length_beam."))
