@@ -26,6 +26,7 @@ from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as Backend
 
 from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
 from masklm.errors import DataError
@@ -73,8 +74,6 @@ _WORKER_TOKENIZER = None
 
 def _init_worker(tokenizer_json: str) -> None:
     global _WORKER_TOKENIZER
-    from tokenizers import Tokenizer as Backend
-
     _WORKER_TOKENIZER = Backend.from_str(tokenizer_json)
 
 
