@@ -7,9 +7,9 @@ here, ``training_args.json``. For ``arch = "bert"`` it loads as is with
 tied decoder is left out of the file exactly as Hugging Face leaves it out. LTG-BERT / GPT-BERT folders
 also carry the remote-code files of ``masklm.hf.ltg_remote``.
 
-This module only reads and writes folders. Which kind of model a folder holds is decided above it:
-``masklm.finetune.folder`` loads fine-tuned folders (a ``task`` block in ``config.json``) with the
-helpers here, and ``masklm.load`` picks the loader.
+This module only reads and writes folders. A fine-tuned folder (a ``task`` block in ``config.json``,
+``is_finetuned``) holds an encoder with a task head, which is built above this module:
+``masklm.finetune.folder.load_folder`` picks the loader for ``masklm.load``, ``finetune`` and ``export-hf``.
 
 Writes go to a hidden temporary sibling that is renamed into place (``masklm.files.atomic_dir``), so a
 crash never leaves a half-written folder under the final name. Weights are read through safetensors only.
@@ -115,6 +115,11 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return read_json_object(file, ModelDirError, "fix it or re-save the model")
 
 
+def is_finetuned(config_json: dict[str, Any]) -> bool:
+    """Whether a folder's config.json data describes a fine-tuned model: it has a ``task`` block."""
+    return "task" in config_json
+
+
 def config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
     """A ModelConfig from a folder's config.json data; unknown architectures become ModelDirError."""
     model_type = data.get("model_type")
@@ -201,7 +206,7 @@ def load_model_dir(
     """
     folder = Path(path)
     data = read_config(folder)
-    if "task" in data:
+    if is_finetuned(data):
         raise ModelDirError(f"{folder} is a fine-tuned model folder (its config.json has a 'task' block); "
                             "load it with masklm.load, or pass the pretrained folder it was fine-tuned from")
     config = config_from_json(data, where=str(folder / CONFIG_FILE))

@@ -2,7 +2,7 @@
 
 A fine-tuned folder is a pretrained one whose ``config.json`` also holds a ``task`` block (see
 ``masklm.finetune.heads``); its weights are the encoder's plus ``head.*``. ``masklm.modeldir`` reads and
-writes the files and knows nothing of tasks; the choice between the two loaders is made here, above it,
+writes the files and builds no task heads; the choice between the two loaders is made here, above it,
 for ``masklm.load``, ``masklm finetune`` (a fine-tuned folder can be fine-tuned again) and ``export-hf``.
 """
 
@@ -19,6 +19,7 @@ from masklm.finetune.heads import FineTunedConfig, FineTunedModel, check_task
 from masklm.modeldir import (
     CONFIG_FILE,
     config_from_json,
+    is_finetuned,
     load_model_dir,
     load_state,
     load_tokenizer,
@@ -26,11 +27,6 @@ from masklm.modeldir import (
 )
 from masklm.models import build_model
 from masklm.tokenizer import Tokenizer
-
-
-def is_finetuned(config_json: dict[str, Any]) -> bool:
-    """Whether a folder's config.json data describes a fine-tuned model (it has a ``task`` block)."""
-    return "task" in config_json
 
 
 def load_finetuned(folder: Path, data: dict[str, Any], device: str | torch.device | None = None
