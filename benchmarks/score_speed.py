@@ -115,7 +115,7 @@ def main() -> None:
     # warm-up (allocator, kernels) on both paths
     straightforward(model, tokenizer, sentences[:20])
     pipe.score(sentences[:50], batch_tokens=args.batch_tokens)
-    from masklm.scoring.pll import default_batch_tokens
+    from masklm.inference.batching import default_batch_tokens
 
     budget = args.batch_tokens or default_batch_tokens(device)
 

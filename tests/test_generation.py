@@ -3,6 +3,7 @@ the key/value cache, the shifted read of GPT-BERT-style models, and the bad-inpu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,7 +14,8 @@ import masklm
 from masklm.cli import main
 from masklm.config import ModelConfig
 from masklm.errors import InputError
-from masklm.generation import generate
+from masklm.generation import REQUEST_FIELDS, GenerationConfig
+from masklm.generation import generate as generate_with
 from masklm.generation.canvas import build_canvas, prompt_rows
 from masklm.generation.confidence import still_masked
 from masklm.generation.diffusion import unmask_draw
@@ -38,6 +40,11 @@ def tok(request):
 @pytest.fixture(scope="module")
 def bert(tok):
     return tiny("bert", tok)
+
+
+def generate(model, tok, prompt=None, template=None, **settings) -> dict:
+    """``masklm.generation.generate`` with the settings as keywords, as ``Pipeline.generate`` takes them."""
+    return generate_with(model, tok, prompt, GenerationConfig(**settings), template=template)
 
 
 def masks(x: torch.Tensor, tok) -> torch.Tensor:
@@ -218,6 +225,26 @@ def test_pipeline_objectives_and_bad_input(model_dirs, capsys):
         prompt = kw.pop("prompt", "the")
         with pytest.raises(InputError):
             pipe.generate(prompt, **kw)
+
+
+def test_generation_config_checks_itself_and_fills_the_defaults():
+    assert GenerationConfig().resolve() == GenerationConfig(length=32, steps=10, temperature=0.0)
+    assert GenerationConfig(strategy="diffusion", length=8).resolve().temperature == 1.0
+    assert GenerationConfig(strategy="confidence", length=12, block_length=4).resolve().steps == 3
+    assert GenerationConfig(length=5, length_beam=3).resolve().lengths() == [4, 5, 6]
+    assert GenerationConfig(steps=3).resolve(template_length=4).length == 4
+    for bad in (dict(steps=0), dict(length=0), dict(strategy="magic"), dict(top_p=0.0), dict(top_k=0),
+                dict(temperature=-1.0), dict(schedule="nope"), dict(commit="nope"), dict(length_beam=0),
+                dict(block_length=2)):
+        with pytest.raises(InputError):
+            GenerationConfig(**bad)
+    for bad, template_length in ((dict(steps=9, length=8), None), (dict(length=4), 3), (dict(stop_at_sep=True), 3),
+                                 (dict(length_beam=3), 3), (dict(strategy="confidence", length=8, steps=3,
+                                                                 block_length=2), None)):
+        with pytest.raises(InputError):
+            GenerationConfig(**bad).resolve(template_length)
+    owned = {"cache", "eps", "objectives", "max_length", "trace"}  # what a server request may not set
+    assert set(REQUEST_FIELDS) == {f.name for f in dataclasses.fields(GenerationConfig)} - owned
 
 
 def test_cli_json_and_errors(model_dirs, capsys):

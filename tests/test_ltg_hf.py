@@ -14,8 +14,8 @@ from tokenizers import models, pre_tokenizers, processors, trainers
 
 from masklm.cli import main
 from masklm.config import ModelConfig
-from masklm.hf.ltg_export import AUTO_MAP, REMOTE_FILES
 from masklm.hf.ltg_reference import export_reference_state_dict
+from masklm.hf.ltg_remote import AUTO_MAP, REMOTE_FILES
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models.ltg_bert import LtgBertForMaskedLM
 from masklm.tokenizer import train_tokenizer

@@ -1,16 +1,23 @@
-"""Model folders: round trip, atomic replacement, and one-line errors for every broken folder."""
+"""Model folders: round trip, atomic replacement (``masklm.files``), the saved version, and one-line errors for
+every broken folder."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import masklm
+from masklm import modeldir
 from masklm.config import ModelConfig
 from masklm.errors import ModelDirError
-from masklm.modeldir import load_model_dir, save_model_dir
+from masklm.files import atomic_dir, atomic_file
+from masklm.inference.pipeline import Pipeline
+from masklm.modeldir import load_model_dir, read_masklm_version, save_model_dir
 from masklm.models import build_model
 
 
@@ -121,3 +128,52 @@ def _drop_arch(folder):
 def test_missing_folder(tmp_path):
     with pytest.raises(ModelDirError, match="does not exist"):
         load_model_dir(tmp_path / "nope")
+
+
+def test_atomic_dir_swaps_the_folder_in_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        assert tmp.parent == out.parent.absolute() and tmp.name.startswith(".out.tmp-") and not out.exists()
+        (tmp / "a.txt").write_text("first")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    with atomic_dir(out) as tmp:  # an existing folder is replaced as a whole
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    with pytest.raises(RuntimeError, match="boom"), atomic_dir(out) as tmp:
+        (tmp / "c.txt").write_text("half")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # the old folder is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old siblings left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError), atomic_dir(tmp_path / "file") as tmp:
+        pass
+    assert (tmp_path / "file").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]
+
+
+def test_atomic_file_leaves_the_old_file_on_error(tmp_path):
+    out = tmp_path / "sub" / "x.json"
+    with atomic_file(out) as tmp:
+        tmp.write_text("new")
+    assert out.read_text() == "new"
+    with pytest.raises(OSError), atomic_file(out) as tmp:
+        tmp.write_text("half")
+        raise OSError("disk full")
+    assert out.read_text() == "new" and sorted(p.name for p in out.parent.iterdir()) == ["x.json"]
+
+
+def test_the_folder_version_is_read_from_config_json(saved, tokenizer):
+    assert read_masklm_version(saved) == masklm.__version__
+    assert masklm.load(saved).masklm_version == masklm.__version__  # loading drops the key from the config
+    assert Pipeline(load_model_dir(saved)[0], tokenizer).masklm_version is None  # no folder, no version
+
+
+def test_fine_tuned_folders_are_loaded_above_modeldir(tmp_path, saved):
+    data = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps(data | {"task": {"type": "regression", "labels": ["y"],
+                                                                   "num_labels": 1}}))
+    with pytest.raises(ModelDirError, match="fine-tuned model folder.*masklm.load"):
+        load_model_dir(saved)
+    # modeldir only reads and writes folders: it imports neither the fine-tuning code nor the LTG import
+    tree = ast.parse(Path(modeldir.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if m.startswith(("masklm.finetune", "masklm.hf.ltg_import", "masklm.inference"))}

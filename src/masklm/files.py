@@ -1,9 +1,19 @@
-"""Durable files: content digests and fsync, shared by model folders, checkpoints and shards."""
+"""Durable files: content digests, fsync, and atomic writes of folders and files.
+
+Model folders, checkpoints, shard folders, embedding files and plots are all written the same way: into a
+hidden temporary sibling, flushed to the disk, then renamed into place (a rename within one folder is
+atomic on POSIX), so a crash or an error never leaves a half-written result under the final name. An
+existing folder under that name is first renamed aside and deleted only after the new one is in place.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,3 +33,63 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder``, ``folder`` itself last."""
+    for root, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    """A hidden, unique name beside ``out``: ``.NAME.KIND-xxxxxxxx`` (never listed as a result)."""
+    return out.with_name(f".{out.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is swapped out, then deleted."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = _sibling(out, "old")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_path(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """Write a folder atomically: ``with atomic_dir(out) as tmp:`` fill ``tmp``; on a normal exit every
+    file is flushed and ``tmp`` replaces ``out`` (see ``_replace_dir``); on an error ``tmp`` is removed and
+    ``out`` is left as it was. The parent folders are created; NotADirectoryError when ``out`` is a file."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(out: str | Path) -> Iterator[Path]:
+    """Write a file atomically: ``with atomic_file(out) as tmp:`` write ``tmp``; on a normal exit it is
+    flushed and renamed to ``out``; on an error it is removed and ``out`` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

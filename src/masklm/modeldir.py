@@ -4,20 +4,22 @@ A folder holds ``config.json`` (``ModelConfig.to_json_dict()``; for BERT a valid
 ``BertConfig``), ``model.safetensors``, ``tokenizer.json`` + ``tokenizer_config.json`` and, when trained
 here, ``training_args.json``. For ``arch = "bert"`` it loads as is with
 ``transformers.AutoModelForMaskedLM.from_pretrained(dir)``: parameter names are Hugging Face's, and the
-tied decoder is left out of the file exactly as Hugging Face leaves it out.
+tied decoder is left out of the file exactly as Hugging Face leaves it out. LTG-BERT / GPT-BERT folders
+also carry the remote-code files of ``masklm.hf.ltg_remote``.
 
-Writes go to a hidden temporary sibling that is renamed into place, so a crash never leaves a
-half-written folder under the final name. Weights are read through safetensors only.
+This module only reads and writes folders. A fine-tuned folder (a ``task`` block in ``config.json``,
+``is_finetuned``) holds an encoder with a task head, which is built above this module:
+``masklm.finetune.folder.load_folder`` picks the loader for ``masklm.load``, ``finetune`` and ``export-hf``.
+
+Writes go to a hidden temporary sibling that is renamed into place (``masklm.files.atomic_dir``), so a
+crash never leaves a half-written folder under the final name. Weights are read through safetensors only.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -25,10 +27,10 @@ from safetensors.torch import load_file, save_file
 
 from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
-from masklm.files import fsync_path
-
-if TYPE_CHECKING:
-    from masklm.tokenizer import Tokenizer
+from masklm.files import atomic_dir
+from masklm.hf.ltg_remote import add_hf_fields, copy_remote_files, is_ltg_config
+from masklm.models import build_model
+from masklm.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -38,26 +40,11 @@ TRAINING_ARGS_FILE = "training_args.json"
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU copies of the parameters and persistent buffers, by name."""
     return {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is swapped out, then deleted."""
-    old = None
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise ModelDirError(f"{out} exists and is not a folder; choose another output path or remove it")
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_model_dir(
@@ -67,34 +54,27 @@ def write_model_dir(
     tokenizer: Tokenizer,
     training_args: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write a model folder from its parts (shared by save_model_dir and export-hf).
+    """Atomically write a model folder from its parts (shared by save_model_dir, import and export).
 
-    LTG-BERT / GPT-BERT folders also get the Hugging Face remote-code files and ``auto_map``
-    (``masklm.hf.ltg_export``), so transformers loads them with ``trust_remote_code=True``.
+    An existing folder at ``out_dir`` is replaced only once the new one is complete. LTG-BERT / GPT-BERT
+    folders also get the Hugging Face remote-code files and ``auto_map`` (``masklm.hf.ltg_remote``), so
+    transformers loads them with ``trust_remote_code=True``.
     """
-    from masklm.hf.ltg_export import add_hf_fields, copy_remote_files, is_ltg_config
-
     ltg = is_ltg_config(config_json)
     if ltg:
         config_json = add_hf_fields(config_json)
     out = Path(out_dir).expanduser().absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    if out.exists() and not out.is_dir():
+        raise ModelDirError(f"{out} exists and is not a folder; choose another output path or remove it")
+    with atomic_dir(out) as tmp:
         _write_json(tmp / CONFIG_FILE, config_json)
         # "format": "pt" is what transformers checks before trusting a safetensors file
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        fsync_path(tmp / WEIGHTS_FILE)
         tokenizer.save(tmp)
         if ltg:
             copy_remote_files(tmp)
         if training_args is not None:
             _write_json(tmp / TRAINING_ARGS_FILE, training_args)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -104,10 +84,7 @@ def save_model_dir(
     tokenizer: Tokenizer,
     training_args: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (with ``model.config``) and ``tokenizer`` as a model folder; returns its path.
-
-    An existing folder at ``out_dir`` is replaced only once the new one is complete.
-    """
+    """Write ``model`` (with ``model.config``) and ``tokenizer`` as a model folder; returns its path."""
     config: ModelConfig = model.config
     return write_model_dir(out_dir, config.to_json_dict(), state_dict_for_saving(model), tokenizer, training_args)
 
@@ -136,6 +113,11 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise ModelDirError(f"no {CONFIG_FILE} in {folder}; pass a model folder written by masklm or export-hf")
     return read_json_object(file, ModelDirError, "fix it or re-save the model")
+
+
+def is_finetuned(config_json: dict[str, Any]) -> bool:
+    """Whether a folder's config.json data describes a fine-tuned model: it has a ``task`` block."""
+    return "task" in config_json
 
 
 def config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
@@ -183,33 +165,54 @@ def load_weights(file: Path) -> dict[str, torch.Tensor]:
         raise ModelDirError(f"{file} is not a readable safetensors file ({exc}); re-save the model") from None
 
 
-def load_model_dir(
-    path: str | Path, device: str | torch.device | None = None
-) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
-    """Load a model folder -> ``(model in eval mode, config, tokenizer)``; ``device`` None means CPU."""
-    from masklm.models import build_model
-    from masklm.tokenizer import Tokenizer
+def read_masklm_version(model_dir: str | Path | None) -> str | None:
+    """The masklm version that wrote a folder (``masklm_version`` in its config.json), or None if unknown.
 
-    folder = Path(path)
-    data = read_config(folder)
-    if "task" in data:  # a fine-tuned folder: the encoder and a task head (masklm.finetune)
-        from masklm.finetune.heads import load_finetuned
+    Loading drops the key (``config.HF_META_KEYS``), so ``ModelConfig`` does not carry it."""
+    if model_dir is None or not (Path(model_dir) / CONFIG_FILE).is_file():
+        return None
+    version = read_config(model_dir).get("masklm_version")
+    return version if isinstance(version, str) else None
 
-        return load_finetuned(folder, data, device)
-    config = config_from_json(data, where=str(folder / CONFIG_FILE))
-    state = load_weights(folder / WEIGHTS_FILE)
+
+def load_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
+    """The folder's tokenizer; ModelDirError when it has more tokens than the model's vocabulary."""
     tokenizer = Tokenizer.load(folder)
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(
             f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model only "
             f"{config.vocab_size}; the folder mixes files of different models, re-save it"
         )
-    try:
-        model = build_model(config)
-    except ConfigError as exc:
-        raise ModelDirError(f"{folder / CONFIG_FILE}: {exc}") from None
+    return tokenizer
+
+
+def load_state(model: torch.nn.Module, folder: Path, device: str | torch.device | None = None) -> torch.nn.Module:
+    """Fill ``model`` with the folder's weights (checked name by name), move it to ``device`` (None: stay on
+    the CPU) -> the model in eval mode."""
+    state = load_weights(folder / WEIGHTS_FILE)
     check_state_dict(state, model.state_dict(), where=str(folder / WEIGHTS_FILE))
     model.load_state_dict(state, strict=True)
     if device is not None:
         model.to(device)
-    return model.eval(), config, tokenizer
+    return model.eval()
+
+
+def load_model_dir(
+    path: str | Path, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, ModelConfig, Tokenizer]:
+    """Load a pretrained model folder -> ``(model in eval mode, config, tokenizer)``; ``device`` None means CPU.
+
+    A fine-tuned folder (a ``task`` block in config.json) is refused here: ``masklm.load`` reads both kinds.
+    """
+    folder = Path(path)
+    data = read_config(folder)
+    if is_finetuned(data):
+        raise ModelDirError(f"{folder} is a fine-tuned model folder (its config.json has a 'task' block); "
+                            "load it with masklm.load, or pass the pretrained folder it was fine-tuned from")
+    config = config_from_json(data, where=str(folder / CONFIG_FILE))
+    tokenizer = load_tokenizer(folder, config)
+    try:
+        model = build_model(config)
+    except ConfigError as exc:
+        raise ModelDirError(f"{folder / CONFIG_FILE}: {exc}") from None
+    return load_state(model, folder, device), config, tokenizer

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from masklm.data.corpus import list_builtin
+    from masklm.data.corpus import list_builtin  # lazy: the corpus readers load only when this command runs
 
     rows = list_builtin()
     if args.json:

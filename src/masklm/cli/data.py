@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from masklm.errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("data", help="prepare training data", description="Prepare training data.")
@@ -27,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    # lazy: tokenizers and the shard writer load only when this command runs
     from masklm.data.shards import prepare_shards
-    from masklm.errors import ConfigError
     from masklm.tokenizer import Tokenizer
 
     if args.workers is not None and args.workers < 1:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from masklm.cli.score import read_texts
+from masklm.errors import InputError
+from masklm.files import atomic_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: numpy and the model stack load only when this command runs
     import numpy as np
 
-    from masklm.errors import InputError
     from masklm.inference.pipeline import load
 
     out = Path(args.out) if args.out else None
@@ -48,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         for text, vec in zip(texts, vectors):
             print(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False))
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:  # written under a temporary name and renamed, so no half-written file is left behind
+    with atomic_file(out) as tmp:  # no half-written file is ever left under the name
         if out.suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, vectors)
@@ -58,8 +57,5 @@ def run(args: argparse.Namespace) -> int:
             with open(tmp, "w", encoding="utf-8") as f:
                 for text, vec in zip(texts, vectors):
                     f.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"masklm: wrote {len(texts)} embeddings of size {vectors.shape[1]} to {out}", file=sys.stderr)
     return 0

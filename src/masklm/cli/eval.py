@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 
+from masklm.errors import InputError
+from masklm.scoring.pll import METRICS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from masklm.scoring.pll import METRICS
-
     p = sub.add_parser("eval", help="evaluate a model (minimal pairs)",
                        description="Zero-shot evaluations of a model folder.")
     tasks = p.add_subparsers(dest="task", metavar="<task>", parser_class=type(p))
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_minimal_pairs(args: argparse.Namespace) -> int:
-    from masklm.errors import InputError
+    # lazy: the model stack loads only when this command runs
     from masklm.inference.pipeline import load
     from masklm.scoring import minimal_pairs
 

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.inference.pipeline import load
+    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
 
     pipe = load(args.model, device=args.device)
     result = pipe.fill_mask(args.texts, top_k=args.top_k, targets=args.targets)

@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.finetune.train import FinetuneArgs, finetune
+    from masklm.finetune.train import (  # lazy: the trainer loads only when this command runs
+        FinetuneArgs,
+        finetune,
+    )
 
     fa = FinetuneArgs(task=args.task, train=args.train, validation=args.validation, out=args.out,
                       text_column=args.text_column, text_pair_column=args.text_pair_column,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from masklm.errors import InputError
+from masklm.generation.config import STRATEGIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from masklm.generation import STRATEGIES
-
     p = sub.add_parser("generate", help="generate text (parallel masked decoding or left to right)",
                        description="Generate text. Prompts are continued by --length tokens; --template fills "
                                    "[MASK] spans ('The [MASK]*5 of the king'). All inputs decode in one batch. "
@@ -40,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.errors import InputError
-    from masklm.inference.pipeline import load
+    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
 
     if args.num_samples < 1:
         raise InputError(f"--num-samples must be >= 1, got {args.num_samples}")
@@ -63,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         print(r["text"])
     first = results[0]
-    import sys
-
     print(f"masklm: {first['strategy']}, {first['steps']} steps, {first['network_calls']} network calls, "
           f"{first['seconds']:.2f} s", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from itertools import islice
 
 from masklm.errors import ConfigError
 
@@ -66,7 +67,7 @@ class _StderrWarnings:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from masklm.hf import import_bert
+    from masklm.hf.bert import import_bert  # lazy: the model stack loads only when this command runs
 
     with _StderrWarnings():
         out, _ = import_bert(args.source, args.out)
@@ -75,7 +76,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from masklm.hf import export_bert
+    from masklm.hf.bert import export_bert  # lazy: the model stack loads only when this command runs
 
     with _StderrWarnings():
         out = export_bert(args.model, args.out)
@@ -84,12 +85,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import_ltg(args: argparse.Namespace) -> int:
-    from masklm.hf.ltg_export import import_ltg
+    # lazy: the model stack and the corpus readers load only when this command runs
+    from masklm.data.corpus import iter_documents
+    from masklm.hf.ltg_import import SPLIT_CHECK_TEXTS, import_ltg
+    from masklm.objectives.registry import OBJECTIVE_NAMES
 
     objectives = None
     if args.objectives is not None:
-        from masklm.objectives.registry import OBJECTIVE_NAMES
-
         objectives = [name.strip() for name in args.objectives.split(",") if name.strip()]
         unknown = [name for name in objectives if name not in OBJECTIVE_NAMES]
         if unknown or not objectives:
@@ -97,14 +99,10 @@ def run_import_ltg(args: argparse.Namespace) -> int:
                               "comma-separated (e.g. mlm or mntp,clm)")
     texts = None
     if not args.no_split_check:
-        from itertools import islice
-
-        from masklm.data.corpus import iter_documents
-        from masklm.hf.ltg_export import SPLIT_CHECK_TEXTS
-
         texts = list(islice(iter_documents(args.check_text), SPLIT_CHECK_TEXTS))
     with _StderrWarnings():
         out = import_ltg(args.weights, args.config, args.tokenizer, args.out, position_split=args.position_split,
-                         check_texts=texts, objectives=objectives, log=lambda message: print(f"masklm: {message}", file=sys.stderr))
+                         check_texts=texts, objectives=objectives,
+                         log=lambda message: print(f"masklm: {message}", file=sys.stderr))
     print(out)
     return 0

@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from masklm.cli.score import read_texts
+from masklm.errors import InputError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict with a fine-tuned model (labels, values or entities)",
@@ -24,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_inputs(path: str, task: dict[str, Any]) -> list[Any]:
-    from masklm.cli.score import read_texts
+    # lazy: the fine-tuning readers load only when this command runs
     from masklm.finetune.data import read_sequence_file, read_tagging_file
 
     suffix = Path(path).suffix.lower()
@@ -40,9 +43,7 @@ def _read_inputs(path: str, task: dict[str, Any]) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.cli.score import read_texts
-    from masklm.errors import InputError
-    from masklm.inference.pipeline import load
+    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
 
     pipe = load(args.model, device=args.device)
     task = getattr(pipe.model, "task", None)

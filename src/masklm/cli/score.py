@@ -9,6 +9,7 @@ from pathlib import Path
 
 from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError, InputError
+from masklm.scoring.pll import METRICS
 
 
 def read_texts(path: str | None, positional: list[str]) -> list[str]:
@@ -38,8 +39,6 @@ def read_texts(path: str | None, positional: list[str]) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from masklm.scoring.pll import METRICS
-
     p = sub.add_parser("score", help="score sentences (pseudo-log-likelihood and friends)",
                        description="Log-probability of each sentence in nats. pll: mask each token alone "
                                    "(Salazar et al.); pll-word-l2r: also mask the later pieces of its word "
@@ -62,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.inference.pipeline import load
+    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
 
     texts = read_texts(args.input, args.sentences)
     if not texts:

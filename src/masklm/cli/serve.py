@@ -9,13 +9,12 @@ import socket
 import sys
 
 from masklm.errors import ConfigError
+from masklm.serve.limits import Limits
 
 LOOPBACK = ("localhost",)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from masklm.serve.limits import Limits
-
     d = Limits()
     p = sub.add_parser("serve", help="HTTP server: fill-mask, score, generate, embed, tokenize",
                        description="Serve a model folder over HTTP (FastAPI + uvicorn; pip install "
@@ -72,16 +71,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    try:  # lazy: fastapi and uvicorn are the optional 'serve' extra
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
         print("masklm: error: 'masklm serve' needs FastAPI and uvicorn; pip install 'masklm[serve]'",
               file=sys.stderr)
         return 2
+    # lazy: the model stack and the app (which needs fastapi) load only when this command runs
     from masklm.inference.pipeline import load
     from masklm.serve.app import create_app
-    from masklm.serve.limits import Limits
 
     limits = Limits(max_inputs=args.max_inputs, max_tokens=args.max_tokens, max_batch_tokens=args.max_batch_tokens,
                     max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms, max_top_k=args.max_top_k,

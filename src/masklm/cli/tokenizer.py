@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    # lazy: tokenizers and the corpus readers load only when this command runs
     from masklm.data.corpus import CorpusStats, iter_documents
     from masklm.tokenizer import train_tokenizer
 

@@ -9,8 +9,8 @@ A shard folder holds::
     tokenizer/                 the tokenizer that produced it
 
 Each document is stored as the tokenizer encodes it (``[CLS] text [SEP]``) and never straddles two
-shards. The folder is built under a temporary name and renamed into place, so an interrupted run
-never leaves a complete-looking folder.
+shards. The folder is built under a temporary name and renamed into place (``masklm.files.atomic_dir``), so an
+interrupted run never leaves a complete-looking folder.
 """
 
 from __future__ import annotations
@@ -20,18 +20,17 @@ import datetime
 import json
 import multiprocessing
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as Backend
 
 from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
 from masklm.errors import DataError
-from masklm.files import sha256_file
+from masklm.files import atomic_dir, sha256_file
 from masklm.tokenizer import Tokenizer, word_starts
 from masklm.version import __version__
 
@@ -75,8 +74,6 @@ _WORKER_TOKENIZER = None
 
 def _init_worker(tokenizer_json: str) -> None:
     global _WORKER_TOKENIZER
-    from tokenizers import Tokenizer as Backend
-
     _WORKER_TOKENIZER = Backend.from_str(tokenizer_json)
 
 
@@ -170,9 +167,7 @@ class _ShardWriter:
 
     def close(self) -> None:
         if self._files:
-            for handle in self._files:
-                handle.flush()
-                os.fsync(handle.fileno())
+            for handle in self._files:  # flushed to disk by atomic_dir with the rest of the folder
                 handle.close()
             self._files = None
 
@@ -230,10 +225,7 @@ def prepare_shards(
 
     num_workers = num_workers or min(os.cpu_count() or 1, 8)
     dtype = token_dtype(tokenizer.vocab_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out_dir) as tmp:
         stats = CorpusStats()
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         documents = iter_documents([str(f) for f in files], stats)
@@ -255,20 +247,7 @@ def prepare_shards(
             "source_files": described, "corpus_stats": stats.to_dict(),
             "doc_offsets": "doc_offsets.npy", "shards": writer.shards,
         }
-        with open(tmp / "manifest.json", "w") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log(f"{out_dir}: {manifest['num_documents']} documents, {manifest['num_tokens']} tokens ({stats.summary()})")
     return manifest
 

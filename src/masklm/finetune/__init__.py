@@ -5,7 +5,9 @@ folder gives a pipeline whose ``classify`` / ``tag`` use the head. See ``heads``
 ``train`` for the recipe, ``data`` for the file formats and ``metrics`` for the scores.
 """
 
-from masklm.finetune.heads import FineTunedConfig, FineTunedModel, build_finetuned, load_finetuned
+from masklm.finetune.folder import load_finetuned, load_folder
+from masklm.finetune.heads import FineTunedConfig, FineTunedModel, build_finetuned
 from masklm.finetune.train import FinetuneArgs, finetune
 
-__all__ = ["FineTunedConfig", "FineTunedModel", "FinetuneArgs", "build_finetuned", "finetune", "load_finetuned"]
+__all__ = ["FineTunedConfig", "FineTunedModel", "FinetuneArgs", "build_finetuned", "finetune", "load_finetuned",
+           "load_folder"]

@@ -1,22 +1,16 @@
-"""Token ids for fine-tuning and prediction: text (pairs), pre-split words with their first sub-tokens,
-padding. Nothing is truncated: an input longer than the model's maximum is an InputError that says so."""
+"""Token ids for fine-tuning and prediction: text (pairs), and pre-split words with their first sub-tokens.
+Nothing is truncated: an input longer than the model's maximum is an InputError that says so (the check
+and the padding are ``masklm.inference.batching``'s)."""
 
 from __future__ import annotations
 
 import re
 
-import torch
-
 from masklm.errors import InputError
+from masklm.inference.batching import check_length
 from masklm.tokenizer import Tokenizer
 
 _WORD = re.compile(r"\S+")
-
-
-def _check_length(n: int, max_length: int, where: str) -> None:
-    if n > max_length:
-        raise InputError(f"{where}: {n} tokens, more than the model's maximum of {max_length}; "
-                         "shorten or split it (nothing is truncated silently)")
 
 
 def encode_text(tokenizer: Tokenizer, text: str, pair: str | None, max_length: int, where: str) -> list[int]:
@@ -24,7 +18,7 @@ def encode_text(tokenizer: Tokenizer, text: str, pair: str | None, max_length: i
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{where}: the text is empty or not a string; pass non-empty text")
     enc = tokenizer.backend.encode(text, pair) if pair is not None else tokenizer.encode(text)
-    _check_length(len(enc.ids), max_length, where)
+    check_length(len(enc.ids), max_length, where)
     return list(enc.ids)
 
 
@@ -41,22 +35,10 @@ def encode_words(tokenizer: Tokenizer, words: list[str], max_length: int, where:
     if not words:
         raise InputError(f"{where}: no words; pass non-empty text")
     enc = tokenizer.backend.encode(words, is_pretokenized=True)
-    _check_length(len(enc.ids), max_length, where)
+    check_length(len(enc.ids), max_length, where)
     first = [-1] * len(words)
     for pos, word_id in enumerate(enc.word_ids):
         if word_id is not None and first[word_id] < 0 and not enc.special_tokens_mask[pos]:
             first[word_id] = pos
     return list(enc.ids), first
 
-
-def pad(rows: list[list[int]], pad_id: int, value_fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``rows`` -> ``([B, T]`` tensor, ``[B, T]`` mask). ``value_fill`` replaces ``pad_id``
-    as the padding value (e.g. -100 for label rows)."""
-    width = max(len(r) for r in rows)
-    fill = pad_id if value_fill is None else value_fill
-    out = torch.full((len(rows), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return out, mask

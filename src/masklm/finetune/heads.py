@@ -21,7 +21,6 @@ encoder (the head is ignored).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -181,29 +180,3 @@ def build_finetuned(base: nn.Module, task: dict[str, Any]) -> FineTunedModel:
     model.load_state_dict({name: state[name] for name in encoder}, strict=False, assign=True)
     return model
 
-
-def load_finetuned(folder: Path, data: dict[str, Any], device: str | torch.device | None = None
-                   ) -> tuple[FineTunedModel, FineTunedConfig, Any]:
-    """Load a fine-tuned folder (config.json data already read) -> ``(model in eval mode, config, tokenizer)``."""
-    from masklm.modeldir import CONFIG_FILE, WEIGHTS_FILE, check_state_dict, config_from_json, load_weights
-    from masklm.models import build_model
-    from masklm.tokenizer import Tokenizer
-
-    where = str(folder / CONFIG_FILE)
-    task = check_task(data.get("task"), where)
-    plain = {k: v for k, v in data.items() if k != "task"}
-    base_config = config_from_json(plain, where=where)
-    tokenizer = Tokenizer.load(folder)
-    if tokenizer.vocab_size > base_config.vocab_size:
-        raise ModelDirError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model only "
-                            f"{base_config.vocab_size}; the folder mixes files of different models, re-save it")
-    try:
-        model = build_finetuned(build_model(base_config), task)
-    except ConfigError as exc:
-        raise ModelDirError(f"{where}: {exc}") from None
-    state = load_weights(folder / WEIGHTS_FILE)
-    check_state_dict(state, model.state_dict(), where=str(folder / WEIGHTS_FILE))
-    model.load_state_dict(state, strict=True)
-    if device is not None:
-        model.to(device)
-    return model.eval(), model.config, tokenizer

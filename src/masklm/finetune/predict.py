@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from masklm.errors import InputError
-from masklm.finetune.encode import encode_text, encode_words, pad, split_words
+from masklm.finetune.encode import encode_text, encode_words, split_words
 from masklm.finetune.metrics import bio_spans
+from masklm.inference.batching import pad
 
 
 def _device(model: torch.nn.Module) -> torch.device:

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from masklm.errors import ConfigError, DataError
 from masklm.finetune import data as fdata
-from masklm.finetune.encode import encode_text, encode_words, pad
+from masklm.finetune.encode import encode_text, encode_words
+from masklm.finetune.folder import load_folder
 from masklm.finetune.heads import POOLINGS, TASKS, build_finetuned
 from masklm.finetune.metrics import (
     DEFAULT_METRIC,
@@ -34,6 +35,11 @@ from masklm.finetune.metrics import (
     regression_metrics,
 )
 from masklm.finetune.predict import batched_logits, sequence_values, word_tags
+from masklm.inference.batching import pad
+from masklm.modeldir import save_model_dir
+from masklm.training.distributed import pick_device
+from masklm.training.optim import build_optimizer, set_lr
+from masklm.training.progress import build_lr_schedule
 
 
 @dataclass
@@ -163,7 +169,7 @@ def _loss(model: torch.nn.Module, logits: torch.Tensor, targets: list[Any]) -> t
         return F.mse_loss(logits[:, 0].float(), torch.tensor(targets, dtype=torch.float32, device=logits.device))
     if kind == "classification":
         return F.cross_entropy(logits.float(), torch.tensor(targets, device=logits.device))
-    labels, _ = pad(targets, 0, value_fill=-100)
+    labels, _ = pad(targets, -100)
     return F.cross_entropy(logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100)
 
 
@@ -178,15 +184,10 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     Returns ``{"out", "best_epoch", "metric", "best", "validation" (the best epoch's metrics),
     "history" (per epoch: loss and metrics), "stopped_early"}``.
     """
-    from masklm.modeldir import load_model_dir, save_model_dir
-    from masklm.training.distributed import pick_device
-    from masklm.training.optim import build_optimizer, set_lr
-    from masklm.training.progress import build_lr_schedule
-
     say = log or (lambda _: None)
     args.validate()
     metric = args.metric or DEFAULT_METRIC[args.task]
-    base, _, tokenizer = load_model_dir(model_dir)
+    base, _, tokenizer = load_folder(model_dir)
     train_split, valid_split, task = _load_splits(args, tokenizer, base.config.max_position_embeddings)
     task["metric"] = metric
     torch.manual_seed(args.seed)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from masklm.errors import InputError
+from masklm.inference.batching import check_length, mask_or_none, pad
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Canvas:
 
     def padding_mask(self) -> torch.Tensor | None:
         """The attention mask to pass to ``encode``, or None when no row is padded."""
-        return None if bool(self.attention.all()) else self.attention
+        return mask_or_none(self.attention)
 
 
 def expand_template(template: str, mask_token: str, max_length: int = 1 << 20) -> str:
@@ -86,17 +87,10 @@ def template_rows(tokenizer, templates: list[str], max_length: int) -> list[tupl
 def build_canvas(rows: list[tuple[list[int], list[bool]]], pad_id: int, max_length: int,
                  device: torch.device) -> Canvas:
     """Right-pad rows into a Canvas; InputError if a row is longer than ``max_length``."""
-    width = max(len(ids) for ids, _ in rows)
-    if width > max_length:
-        raise InputError(f"prompt plus length is {width} tokens, more than the model's maximum of {max_length}; "
-                         "ask for fewer tokens or shorten the prompt")
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    gen = torch.zeros((len(rows), width), dtype=torch.bool)
-    for b, (row, flags) in enumerate(rows):
-        ids[b, :len(row)] = torch.tensor(row)
-        attention[b, :len(row)] = 1
-        gen[b, :len(row)] = torch.tensor(flags)
+    check_length(max(len(ids) for ids, _ in rows), max_length, "the prompt plus length",
+                 fix="ask for fewer tokens or shorten the prompt")
+    ids, attention = pad([ids for ids, _ in rows], pad_id)                         # [B, W] each
+    gen = pad([flags for _, flags in rows], 0)[0].bool()                           # [B, W]
     lo = int(gen.any(0).nonzero()[0, 0])
     return Canvas(ids.to(device), attention.to(device), gen.to(device), lo)
 

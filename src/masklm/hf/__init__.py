@@ -1,7 +1,7 @@
-"""Interoperability with Hugging Face layouts: import BERT folders, export masklm BERT folders."""
+"""Interoperability with Hugging Face and reference layouts.
 
-from __future__ import annotations
-
-from masklm.hf.bert import export_bert, import_bert
-
-__all__ = ["export_bert", "import_bert"]
+``bert``: import BERT folders, export masklm BERT folders. ``ltg_remote``: the remote-code files that let
+transformers load LTG-BERT / GPT-BERT folders. ``ltg_import`` and ``ltg_reference``: reference LTG-BERT /
+GPT-BERT checkpoints -> masklm model folders. (No imports here: ``masklm.modeldir`` uses the leaf
+``ltg_remote``, and ``bert`` imports ``modeldir``.)
+"""

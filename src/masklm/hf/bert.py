@@ -22,17 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import BertWordPieceTokenizer
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, ModelDirError
+from masklm.finetune.folder import load_folder
 from masklm.modeldir import (
     check_state_dict,
-    load_model_dir,
     load_weights,
     read_config,
     state_dict_for_saving,
     write_model_dir,
 )
+from masklm.models import build_model
+from masklm.tokenizer import Tokenizer
 
 log = logging.getLogger("masklm.hf")
 
@@ -127,8 +130,6 @@ def import_bert(src: str | Path, out: str | Path) -> tuple[Path, list[str]]:
 
     Warnings are also logged on the ``masklm.hf`` logger.
     """
-    from masklm.models import build_model
-
     folder = Path(src)
     config = bert_config_from_hf(read_config(folder), where=str(folder / "config.json"))
     tokenizer = _load_tokenizer(folder)
@@ -149,10 +150,8 @@ def import_bert(src: str | Path, out: str | Path) -> tuple[Path, list[str]]:
     return write_model_dir(out, config.to_json_dict(), state_dict_for_saving(model), tokenizer), warnings
 
 
-def _load_tokenizer(folder: Path):
+def _load_tokenizer(folder: Path) -> Tokenizer:
     """Our Tokenizer from tokenizer.json, or built from a WordPiece vocab.txt (older BERT folders)."""
-    from masklm.tokenizer import Tokenizer
-
     if (folder / "tokenizer.json").is_file():
         return Tokenizer.load(folder)
     if not (folder / "vocab.txt").is_file():
@@ -160,8 +159,6 @@ def _load_tokenizer(folder: Path):
             f"no tokenizer in {folder} (tokenizer.json or vocab.txt); save the tokenizer beside the model "
             "(tokenizer.save_pretrained(dir)) and run import-hf again"
         )
-    from tokenizers import BertWordPieceTokenizer
-
     settings: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
         try:
@@ -181,8 +178,9 @@ _MASKLM_ONLY_KEYS = ("arch", "masklm_version")
 
 
 def export_bert(model_dir: str | Path, out: str | Path) -> Path:
-    """Write a Hugging Face loadable copy of a masklm BERT folder (no masklm-only config keys)."""
-    model, config, tokenizer = load_model_dir(model_dir)
+    """Write a Hugging Face loadable copy of a masklm BERT folder (no masklm-only config keys); a fine-tuned
+    folder keeps its ``task`` block and head, and loads in transformers as a ``BertModel``."""
+    model, config, tokenizer = load_folder(model_dir)
     if config.arch != "bert":
         raise ModelDirError(
             f"export-hf writes plain BERT folders, but {model_dir} is {config.arch!r}; masklm's "

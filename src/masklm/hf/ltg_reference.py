@@ -36,6 +36,7 @@ import torch
 
 from masklm.config import ModelConfig
 from masklm.errors import ModelDirError
+from masklm.models.ltg_bert import LtgBertForMaskedLM
 
 _TIED = "classifier.nonlinearity.5.weight"
 _WORD = "embedding.word_embedding.weight"
@@ -74,8 +75,6 @@ def _our_name(name: str) -> str | None:
 
 def _expected_shapes(config: ModelConfig) -> dict[str, torch.Size]:
     """Names and shapes of ``LtgBertForMaskedLM(config)``'s state dict, without allocating weights."""
-    from masklm.models.ltg_bert import LtgBertForMaskedLM
-
     with torch.device("meta"):
         model = LtgBertForMaskedLM(config)
     return {name: tensor.shape for name, tensor in model.state_dict().items()}

@@ -20,6 +20,7 @@ from typing import Any
 
 from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError
+from masklm.files import atomic_file
 from masklm.scoring.pll import check_metric, score_sentences
 
 
@@ -148,10 +149,10 @@ def format_report(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
     """A bar chart of per-paradigm accuracy (with the 50% chance line) written as PNG to ``path``."""
-    import matplotlib
+    import matplotlib  # lazy: slow to import, and only --plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above, and after choosing the Agg backend
 
     path = Path(path)
     names = list(result["by_paradigm"])
@@ -167,10 +168,8 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
                      f"overall {100 * result['accuracy']:.1f}%", fontsize=10)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)  # never leave half a PNG behind
+        with atomic_file(path) as tmp:  # never leave half a PNG behind
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return path

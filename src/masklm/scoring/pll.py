@@ -31,17 +31,10 @@ import numpy as np
 import torch
 
 from masklm.errors import InputError
+from masklm.inference.batching import encode, mask_or_none, resolve_batch_tokens, token_batches
 
 METRICS = ("pll", "pll-word-l2r", "causal", "mntp")
 REDUCTIONS = ("sum", "mean")
-# Tokens per forward batch (rows x width). On CPU the scorer is compute-bound and smaller batches stay
-# in cache (1k-4k measured best, 8k ~7% slower); on a GPU larger batches amortise kernel launches
-# (benchmarks/score_speed.py on an H200: 65k tokens 1.7x faster than 8k).
-DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
-
-
-def default_batch_tokens(device: torch.device) -> int:
-    return DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
 
 
 @dataclass
@@ -69,19 +62,11 @@ def check_metric(metric: str, reduction: str = "sum") -> None:
 
 def encode_sentences(tokenizer, sentences: Sequence[str], max_length: int, metric: str = "pll") -> Encoded:
     """Tokenize and check: a non-string, an empty sentence or one over ``max_length`` tokens is an InputError."""
-    for i, s in enumerate(sentences):
-        if not isinstance(s, str):
-            raise InputError(f"sentence {i} is {type(s).__name__}, not a string; pass text")
-    encodings = tokenizer.encode_batch(list(sentences))
+    encodings = encode(tokenizer, sentences, max_length, "sentence")
     special = set(tokenizer.special_ids)
     ids, words, scored, lengths = [], [], [], []
     for i, (text, enc) in enumerate(zip(sentences, encodings)):
         row = enc.ids
-        if len(row) > max_length:
-            raise InputError(
-                f"sentence {i} is {len(row)} tokens long, more than the model's maximum of {max_length}; "
-                "split or shorten it (nothing is truncated)"
-            )
         positions = [p for p, (t, m) in enumerate(zip(row, enc.special_tokens_mask)) if not m and t not in special]
         if metric in ("causal", "mntp"):
             positions = [p for p in positions if p > 0]  # nothing to the left to read from
@@ -133,15 +118,6 @@ def _plan(enc: Encoded, metric: str) -> dict[str, np.ndarray]:
     return dict(sent=sent, mask=mask, row=row, pos=pos, target=target, slot=slot, row_start=row_start)
 
 
-def _batches(lengths: np.ndarray, batch_tokens: int):
-    """Cut rows (sorted longest first) into ``[lo, hi)`` ranges of at most ``batch_tokens`` tokens."""
-    lo, n = 0, len(lengths)
-    while lo < n:
-        hi = min(n, lo + max(1, batch_tokens // int(lengths[lo])))
-        yield lo, hi
-        lo = hi
-
-
 @torch.inference_mode()
 def token_logprobs(
     model: torch.nn.Module,
@@ -155,13 +131,11 @@ def token_logprobs(
 
     ``model`` has ``encode(ids [B, T], attention_mask, causal) -> [B, T, D]`` and
     ``predict([R, D]) -> [R, V]``; ``max_length`` defaults to ``model.config.max_position_embeddings``;
-    ``batch_tokens`` None means ``DEFAULT_BATCH_TOKENS`` for the model's device.
+    ``batch_tokens`` None means ``batching.DEFAULT_BATCH_TOKENS`` for the model's device.
     """
     check_metric(metric)
     device = next(model.parameters()).device
-    batch_tokens = default_batch_tokens(device) if batch_tokens is None else batch_tokens
-    if batch_tokens < 1:
-        raise InputError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    batch_tokens = resolve_batch_tokens(batch_tokens, device)
     max_length = max_length or model.config.max_position_embeddings
     enc = encode_sentences(tokenizer, sentences, max_length, metric)
     plan = _plan(enc, metric)
@@ -169,7 +143,7 @@ def token_logprobs(
     row_len = enc.lengths[plan["sent"]]
     out = torch.empty(int(sum(len(p) for p in enc.scored)), dtype=torch.float32)
 
-    for lo, hi in _batches(row_len, batch_tokens):
+    for lo, hi in token_batches(row_len, batch_tokens):
         sent = plan["sent"][lo:hi]
         width = int(row_len[lo])
         # Gather the rows out of the flat arrays: index = sentence start + column, padded past L.
@@ -186,8 +160,7 @@ def token_logprobs(
                 later = (words == own) & (own >= 0) & (cols[None, :] > mask[:, None])
                 input_ids[later] = mask_id
             input_ids[rows, mask] = mask_id
-        # An all-ones mask would only slow attention down (SDPA's mask-free kernels).
-        attention_mask = None if bool(valid.all()) else valid.long().to(device)
+        attention_mask = mask_or_none(valid.long(), device)
         hidden = model.encode(input_ids.to(device), attention_mask=attention_mask,
                               causal=metric == "causal")                               # [B, T, D]
         r0, r1 = plan["row_start"][lo], plan["row_start"][hi]

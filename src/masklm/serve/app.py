@@ -29,8 +29,8 @@ from masklm.errors import MaskLMError
 from masklm.generation import STRATEGIES
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
-from masklm.serve.generation import check_generate, generate_params
-from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range
+from masklm.serve.generation import check_generate
+from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range, check_tokens
 from masklm.serve.metrics import Metrics
 from masklm.serve.page import add_page
 from masklm.serve.responses import as_serve_error, error_response, json_response
@@ -48,7 +48,8 @@ JsonRoute = tuple[type[BaseModel], Callable[[Any], Awaitable[Response]]]
 
 
 def read_info(pipe, limits: Limits) -> dict[str, Any]:
-    """What ``GET /info`` reports: the model, its training objectives, the server's limits."""
+    """What ``GET /info`` reports: the model, its training objectives, the masklm versions that saved the
+    folder and that serve it, the server's limits."""
     cfg = pipe.config
     path: Path | None = pipe.path
     return {
@@ -67,12 +68,103 @@ def read_info(pipe, limits: Limits) -> dict[str, Any]:
         "objectives": pipe.objectives,
         "mask_shift": pipe.mask_shift,
         "default_score_metric": pipe.default_metric,
-        "model_masklm_version": getattr(cfg, "masklm_version", None),
+        "model_masklm_version": pipe.masklm_version,
         "masklm_version": __version__,
-        "generate": hasattr(pipe, "generate"),
         "strategies": list(STRATEGIES),
         "limits": limits.as_dict(),
     }
+
+
+class ModelRoutes:
+    """The POST routes. Each checks its request's fields on the event loop, then awaits the batcher, whose
+    worker thread does the model work (tokenization included)."""
+
+    def __init__(self, pipe, limits: Limits, batcher: Batcher, info: dict[str, Any]) -> None:
+        self.pipe = pipe
+        self.limits = limits
+        self.batcher = batcher
+        self.info = info
+
+    async def fill_mask(self, body: FillMaskRequest) -> Response:
+        texts = as_list(body.inputs)
+        check_count(texts, self.limits)
+        p = body.parameters
+        check_range("parameters.top_k", p.top_k, 1, self.limits.max_top_k)
+        targets = None
+        if p.targets is not None:
+            targets = as_list(p.targets, "parameters.targets")
+            if len(targets) > self.limits.max_targets:
+                raise ServeError(f"parameters.targets has {len(targets)} words, more than this server's "
+                                 f"limit of {self.limits.max_targets}", "too_large")
+            if not all(t.strip() for t in targets):
+                raise ServeError("parameters.targets holds an empty word; pass words the tokenizer knows")
+        job = Job("fill_mask", (tuple(targets) if targets else None,), texts, {"top_k": p.top_k, "targets": targets})
+        return json_response(await self.batcher.submit(job))
+
+    async def score(self, body: ScoreRequest) -> Response:
+        texts = as_list(body.inputs)
+        check_count(texts, self.limits)
+        p = body.parameters.model_dump()
+        job = Job("score", (p["metric"], p["reduction"], p["per_token"]), texts, p)
+        out = []
+        for r in await self.batcher.submit(job):
+            if isinstance(r, dict):
+                out.append({"score": r["score"],
+                            "tokens": [{"token": t, "logprob": lp} for t, lp in r["tokens"]]})
+            else:
+                out.append({"score": r})
+        return json_response(out)
+
+    async def _embed(self, texts: list[str], pooling: str, normalize: bool) -> tuple[Any, int]:
+        check_count(texts, self.limits)
+        job = Job("embed", (pooling, normalize), texts, {"pooling": pooling, "normalize": normalize})
+        return await self.batcher.submit(job), sum(map(len, job.ids))
+
+    async def embed(self, body: EmbedRequest) -> Response:
+        vectors, _ = await self._embed(as_list(body.inputs), body.pooling, body.normalize)
+        return json_response(vectors)
+
+    async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> Response:
+        hidden_size = self.pipe.config.hidden_size
+        if body.dimensions is not None and body.dimensions != hidden_size:
+            raise ServeError(f"dimensions={body.dimensions}: this model's embeddings have "
+                             f"{hidden_size} dimensions; leave dimensions out")
+        vectors, n_tokens = await self._embed(as_list(body.input, "input"), "mean", True)
+        data = []
+        for i, vec in enumerate(vectors):
+            emb = (base64.b64encode(vec.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
+                   else vec)
+            data.append({"object": "embedding", "embedding": emb, "index": i})
+        return json_response({"object": "list", "data": data, "model": body.model or self.info["model_id"],
+                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+    async def tokenize(self, body: TokenizeRequest) -> Response:
+        texts = as_list(body.inputs)
+        check_count(texts, self.limits)
+        out = []
+        for i, enc in enumerate(self.pipe.tokenizer.encode_batch(texts, add_special_tokens=body.add_special_tokens)):
+            check_tokens(len(enc.ids), self.limits, f"inputs[{i}]")
+            out.append([{"id": t, "text": s, "special": bool(sp), "start": a, "stop": b}
+                        for t, s, sp, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)])
+        return json_response(out)
+
+    async def generate(self, body: GenerateRequest) -> Response:
+        params = check_generate(body.prompt, body.parameters, self.limits, self.pipe.tokenizer)
+        # Pipeline.generate gives one result dict for one prompt or template: the text, tokens and timings;
+        # with return_steps the worker also reads the canvas after every network call (masklm.serve.steps)
+        kind = "generate_steps" if body.return_steps else "generate"
+        return json_response(await self.batcher.submit(Job(kind, (), [body.prompt or ""], params)))
+
+
+# (path, ModelRoutes method, summary for /docs)
+POST_ROUTES = [
+    ("/fill-mask", "fill_mask", "top-k tokens at each mask (Hugging Face fill-mask schema)"),
+    ("/score", "score", "sentence log-probabilities: pll, pll-word-l2r, causal or mntp"),
+    ("/embed", "embed", "sentence embeddings, [[float]] (text-embeddings-inference schema)"),
+    ("/v1/embeddings", "openai_embeddings", "OpenAI-compatible embeddings"),
+    ("/tokenize", "tokenize", "tokens with ids, text, special flag and character offsets"),
+    ("/generate", "generate", "iterative unmasking (Pipeline.generate); same prompt and seed, same text"),
+]
 
 
 def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -> Any:
@@ -81,8 +173,6 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
     metrics = Metrics()
     batcher = Batcher(Runner(pipe, limits, metrics), limits, metrics)
     info = read_info(pipe, limits)
-    tok = pipe.tokenizer
-    gen_params = generate_params(pipe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -103,15 +193,6 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
         app.add_exception_handler(kind, on_error)
     add_page(app)  # GET /: the playground page
 
-    json_routes: dict[str, JsonRoute] = {}
-
-    def json_post(path: str, summary: str) -> Callable:
-        """A POST route taking one JSON body model: served by the gate, documented by FastAPI."""
-        def register(endpoint: Callable[[Any], Awaitable[Response]]) -> Callable:
-            json_routes[path] = (get_type_hints(endpoint)["body"], endpoint)
-            return app.post(path, summary=summary)(endpoint)
-        return register
-
     @app.get("/health", summary="200 while the model worker runs")
     async def health() -> Response:
         if not batcher.alive:
@@ -126,90 +207,14 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
     async def get_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @json_post("/fill-mask", summary="top-k tokens at each mask (Hugging Face fill-mask schema)")
-    async def fill_mask(body: FillMaskRequest) -> Response:
-        texts = as_list(body.inputs)
-        check_count(texts, limits)
-        p = body.parameters
-        check_range("parameters.top_k", p.top_k, 1, limits.max_top_k)
-        targets = None
-        if p.targets is not None:
-            targets = as_list(p.targets, "parameters.targets")
-            if len(targets) > limits.max_targets:
-                raise ServeError(f"parameters.targets has {len(targets)} words, more than this server's "
-                                 f"limit of {limits.max_targets}", "too_large")
-            if not all(t.strip() for t in targets):
-                raise ServeError("parameters.targets holds an empty word; pass words the tokenizer knows")
-        job = Job("fill_mask", (tuple(targets) if targets else None,), texts, {"top_k": p.top_k, "targets": targets})
-        return json_response(await batcher.submit(job))
+    # Each POST route takes one JSON body model: served by the gate, documented by FastAPI.
+    handlers = ModelRoutes(pipe, limits, batcher, info)
+    json_routes: dict[str, JsonRoute] = {}
+    for path, name, summary in POST_ROUTES:
+        endpoint = getattr(handlers, name)
+        json_routes[path] = (get_type_hints(endpoint)["body"], endpoint)
+        app.post(path, summary=summary)(endpoint)
 
-    @json_post("/score", summary="sentence log-probabilities: pll, pll-word-l2r, causal or mntp")
-    async def score(body: ScoreRequest) -> Response:
-        texts = as_list(body.inputs)
-        check_count(texts, limits)
-        p = body.parameters.model_dump()
-        job = Job("score", (p["metric"], p["reduction"], p["per_token"]), texts, p)
-        out = []
-        for r in await batcher.submit(job):
-            if isinstance(r, dict):
-                out.append({"score": r["score"],
-                            "tokens": [{"token": t, "logprob": lp} for t, lp in r["tokens"]]})
-            else:
-                out.append({"score": r})
-        return json_response(out)
-
-    async def _embed(texts: list[str], pooling: str, normalize: bool) -> tuple[Any, int]:
-        check_count(texts, limits)
-        job = Job("embed", (pooling, normalize), texts, {"pooling": pooling, "normalize": normalize})
-        return await batcher.submit(job), sum(map(len, job.ids))
-
-    @json_post("/embed", summary="sentence embeddings, [[float]] (text-embeddings-inference schema)")
-    async def embed(body: EmbedRequest) -> Response:
-        vectors, _ = await _embed(as_list(body.inputs), body.pooling, body.normalize)
-        return json_response(vectors)
-
-    @json_post("/v1/embeddings", summary="OpenAI-compatible embeddings")
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
-        if body.dimensions is not None and body.dimensions != pipe.config.hidden_size:
-            raise ServeError(f"dimensions={body.dimensions}: this model's embeddings have "
-                             f"{pipe.config.hidden_size} dimensions; leave dimensions out")
-        vectors, n_tokens = await _embed(as_list(body.input, "input"), "mean", True)
-        data = []
-        for i, vec in enumerate(vectors):
-            emb = (base64.b64encode(vec.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
-                   else vec)
-            data.append({"object": "embedding", "embedding": emb, "index": i})
-        return json_response({"object": "list", "data": data, "model": body.model or info["model_id"],
-                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
-
-    @json_post("/tokenize", summary="tokens with ids, text, special flag and character offsets")
-    async def tokenize(body: TokenizeRequest) -> Response:
-        texts = as_list(body.inputs)
-        check_count(texts, limits)
-        out = []
-        for i, enc in enumerate(tok.encode_batch(texts, add_special_tokens=body.add_special_tokens)):
-            if len(enc.ids) > limits.max_tokens:
-                raise ServeError(f"inputs[{i}] is {len(enc.ids)} tokens long, more than this server's limit "
-                                 f"of {limits.max_tokens}", "too_large")
-            out.append([{"id": t, "text": s, "special": bool(sp), "start": a, "stop": b}
-                        for t, s, sp, (a, b) in zip(enc.ids, enc.tokens, enc.special_tokens_mask, enc.offsets)])
-        return json_response(out)
-
-    @json_post("/generate", summary="iterative unmasking (Pipeline.generate); same prompt and seed, same text")
-    async def generate(body: GenerateRequest) -> Response:
-        if gen_params is None:
-            raise ServeError("this masklm version has no Pipeline.generate; /generate is not available",
-                             "not_implemented")
-        params = check_generate(body.prompt, body.parameters, gen_params, limits, tok)
-        kind = "generate_steps" if body.return_steps else "generate"
-        result = await batcher.submit(Job(kind, (), [body.prompt or ""], params))
-        if isinstance(result, str):
-            return json_response({"generated_text": result})
-        if isinstance(result, (list, tuple)) and all(isinstance(r, str) for r in result):
-            return json_response([{"generated_text": r} for r in result])
-        return json_response(result)
-
-    routes = {r.path for r in app.routes}
-    gate = Gate(app, metrics, routes, api_key, limits.max_body_bytes, json_routes)
+    gate = Gate(app, metrics, {r.path for r in app.routes}, api_key, limits.max_body_bytes, json_routes)
     gate.batcher = batcher  # for tests and embedding programs
     return gate

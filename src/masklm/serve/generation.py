@@ -1,37 +1,23 @@
 """``POST /generate``: which ``Pipeline.generate`` arguments a request may set, and their bounds.
 
-Only an allow-list of sampling arguments reaches the generator (never ``objectives``, ``max_length`` or
-``trace``, which the server owns). Lengths, steps and beams are bounded before any work: a template's
-``[MASK]*N`` spans are counted from the text, so ``[MASK]*1000000000`` is refused, not expanded.
+A request sets the template and the sampling settings of ``GenerationConfig.REQUEST_FIELDS``; never
+``objectives``, ``max_length``, ``cache``, ``eps`` or ``trace``, which the server owns. Lengths, steps and
+beams are bounded before any work: a template's ``[MASK]*N`` spans are counted from the text, so
+``[MASK]*1000000000`` is refused, not expanded. The settings are then checked by ``GenerationConfig``
+itself, still on the event loop, so a bad request never waits for the model.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Any
 
+from masklm.errors import InputError
+from masklm.generation.config import REQUEST_FIELDS, GenerationConfig
 from masklm.serve.limits import Limits, ServeError, check_range, token_lengths
 
-ALLOWED = ("template", "length", "strategy", "steps", "temperature", "top_k", "top_p", "seed", "stop_at_sep",
-           "schedule", "commit", "choice_temperature", "block_length", "length_beam")
+ALLOWED = ("template", *REQUEST_FIELDS)
 MAX_LENGTH_BEAM = 8
-
-
-def generate_params(pipe) -> set[str] | None:
-    """The allowed keyword arguments ``pipe.generate`` takes, or None when it has no ``generate``."""
-    fn = getattr(pipe, "generate", None)
-    if fn is None:
-        return None
-    params = inspect.signature(fn).parameters
-    names = set(params)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # Pipeline.generate(prompt, **kwargs)
-        try:
-            from masklm.generation import generate
-        except ImportError:  # pragma: no cover
-            return set()
-        names |= set(inspect.signature(generate).parameters)
-    return names & set(ALLOWED)
 
 
 def _int(name: str, value: Any, high: int) -> None:
@@ -51,14 +37,14 @@ def template_span(template: str, mask_token: str) -> int:
     return total
 
 
-def check_generate(prompt: str | None, parameters: dict[str, Any], accepted: set[str], limits: Limits,
-                   tok) -> dict[str, Any]:
-    """Generation kwargs within the server's bounds; ``seed`` 0 by default, so output is reproducible."""
+def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limits, tok) -> dict[str, Any]:
+    """``Pipeline.generate`` kwargs within the server's bounds; ``seed`` 0 by default, so output is
+    reproducible."""
     params = dict(parameters)
-    unknown = sorted(set(params) - accepted)
+    unknown = sorted(set(params) - set(ALLOWED))
     if unknown:
         raise ServeError(f"unknown generation parameter(s) {', '.join(unknown)}; accepted: "
-                         f"{', '.join(sorted(accepted))}")
+                         f"{', '.join(sorted(ALLOWED))}")
     _int("length", params.get("length"), limits.max_generate_length)
     _int("block_length", params.get("block_length"), limits.max_generate_length)
     _int("steps", params.get("steps"), limits.max_generate_steps)
@@ -74,8 +60,14 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], accepted: set
     if prompt is not None:
         token_lengths(tok, [prompt], limits, "prompt")
         params["prompt"] = prompt
-    if "seed" in accepted and params.get("seed") is None:
+    if params.get("seed") is None:
         params["seed"] = 0
-    if isinstance(params.get("seed"), bool) or not isinstance(params.get("seed", 0), int):
-        raise ServeError(f"parameters.seed must be an integer, got {params.get('seed')!r}")
+    if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
+        raise ServeError(f"parameters.seed must be an integer, got {params['seed']!r}")
+    try:
+        GenerationConfig(**{k: v for k, v in params.items() if k in REQUEST_FIELDS})
+    except InputError as exc:
+        raise ServeError(str(exc)) from None
+    except TypeError as exc:  # a value of the wrong type, e.g. a string for temperature
+        raise ServeError(f"a generation parameter has the wrong type ({exc})") from None
     return params

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from masklm.inference.batching import check_length
+
 # error_type -> HTTP status
 STATUS = {
     "invalid_request": 422,
@@ -95,13 +97,16 @@ def check_encoded(rows: list[list[int]], texts: Sequence[str], limits: Limits,
                   field: str = "inputs") -> list[list[int]]:
     """``rows`` (the token ids of ``texts``) unless one is past ``max_tokens`` (413) or a text is empty (422)."""
     for i, ids in enumerate(rows):
-        if len(ids) > limits.max_tokens:
-            raise ServeError(f"{field}[{i}] is {len(ids)} tokens long, more than this server's limit of "
-                             f"{limits.max_tokens} tokens per input; shorten it (nothing is truncated)",
-                             "too_large")
+        check_tokens(len(ids), limits, f"{field}[{i}]")
         if not texts[i].strip():
             raise ServeError(f"{field}[{i}] is empty; pass some text")
     return rows
+
+
+def check_tokens(n: int, limits: Limits, what: str) -> None:
+    """413 when an input of ``n`` tokens (special tokens included) is past ``max_tokens``."""
+    check_length(n, limits.max_tokens, what, whose="this server's limit",
+                 error=lambda message: ServeError(message, "too_large"))
 
 
 def check_range(name: str, value: int | None, low: int, high: int, status: str = "invalid_request") -> None:

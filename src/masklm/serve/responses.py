@@ -10,7 +10,9 @@ import json
 import sys
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from masklm.errors import MaskLMError
@@ -68,9 +70,6 @@ def parse_body(model: type[BaseModel], body: bytes, content_type: str | None) ->
 
 def as_serve_error(exc: BaseException, method: str, path: str) -> ServeError:
     """What the client is told about ``exc``; anything unexpected is logged and answered 500."""
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException
-
     if isinstance(exc, ServeError):
         return exc
     if isinstance(exc, MaskLMError):

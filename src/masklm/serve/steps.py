@@ -22,10 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from masklm.errors import InputError
-from masklm.generation import generate
+from masklm.generation import CALL_FIELDS, GenerationConfig, generate
 from masklm.generation.canvas import template_rows
-
-SHARED = ("network_calls", "seconds", "strategy", "steps")  # per-call fields Pipeline.generate adds to a result
 
 
 def generate_with_steps(pipe, params: dict[str, Any]) -> dict[str, Any]:
@@ -35,9 +33,10 @@ def generate_with_steps(pipe, params: dict[str, Any]) -> dict[str, Any]:
     prompt, template = params.pop("prompt", None), params.pop("template", None)
     if params.get("length_beam", 1) != 1:
         raise InputError("return_steps shows one canvas; length_beam decodes several, so leave one of them out")
-    out = generate(pipe.model, pipe.tokenizer, prompt, template=template, objectives=pipe.objectives,
-                   max_length=pipe.max_length, trace=True, **params)
-    result = out["results"][0] | {k: out[k] for k in SHARED}
+    config = GenerationConfig(**{"objectives": pipe.objectives, "max_length": pipe.max_length, **params,
+                                 "trace": True})
+    out = generate(pipe.model, pipe.tokenizer, prompt, config, template=template)
+    result = out["results"][0] | {k: out[k] for k in CALL_FIELDS}
     inputs = [x[0].tolist() for x in out["network"].inputs]  # one row per call (batch of 1)
     start, gen = _start_row(pipe, inputs, template, out["strategy"])
     final = _final_row(start, gen, result["token_ids"], pipe.tokenizer.sep_id)

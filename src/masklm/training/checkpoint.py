@@ -2,18 +2,16 @@
 
 A checkpoint is a folder ``checkpoints/step-N/`` holding the model (safetensors), the optimizer state,
 the trainer state (step, schedule, data position) and the RNG states. It is written under a temporary
-name, every file is flushed to disk, a ``manifest.json`` with each file's size and sha256 is written
-last, and only then is the folder renamed into place. A folder without a valid manifest is never used:
+name with a ``manifest.json`` of each file's size and sha256 written last; every file is flushed to disk,
+and only then is the folder renamed into place (``masklm.files.atomic_dir``). A folder without a valid manifest is never used:
 ``latest_good`` falls back to the newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from masklm.files import fsync_path, sha256_file
+from masklm.files import atomic_dir, sha256_file
 
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json")
@@ -56,25 +54,15 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
                     trainer_state: dict[str, Any], keep_last: int) -> Path:
     """Write ``checkpoints/step-{step}`` atomically and prune all but the newest ``keep_last``."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
-    for name in FILES:
-        fsync_path(tmp / name)
-    manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)}
-                                        for n in FILES}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    fsync_path(tmp / MANIFEST)
-    fsync_path(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_path(root)
+    with atomic_dir(final) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2), encoding="utf-8")
+        manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size,
+                                                "sha256": sha256_file(tmp / n)} for n in FILES}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,57 +1,33 @@
-"""Hugging Face export and reference import for LTG-BERT / GPT-BERT model folders.
+"""``masklm import-ltg``: a reference LTG-BERT / GPT-BERT checkpoint -> a masklm model folder.
 
-Export: every ``ltg-bert`` / ``gpt-bert`` folder that masklm writes also carries the two standalone files
-in ``masklm/hf/remote/`` and an ``auto_map`` in ``config.json``, so
-``transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True)`` (and ``AutoModel``)
-load it without masklm installed. Parameter names are masklm's; the MLM decoder is the word embedding,
-stored once.
-
-Import (``masklm import-ltg``): a reference checkpoint (``.bin`` or ``.safetensors``), its config JSON and
-its ``tokenizer.json`` -> a masklm model folder.
+Input: the checkpoint (``.bin`` / ``.pt`` or ``.safetensors``), its config JSON and its ``tokenizer.json``.
+Tensor names are mapped by ``masklm.hf.ltg_reference``. Two things the weights do not say are read off
+the masked-LM loss on some text (``reading_losses``): how the positional q/k halves are cut (the position
+split) and where a mask's prediction is read (at the mask, or one position to its left as GPT-BERT's MNTP
+trains it). The folder is written by ``masklm.modeldir``, with the remote-code files of
+``masklm.hf.ltg_remote``.
 """
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tokenizers import Tokenizer as Backend
 
 from masklm.config import ModelConfig, read_json_object
+from masklm.data.masking import mask_tokens
 from masklm.errors import ConfigError, ModelDirError
+from masklm.hf.ltg_reference import convert_reference_state_dict
+from masklm.inference.batching import pad
+from masklm.modeldir import state_dict_for_saving, write_model_dir
+from masklm.models.ltg_bert import LtgBertForMaskedLM
 from masklm.objectives.reading import TrainedAs, objectives_reading_at
 from masklm.tokenizer import Tokenizer
-
-LTG_ARCHS = ("ltg-bert", "gpt-bert")
-REMOTE_DIR = Path(__file__).with_name("remote")
-REMOTE_FILES = ("configuration_masklm_ltg.py", "modeling_masklm_ltg.py")
-MODEL_TYPE = "masklm-ltg"
-AUTO_MAP = {
-    "AutoConfig": "configuration_masklm_ltg.MaskLMLtgConfig",
-    "AutoModel": "modeling_masklm_ltg.MaskLMLtgModel",
-    "AutoModelForMaskedLM": "modeling_masklm_ltg.MaskLMLtgForMaskedLM",
-}
-ARCHITECTURES = ["MaskLMLtgForMaskedLM"]
-
-
-def is_ltg_config(config_json: dict[str, Any]) -> bool:
-    return config_json.get("arch") in LTG_ARCHS
-
-
-def add_hf_fields(config_json: dict[str, Any]) -> dict[str, Any]:
-    """``config_json`` plus model_type, architectures and auto_map (masklm's reader ignores all three)."""
-    return {**config_json, "model_type": MODEL_TYPE, "architectures": list(ARCHITECTURES),
-            "auto_map": dict(AUTO_MAP)}
-
-
-def copy_remote_files(folder: str | Path) -> None:
-    """Copy the standalone configuration/modeling files into ``folder``."""
-    for name in REMOTE_FILES:
-        shutil.copyfile(REMOTE_DIR / name, Path(folder) / name)
-
-
-# --- import-ltg ----------------------------------------------------------------------------------
 
 # (masklm special key, accepted spellings in order): LTG-BERT uses [..], GPT-BERT <..>
 _SPECIAL_SPELLINGS = [
@@ -74,8 +50,6 @@ def load_reference_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelDirError(f"weights file {file} does not exist; pass the checkpoint's .bin or .safetensors file")
     try:
         if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(file), device="cpu")
         else:
             state = torch.load(str(file), map_location="cpu", weights_only=True)
@@ -116,10 +90,8 @@ def reference_model_config(path: str | Path, state: dict[str, torch.Tensor],
                                   "attention_gate": gate, "dwa": dwa}, where=str(file))
 
 
-def reference_tokenizer(path: str | Path):
+def reference_tokenizer(path: str | Path) -> Tokenizer:
     """masklm Tokenizer around a reference ``tokenizer.json`` ([PAD]/[UNK]/... or <pad>/<unk>/... names)."""
-    from tokenizers import Tokenizer as Backend
-
     file = Path(path)
     if not file.is_file():
         raise ModelDirError(f"tokenizer file {file} does not exist; pass the checkpoint's tokenizer.json")
@@ -150,22 +122,12 @@ SHIFTS = (0, 1)
 def reading_losses(model_config: ModelConfig, state: dict[str, torch.Tensor], tok: Tokenizer,
                    texts: list[str], seq_len: int = 128) -> dict[tuple[str, int], float]:
     """Masked-LM loss (15% masked, fixed masks) of the same weights for each (position split, shift):
-    shift 0 reads a mask's prediction at the mask, shift 1 one position to its left."""
-    import dataclasses
-
-    import torch.nn.functional as F
-
-    from masklm.data.masking import mask_tokens
-    from masklm.models.ltg_bert import LtgBertForMaskedLM
-
+    shift 0 reads a mask's prediction at the mask, shift 1 one position to its left. The texts are
+    check text, not inputs: each is cut to its first ``seq_len`` tokens."""
     rows = [ids[:seq_len] for ids in (tok.encode(t).ids for t in texts) if len(ids) > 2]
     if not rows:
         return {}
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], attention[i, :len(r)] = torch.tensor(r), 1
+    ids, attention = pad(rows, tok.pad_id)                                           # [B, T] each
     inputs, labels = mask_tokens(ids, rows=list(range(len(rows))), seed=0, epoch=0, mask_id=tok.mask_id,
                                  vocab_size=tok.vocab_size, special_ids=tok.special_ids, attention_mask=attention)
     b, t = (labels != -100).nonzero(as_tuple=True)    # [M] each; t >= 1, as position 0 is [CLS]
@@ -197,10 +159,6 @@ def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, o
     ``check_texts``, the architecture decides (GPT-BERT: mntp + clm; LTG-BERT: mlm). ``objectives``
     overrides both.
     """
-    from masklm.hf.ltg_reference import convert_reference_state_dict
-    from masklm.modeldir import write_model_dir
-    from masklm.models.ltg_bert import LtgBertForMaskedLM
-
     state = load_reference_weights(weights)
     model_config = reference_model_config(config, state, position_split)
     tok = reference_tokenizer(tokenizer)
@@ -235,10 +193,9 @@ def import_ltg(weights: str | Path, config: str | Path, tokenizer: str | Path, o
                                                                 model_config.arch), "the architecture"
     log(f"objectives {', '.join(objectives)} (from {source}; --objectives sets them), so masks are read "
         f"{'one position to their left' if TrainedAs.from_names(objectives).mask_shift else 'at the mask'}")
-    state_out = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    return write_model_dir(out, model_config.to_json_dict(), state_out, tok,
+    return write_model_dir(out, model_config.to_json_dict(), state_dict_for_saving(model), tok,
                            training_args={"objectives": objectives, "imported_by": "masklm import-ltg",
                                           "objectives_from": source})
 
 
-__all__ = ["AUTO_MAP", "add_hf_fields", "copy_remote_files", "import_ltg", "is_ltg_config"]
+__all__ = ["SPLIT_CHECK_TEXTS", "import_ltg", "reading_losses"]

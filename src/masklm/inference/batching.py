@@ -1,0 +1,101 @@
+"""Model inputs from texts: encode with the length check, pad, and cut into token-budget batches.
+
+One owner for the plumbing that fill-mask, scoring, embeddings, fine-tuning, generation, the server and
+``import-ltg``'s reading check share:
+
+- **Length check.** Nothing is ever truncated: a text longer than the limit (the model's
+  ``max_position_embeddings``, or the server's ``--max-tokens``) is an error that names it and its length.
+  The message is written once, in ``too_long``.
+- **Padding.** Rows are right-padded to the longest; the attention mask is 1 on real tokens. An all-ones
+  mask is passed as None (``mask_or_none``): SDPA then takes its mask-free kernels.
+- **Token-budget batches.** Rows sorted longest first are cut into batches of at most ``batch_tokens``
+  tokens (rows x the first row's width), so short rows share batches and equal lengths need no padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from tokenizers import Encoding
+
+from masklm.errors import InputError
+
+# Tokens per forward batch (rows x width). On CPU the scorer is compute-bound and smaller batches stay
+# in cache (1k-4k measured best, 8k ~7% slower); on a GPU larger batches amortise kernel launches
+# (benchmarks/score_speed.py on an H200: 65k tokens 1.7x faster than 8k).
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    return DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cuda"])
+
+
+def resolve_batch_tokens(batch_tokens: int | None, device: torch.device) -> int:
+    """``batch_tokens``, or the default for ``device`` when None; InputError below 1."""
+    batch_tokens = default_batch_tokens(device) if batch_tokens is None else batch_tokens
+    if batch_tokens < 1:
+        raise InputError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    return batch_tokens
+
+
+def too_long(what: str, n: int, limit: int, whose: str = "the model's maximum",
+             fix: str = "shorten or split it") -> str:
+    """The one "input too long" message: ``what`` (e.g. ``input 3``) has ``n`` tokens, over ``limit``."""
+    return f"{what} is {n} tokens long, more than {whose} of {limit} tokens; {fix} (nothing is truncated)"
+
+
+def check_length(n: int, limit: int, what: str, whose: str = "the model's maximum",
+                 fix: str = "shorten or split it", error: Callable[[str], Exception] = InputError) -> None:
+    """Raise ``error(too_long(...))`` when ``n`` tokens are more than ``limit``."""
+    if n > limit:
+        raise error(too_long(what, n, limit, whose, fix))
+
+
+def check_strings(texts: Sequence[object], what: str = "input") -> None:
+    """InputError naming the first item of ``texts`` that is not a string."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"{what} {i} is {type(text).__name__}, not a string; pass text")
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, what: str = "input") -> list[Encoding]:
+    """Encodings of ``texts`` with special tokens, in one batched call; InputError for a non-string or a
+    text over ``max_length`` tokens (``what`` names the item, e.g. "sentence" -> "sentence 3")."""
+    check_strings(texts, what)
+    encodings = tokenizer.encode_batch(list(texts))
+    for i, enc in enumerate(encodings):
+        check_length(len(enc.ids), max_length, f"{what} {i}")
+    return encodings
+
+
+def pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``rows`` with ``fill`` -> ``(values [B, T] long, attention mask [B, T] long)``, T the
+    longest row (``fill`` is the pad id for token rows, -100 for label rows)."""
+    width = max(len(row) for row in rows)
+    values = torch.tensor([list(row) + [fill] * (width - len(row)) for row in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], dtype=torch.long)
+    return values, mask
+
+
+def mask_or_none(attention_mask: torch.Tensor, device: torch.device | None = None) -> torch.Tensor | None:
+    """``attention_mask`` ``[B, T]`` (moved to ``device`` when given), or None when no row is padded: an
+    all-ones mask would only slow attention down (SDPA's mask-free kernels)."""
+    if bool(attention_mask.all()):
+        return None
+    return attention_mask if device is None else attention_mask.to(device)
+
+
+def longest_first(lengths: Sequence[int]) -> list[int]:
+    """Indices of ``lengths`` ordered longest first; equal lengths keep their order."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def token_batches(widths: Sequence[int], batch_tokens: int) -> Iterator[tuple[int, int]]:
+    """Cut rows sorted longest first (``widths`` ``[N]``) into ``[lo, hi)`` ranges of at most
+    ``batch_tokens`` tokens each (at least one row, however long)."""
+    lo, n = 0, len(widths)
+    while lo < n:
+        hi = min(n, lo + max(1, batch_tokens // int(widths[lo])))
+        yield lo, hi
+        lo = hi
