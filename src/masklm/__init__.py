@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 def build_model(config: ModelConfig):
     """Turn a ModelConfig into a ``torch.nn.Module`` following the forward contract."""
+    # lazy: `import masklm` (and so every CLI start) does not load torch until a model is built
     from masklm.models import build_model as _build
 
     return _build(config)
@@ -21,6 +22,7 @@ def build_model(config: ModelConfig):
 
 def load(path, device=None):
     """Load a model folder into a pipeline (fill_mask, score, embed, generate)."""
+    # lazy: the inference stack loads only when a model is loaded
     from masklm.inference.pipeline import load as _load
 
     return _load(path, device=device)
@@ -37,6 +39,7 @@ def __getattr__(name: str):
 
 def train(config: TrainConfig):
     """Run a training job; returns the run folder."""
+    # lazy: the training stack loads only when a run starts
     from masklm.training.trainer import train as _train
 
     return _train(config)

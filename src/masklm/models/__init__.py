@@ -15,20 +15,20 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError
+from masklm.models.bert import BertForMaskedLM
+from masklm.models.ltg_bert import LtgBertForMaskedLM
 from masklm.models.outputs import MaskedLMOutput
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "bert": BertForMaskedLM, "ltg-bert": LtgBertForMaskedLM, "gpt-bert": LtgBertForMaskedLM,
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """A freshly initialised model for ``config`` (train mode, fp32, on CPU)."""
-    if config.arch == "bert":
-        from masklm.models.bert import BertForMaskedLM
-
-        return BertForMaskedLM(config)
-    if config.arch in ("ltg-bert", "gpt-bert"):
-        from masklm.models.ltg_bert import LtgBertForMaskedLM
-
-        return LtgBertForMaskedLM(config)
-    raise ConfigError(f"unknown architecture {config.arch!r}; choose one of: bert, ltg-bert, gpt-bert")
+    if config.arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {config.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[config.arch](config)
 
 
-__all__ = ["MaskedLMOutput", "build_model"]
+__all__ = ["ARCHITECTURES", "MaskedLMOutput", "build_model"]
