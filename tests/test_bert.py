@@ -157,7 +157,8 @@ def test_document_ids_block_attention(model):
         b = model.encode(changed, document_ids=docs)
         plain = model.encode(ids)
     other = docs[0] != 1
-    assert close(a[0, other], b[0, other], n=forward_terms(model.config, 10))  # other documents do not see it
+    # other documents do not see it, bit for bit: its key gets attention weight exactly 0 there
+    assert torch.equal(a[0, other], b[0, other])
     assert (a[0, ~other] - b[0, ~other]).abs().max() > 1e-3  # its own document does
     assert (a - plain).abs().max() > 1e-3
 

@@ -247,7 +247,6 @@ def objectives_of(folder: Path) -> list[str]:
     return json.loads((folder / "training_args.json").read_text())["objectives"]
 
 
-@pytest.mark.slow  # trains a model for 150 steps: ~40 s on 2 cores
 def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
     """§2.4's check: weights trained with the interleaved split have a much lower MLM loss read that way."""
     args = counting_reference(tmp_path, "ltg-bert", "mlm", "interleaved")
@@ -262,7 +261,6 @@ def test_import_ltg_refuses_the_wrong_position_split(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "forced"), "--no-split-check"]) == 0
 
 
-@pytest.mark.slow  # trains a model for 150 steps: ~40 s on 2 cores
 def test_import_ltg_reads_an_mntp_checkpoint_one_position_left(tmp_path, capsys):
     """GPT-BERT's MNTP weights predict a mask from the position before it (§6): the loss check finds that
     reading, records it in training_args.json, and the loaded pipeline reads masks there."""
