@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import close, forward_terms
 
 import masklm
 from masklm.cli import main
@@ -48,19 +49,22 @@ def test_pooling_equals_manual_and_normalises(pipe, pooling):
     raw = pipe.embed(TEXTS, pooling=pooling, normalize=False)
     assert isinstance(raw, np.ndarray) and raw.dtype == np.float32
     assert raw.shape == (len(TEXTS), pipe.config.hidden_size)
+    n = forward_terms(pipe.config)
     for text, vec in zip(TEXTS, raw):
-        np.testing.assert_allclose(vec, manual(pipe, text, pooling), atol=1e-5)
+        assert close(vec, manual(pipe, text, pooling), n=n)
     unit = pipe.embed(TEXTS, pooling=pooling)
-    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    dim = pipe.config.hidden_size  # a norm sums this many squares
+    assert close(np.linalg.norm(unit, axis=1), np.ones(len(TEXTS)), n=dim)
+    assert close(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), n=dim)
     assert pipe.embed(TEXTS[0], pooling=pooling).shape == (pipe.config.hidden_size,)
 
 
 def test_mean_and_cls_differ_and_batching_is_invariant(pipe):
     mean = pipe.embed(TEXTS, pooling="mean")
     assert not np.allclose(mean, pipe.embed(TEXTS, pooling="cls"), atol=1e-3)
+    n = forward_terms(pipe.config)
     for budget in (1, 17, 10**6):  # one text per batch, mixed, everything in one padded batch
-        np.testing.assert_allclose(pipe.embed(TEXTS, batch_tokens=budget), mean, atol=1e-5)
+        assert close(pipe.embed(TEXTS, batch_tokens=budget), mean, n=n)
 
 
 def test_bad_input(pipe):
@@ -76,20 +80,21 @@ def test_bad_input(pipe):
 
 def test_cli(model_dir, pipe, tmp_path, capsys):
     want = pipe.embed(TEXTS[:2])
+    n = forward_terms(pipe.config)
     out = tmp_path / "e.npy"
     assert main(["embed", "--model", str(model_dir), "--out", str(out), *TEXTS[:2]]) == 0
-    np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+    assert close(np.load(out), want, n=n)
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[:2]) + "\n")
     out = tmp_path / "e.jsonl"
     assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"), "--out", str(out),
                  "--pooling", "cls", "--no-normalize"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == TEXTS[:2]
-    np.testing.assert_allclose([r["embedding"] for r in rows], pipe.embed(TEXTS[:2], "cls", False), atol=1e-5)
+    assert close([r["embedding"] for r in rows], pipe.embed(TEXTS[:2], "cls", False), n=n)
     capsys.readouterr()
     assert main(["embed", "--model", str(model_dir), "a dog"]) == 0  # JSONL on stdout
     row = json.loads(capsys.readouterr().out)
-    np.testing.assert_allclose(row["embedding"], want[1], atol=1e-5)
+    assert close(row["embedding"], want[1], n=n)
     assert main(["embed", "--model", str(model_dir), "--out", str(tmp_path / "x.csv"), "a"]) == 2
     assert ".npy or .jsonl" in capsys.readouterr().err
     assert main(["embed", "--model", str(model_dir), "--out", str(tmp_path / "y.npy"), "the cat " * 40]) == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import approx, forward_terms
 
 import masklm
 from masklm.cli import main
@@ -38,6 +39,7 @@ def test_schema_and_numbers_match_transformers_pipeline(model_dir):
     transformers = pytest.importorskip("transformers")
     ours = masklm.load(model_dir)
     hf = transformers.pipeline("fill-mask", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+    n = forward_terms(ours.config, softmax=True)  # softmax probabilities, at most 1: scale 1
     for text in ["the cat [MASK] on the mat .", "a dog ran [MASK] the tree and [MASK] ."]:
         a, b = ours.fill_mask(text, top_k=4), hf(text, top_k=4)
         flat_a = a if isinstance(a[0], dict) else [c for m in a for c in m]
@@ -47,12 +49,12 @@ def test_schema_and_numbers_match_transformers_pipeline(model_dir):
             assert set(x) == {"score", "token", "token_str", "sequence"}
             assert x["token"] == y["token"] and x["sequence"] == y["sequence"]
             assert x["token_str"] == y["token_str"]
-            assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+            assert x["score"] == approx(y["score"], scale=1.0, n=n)
     # targets restrict the candidates and are ranked like HF does
     a = ours.fill_mask("the cat [MASK] on the mat .", targets=["sat", "ran", "mat"], top_k=5)
     b = hf("the cat [MASK] on the mat .", targets=["sat", "ran", "mat"], top_k=5)
     assert [c["token_str"] for c in a] == [c["token_str"] for c in b] and len(a) == 3
-    assert [c["score"] for c in a] == pytest.approx([c["score"] for c in b], abs=1e-5)
+    assert [c["score"] for c in a] == approx([c["score"] for c in b], scale=1.0, n=n)
 
 
 def test_output_shapes(model_dir):
@@ -66,10 +68,11 @@ def test_output_shapes(model_dir):
     assert len(many) == 2 and all(len(r) == 2 and isinstance(r[0], dict) for r in many)
     # batching does not change the numbers
     alone = pipe.fill_mask("a [MASK] ran .", top_k=2)
-    assert [c["score"] for c in alone] == pytest.approx([c["score"] for c in many[1]], abs=1e-6)
+    n = forward_terms(pipe.config, softmax=True)  # softmax probabilities, at most 1: scale 1
+    assert [c["score"] for c in alone] == approx([c["score"] for c in many[1]], scale=1.0, n=n)
     # scores are probabilities from the softmax over the vocabulary
     full = pipe.fill_mask("the [MASK] sat .", top_k=pipe.config.vocab_size)
-    assert sum(c["score"] for c in full) == pytest.approx(1.0, abs=1e-4)
+    assert sum(c["score"] for c in full) == approx(1.0, n=pipe.config.vocab_size)  # a softmax sums V terms
 
 
 def test_bad_input(model_dir, tmp_path, capsys):
@@ -92,7 +95,7 @@ def test_cli_json(model_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 2 and out[0]["sequence"].startswith("the ")
     pipe = masklm.load(model_dir)
-    assert out == json.loads(json.dumps(pipe.fill_mask("the [MASK] sat .", top_k=2)))
+    assert out == json.loads(json.dumps(pipe.fill_mask("the [MASK] sat .", top_k=2)))  # same computation
     assert torch.is_tensor(next(pipe.model.parameters()))
 
 
@@ -111,17 +114,19 @@ def test_mntp_models_read_masks_one_position_left(model_dir, tmp_path, capsys):
     text = "the cat [MASK] on the mat ."
     ids = torch.tensor([plain.tokenizer.encode(text).ids])
     j = ids[0].tolist().index(plain.tokenizer.mask_id)
+    n = forward_terms(plain.config, softmax=True)  # softmax probabilities, at most 1: scale 1
     with torch.no_grad():
         hidden = plain.model.encode(ids, attention_mask=torch.ones_like(ids))     # [1, T, D]
         for pipe, read_at in ((plain, j), (mntp, j - 1)):
             scores, idx = plain.model.predict(hidden[0, read_at]).float().softmax(-1).topk(3)
             got = pipe.fill_mask(text, top_k=3)
             assert [c["token"] for c in got] == idx.tolist()
-            assert [c["score"] for c in got] == pytest.approx(scores.tolist(), abs=1e-6)
+            assert [c["score"] for c in got] == approx(scores.tolist(), scale=1.0, n=n)
     assert plain.fill_mask(text)[0]["score"] != mntp.fill_mask(text)[0]["score"]
 
     sentence = "the cat sat on the mat ."
     assert (plain.default_metric, mntp.default_metric) == ("pll", "mntp")
+    # bit-exact: the default metric is the same computation as naming it
     assert mntp.score(sentence) == mntp.score(sentence, metric="mntp") != mntp.score(sentence, metric="pll")
     assert plain.score(sentence) == plain.score(sentence, metric="pll")
     assert evaluate(mntp, [Pair("the cat sat .", "cat the sat .", "order")])["metric"] == "mntp"

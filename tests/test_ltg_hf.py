@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import approx, close, forward_terms
 from safetensors.torch import save_file
 from tokenizers import Tokenizer as Backend
 from tokenizers import models, pre_tokenizers, processors, trainers
@@ -66,27 +67,29 @@ def test_folder_loads_in_transformers(tmp_path, tokenizer, arch, split):
     assert config["architectures"] == ["MaskLMLtgForMaskedLM"]
 
     ids, mask = batch()
+    n = forward_terms(model.config, ids.shape[1])
     with torch.no_grad():
         ours = model(ids, attention_mask=mask)
         hf = transformers.AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=True).eval()
         assert type(hf).__name__ == "MaskLMLtgForMaskedLM"
         out = hf(input_ids=ids, attention_mask=mask)
         assert out.logits.shape == (3, 11, V)
-        assert (out.logits - ours.logits).abs().max().item() <= 1e-4
+        assert close(out.logits, ours.logits, n=n)
         base = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
         assert type(base).__name__ == "MaskLMLtgModel"
         hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
-        assert (hidden - ours.hidden_states).abs().max().item() <= 1e-4
+        assert close(hidden, ours.hidden_states, n=n)
         # labels give the mean CE over the selected positions, as masklm's does
         labels = torch.full_like(ids, -100)
         labels[0, 2], labels[1, 4] = 7, 9
-        assert abs(hf(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
-                   - model(ids, attention_mask=mask, labels=labels).loss.item()) <= 1e-4
+        loss_terms = forward_terms(model.config, ids.shape[1], softmax=True)  # cross-entropy over V
+        assert hf(input_ids=ids, attention_mask=mask, labels=labels).loss.item() == approx(
+            model(ids, attention_mask=mask, labels=labels).loss.item(), n=loss_terms)
 
     loaded, loaded_config, _ = load_model_dir(folder)
     assert loaded_config == model.config
     with torch.no_grad():
-        assert torch.equal(loaded(ids, attention_mask=mask).logits, ours.logits)
+        assert torch.equal(loaded(ids, attention_mask=mask).logits, ours.logits)  # same weights, same code
 
 
 # --- import-ltg ------------------------------------------------------------------------------------
@@ -147,11 +150,12 @@ def test_import_ltg(tmp_path, capsys, arch, fmt, split):
     assert tokenizer.pad_id == 3 and tokenizer.mask_id == 4
     assert objectives_of(out) == (["mntp", "clm"] if arch == "gpt-bert" else ["mlm"])  # random weights: no clear reading
     ids, mask = batch()
+    n = forward_terms(model.config, ids.shape[1])
     with torch.no_grad():
-        assert (loaded(ids, attention_mask=mask).logits - model(ids, attention_mask=mask).logits).abs().max() <= 1e-6
+        assert close(loaded(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, n=n)
         hf = transformers.AutoModelForMaskedLM.from_pretrained(out, trust_remote_code=True).eval()
-        assert (hf(input_ids=ids, attention_mask=mask).logits
-                - model(ids, attention_mask=mask).logits).abs().max().item() <= 1e-4
+        hf_logits = hf(input_ids=ids, attention_mask=mask).logits
+        assert close(hf_logits, model(ids, attention_mask=mask).logits, n=n)
 
 
 def _bad_shape(tmp_path, files):

@@ -50,12 +50,12 @@ def test_round_trip(saved, model, tokenizer):
     loaded, cfg, tok = load_model_dir(saved)
     assert not loaded.training and cfg == model.config
     assert tok.fingerprint() == tokenizer.fingerprint()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in model.state_dict().items():  # bit-exact: a round trip stores the bytes
         assert torch.equal(loaded.state_dict()[name], tensor), name
     ids = torch.tensor([tokenizer.encode("hello world river").ids])
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, loaded(ids).logits)
+        assert torch.equal(model(ids).logits, loaded(ids).logits)  # same weights, same code: bit-exact
 
 
 def test_save_replaces_existing_folder_atomically(tmp_path, saved, model, tokenizer, monkeypatch):

@@ -1,8 +1,6 @@
-"""Packing: document-level splits, rows that drop no text, document ids, speed."""
+"""Packing: document-level splits, rows that drop no text, document ids, batch independence, memory."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -101,16 +99,3 @@ def test_memory_is_per_document_not_per_token(corpus):
     arrays = [v for v in vars(packed).values() if isinstance(v, np.ndarray)]
     assert max(a.size for a in arrays) <= corpus.num_documents + 1 < corpus.num_tokens
 
-
-def test_batch_is_fast(tmp_path, wordpiece_tokenizer, documents):
-    path = tmp_path / "c.txt"
-    path.write_text("\n\n".join(documents * 7))
-    prepare_shards([str(path)], wordpiece_tokenizer, tmp_path / "s", num_workers=1, log=lambda m: None)
-    packed = PackedRows(ShardedCorpus(tmp_path / "s"), np.arange(400), 128, PAD)
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, len(packed), 32) for _ in range(50)]
-    start = time.perf_counter()
-    for rows in batches:
-        packed.batch(rows)
-    per_batch = (time.perf_counter() - start) / len(batches)
-    assert per_batch < 0.005, f"batch(32x128) took {per_batch * 1000:.2f} ms"
