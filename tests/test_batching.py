@@ -13,6 +13,7 @@ from masklm.errors import InputError
 from masklm.finetune.encode import encode_text
 from masklm.generation import GenerationConfig, generate
 from masklm.inference.batching import (
+    budget_cuts,
     check_length,
     encode,
     longest_first,
@@ -83,3 +84,16 @@ def test_every_reader_answers_too_long_inputs_with_the_same_message(pipe, wordpi
     check_length(MAX, MAX, "input")  # exactly the maximum is fine
     with pytest.raises(InputError, match="input 1 is int, not a string"):
         encode(tok, ["a", 3], MAX)
+
+
+def test_budget_cuts_keep_order_and_the_budget_and_match_token_batches():
+    # (rows, width) in arrival order: rows x widest width within 24 tokens, at least one item per cut
+    sizes = [(2, 4), (1, 8), (3, 3), (1, 30), (2, 2), (2, 5)]
+    cuts = list(budget_cuts(sizes, 24))
+    assert cuts == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    for lo, hi in cuts:
+        rows, width = sum(r for r, _ in sizes[lo:hi]), max(w for _, w in sizes[lo:hi])
+        assert rows * width <= 24 or hi - lo == 1
+    widths = sorted([9, 7, 7, 5, 3, 3, 3, 1], reverse=True)
+    assert list(token_batches(widths, 20)) == list(budget_cuts([(1, w) for w in widths], 20)) \
+        == [(0, 2), (2, 4), (4, 8)]

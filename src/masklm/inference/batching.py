@@ -91,11 +91,23 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
+def budget_cuts(sizes: Sequence[tuple[int, int]], batch_tokens: int) -> Iterator[tuple[int, int]]:
+    """Cut items given as ``(rows, width)``, in their order, into ``[lo, hi)`` ranges whose rows x widest
+    width stays within ``batch_tokens`` (at least one item per range, however large). The server cuts
+    its waiting jobs this way, in arrival order; ``token_batches`` is the one-row-per-item case."""
+    lo = rows = width = 0
+    for i, (r, w) in enumerate(sizes):
+        wide = max(width, w)
+        if i > lo and (rows + r) * wide > batch_tokens:
+            yield lo, i
+            lo, rows, wide = i, 0, w
+        rows += r
+        width = wide
+    if lo < len(sizes):
+        yield lo, len(sizes)
+
+
 def token_batches(widths: Sequence[int], batch_tokens: int) -> Iterator[tuple[int, int]]:
     """Cut rows sorted longest first (``widths`` ``[N]``) into ``[lo, hi)`` ranges of at most
     ``batch_tokens`` tokens each (at least one row, however long)."""
-    lo, n = 0, len(widths)
-    while lo < n:
-        hi = min(n, lo + max(1, batch_tokens // int(widths[lo])))
-        yield lo, hi
-        lo = hi
+    return budget_cuts([(1, int(w)) for w in widths], batch_tokens)

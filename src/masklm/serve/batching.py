@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masklm.errors import MaskLMError
+from masklm.inference.batching import budget_cuts
 from masklm.serve.limits import Limits, ServeError, check_encoded
 from masklm.serve.metrics import Metrics
 from masklm.serve.steps import generate_with_steps
@@ -105,18 +106,9 @@ class Runner:
             else:
                 yield [job]
         for group in groups.values():
-            batch: list[Job] = []
-            rows = width = 0
-            for job in group:
-                w = max(width, job.width)
-                if batch and (rows + len(job.texts)) * w > self.limits.max_batch_tokens:
-                    yield batch
-                    batch, rows, w = [], 0, job.width
-                batch.append(job)
-                rows += len(job.texts)
-                width = w
-            if batch:
-                yield batch
+            sizes = [(len(job.texts), job.width) for job in group]
+            for lo, hi in budget_cuts(sizes, self.limits.max_batch_tokens):
+                yield group[lo:hi]
 
     def _call(self, batch: list[Job]) -> list[Outcome]:
         """One model call for ``batch`` (jobs whose client went away are skipped)."""
