@@ -84,6 +84,10 @@ def test_cli(model_dir, pipe, tmp_path, capsys):
     out = tmp_path / "e.npy"
     assert main(["embed", "--model", str(model_dir), "--out", str(out), *TEXTS[:2]]) == 0
     assert close(np.load(out), want, n=n)
+    saved = out.read_bytes()  # an existing file is replaced only with --overwrite
+    assert main(["embed", "--model", str(model_dir), "--out", str(out), "a"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and out.read_bytes() == saved
+    assert main(["embed", "--model", str(model_dir), "--out", str(out), "--overwrite", *TEXTS[:2]]) == 0
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[:2]) + "\n")
     out = tmp_path / "e.jsonl"
     assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"), "--out", str(out),

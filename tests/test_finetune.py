@@ -283,3 +283,18 @@ def test_bad_input(root, base, capsys):
     with pytest.raises(DataError, match="does not exist"):
         finetune(base, FinetuneArgs(task="tagging", train=str(root / "nope.conll"), validation=str(bioes),
                                     out=str(root / "never")), log=None)
+
+
+def test_out_is_never_replaced_without_overwrite_and_never_the_base(root, base, capsys):
+    good = _write_jsonl(root / "ok2.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    taken = root / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    base_files = {f.name: f.read_bytes() for f in base.iterdir() if f.is_file()}
+    for out, extra, message in ((taken, [], "pass --overwrite"), (base, ["--overwrite"], "which this command reads")):
+        code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(good),
+                     "--validation", str(good), "--out", str(out), "--epochs", "1", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert [f.name for f in taken.iterdir()] == ["keep.txt"]
+    assert {f.name: f.read_bytes() for f in base.iterdir() if f.is_file()} == base_files

@@ -174,3 +174,27 @@ def test_export_hf_missing_folder_exits_2(tmp_path, cli, capsys):
     assert cli(["export-hf", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_export_and_import_never_replace_a_folder_without_overwrite(tmp_path, tokenizer, cli, capsys):
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    folder = save_model_dir(tmp_path / "m", build_model(cfg), tokenizer)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    files = {f.name: f.read_bytes() for f in folder.iterdir()}
+    for args in (["export-hf", "--model", str(folder), "--out", str(project)],
+                 ["import-hf", "--from", str(folder), "--out", str(project)]):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert "already exists and holds files; pass --overwrite" in err and err.count("\n") == 1
+        assert [f.name for f in project.iterdir()] == ["notes.txt"]  # untouched
+    # --overwrite never deletes the source it reads from
+    for args in (["export-hf", "--model", str(folder), "--out", str(folder), "--overwrite"],
+                 ["export-hf", "--model", str(folder), "--out", str(tmp_path), "--overwrite"]):
+        assert cli(args) == 2
+        assert "which this command reads" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == files
+    assert cli(["export-hf", "--model", str(folder), "--out", str(project), "--overwrite"]) == 0
+    assert (project / "config.json").is_file() and not (project / "notes.txt").exists()

@@ -157,8 +157,13 @@ def test_cli_tokenizer_train(cli, capsys, tmp_path, documents):
     summary = json.loads(capsys.readouterr().out)
     assert summary["vocab_size"] == 280 and summary["corpus"]["documents"] == len(documents)
     assert Tokenizer.load(out).kind == "bpe"
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "100"]) == 2
+    err = capsys.readouterr().err  # a folder that holds files is never replaced without --overwrite
+    assert "already exists and holds files; pass --overwrite" in err and err.count("\n") == 1
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "100",
-                "--json"]) == 0
+                "--json", "--overwrite"]) == 0
     summary = json.loads(capsys.readouterr().out)  # WordPiece reads the corpus twice; counted once
     assert summary["vocab_size"] == 100 and summary["corpus"]["documents"] == len(documents)
     assert cli(["tokenizer", "train", "--corpus", str(tmp_path / "nope"), "--out", str(out)]) == 2

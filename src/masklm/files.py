@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from masklm.errors import ConfigError
+
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
@@ -93,3 +95,22 @@ def atomic_file(out: str | Path) -> Iterator[Path]:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _within(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ...] = (), flag: str = "--out") -> None:
+    """Refuse to write over what a user made: ``out`` that already holds anything (a non-empty folder, or a
+    file) needs ``overwrite``; even then it may not be, hold or sit inside a folder the command reads
+    (``sources``). Raises ConfigError (exit 2) before anything is written."""
+    target = Path(out).expanduser().absolute()
+    for source in sources:
+        src = Path(source).expanduser().absolute()
+        if _within(target.resolve(), src.resolve()) or _within(src.resolve(), target.resolve()):
+            raise ConfigError(f"{flag} {out} would replace {source}, which this command reads; choose another {flag}")
+    holds = target.is_file() or target.is_symlink() or (target.is_dir() and any(target.iterdir()))
+    if holds and not overwrite:
+        raise ConfigError(f"{flag} {out} already exists and holds files; pass --overwrite to replace it, "
+                          f"or choose another {flag}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from masklm.cli.score import read_texts
 from masklm.errors import InputError
-from masklm.files import atomic_file
+from masklm.files import atomic_file, check_out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="file with one text per line (.txt), a .jsonl with \"text\", or - for stdin")
     p.add_argument("--out", help="FILE.npy (float32 [N, D]) or FILE.jsonl ({text, embedding} per line); "
                                  "default: JSONL on stdout")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="default mean")
     p.add_argument("--no-normalize", action="store_true", help="keep the raw vector lengths")
     p.add_argument("--batch-tokens", type=int,
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise InputError(f"--out {out}: unknown format; end the file name in .npy or .jsonl")
+    if out is not None:
+        check_out(out, overwrite=args.overwrite, sources=(args.model,))
     texts = read_texts(args.input, args.texts)
     if not texts:
         raise InputError("no texts given; pass them as arguments or with --input FILE")

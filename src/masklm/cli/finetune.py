@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from masklm.files import check_out
 from masklm.finetune.heads import POOLINGS, TASKS
 
 
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", required=True, help="training file")
     p.add_argument("--validation", required=True, help="validation file (early stopping, best model)")
     p.add_argument("--out", required=True, help="folder for the best model")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     p.add_argument("--text-column", help="text column (default text; tagging JSONL: tokens)")
     p.add_argument("--text-pair-column", help="second text of a pair (optional)")
     p.add_argument("--label-column", help="label column (default label; tagging JSONL: tags)")
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         finetune,
     )
 
+    check_out(args.out, overwrite=args.overwrite, sources=(args.model,))
     fa = FinetuneArgs(task=args.task, train=args.train, validation=args.validation, out=args.out,
                       text_column=args.text_column, text_pair_column=args.text_pair_column,
                       label_column=args.label_column, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

@@ -8,6 +8,7 @@ import sys
 from itertools import islice
 
 from masklm.errors import ConfigError
+from masklm.files import check_out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     imp.add_argument("--from", dest="source", required=True, metavar="DIR", help="Hugging Face BERT folder")
     imp.add_argument("--out", required=True, metavar="DIR", help="masklm model folder to write")
+    imp.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     imp.set_defaults(func=run_import)
 
     exp = sub.add_parser(
@@ -27,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     exp.add_argument("--model", required=True, metavar="DIR", help="masklm model folder")
     exp.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    exp.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     exp.set_defaults(func=run_export)
 
     ltg = sub.add_parser(
@@ -39,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ltg.add_argument("--config", required=True, metavar="FILE", help="the checkpoint's config JSON")
     ltg.add_argument("--tokenizer", required=True, metavar="FILE", help="the checkpoint's tokenizer.json")
     ltg.add_argument("--out", required=True, metavar="DIR", help="masklm model folder to write")
+    ltg.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
     ltg.add_argument("--position-split", choices=("contiguous", "interleaved"), default="contiguous",
                      help="how the positional q/k halves are cut: contiguous (BabyLM, GPT-BERT; default) or "
                           "interleaved (BNC-era checkpoints)")
@@ -69,6 +73,7 @@ class _StderrWarnings:
 def run_import(args: argparse.Namespace) -> int:
     from masklm.hf.bert import import_bert  # lazy: the model stack loads only when this command runs
 
+    check_out(args.out, overwrite=args.overwrite, sources=(args.source,))
     with _StderrWarnings():
         out, _ = import_bert(args.source, args.out)
     print(out)
@@ -78,6 +83,7 @@ def run_import(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from masklm.hf.bert import export_bert  # lazy: the model stack loads only when this command runs
 
+    check_out(args.out, overwrite=args.overwrite, sources=(args.model,))
     with _StderrWarnings():
         out = export_bert(args.model, args.out)
     print(out)
@@ -90,6 +96,7 @@ def run_import_ltg(args: argparse.Namespace) -> int:
     from masklm.hf.ltg_import import SPLIT_CHECK_TEXTS, import_ltg
     from masklm.objectives.registry import OBJECTIVE_NAMES
 
+    check_out(args.out, overwrite=args.overwrite, sources=(args.weights, args.config, args.tokenizer))
     objectives = None
     if args.objectives is not None:
         objectives = [name.strip() for name in args.objectives.split(",") if name.strip()]

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from masklm.files import check_out
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("tokenizer", help="train tokenizers", description="Train tokenizers.")
@@ -17,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--corpus", nargs="+", required=True, metavar="SRC",
                        help="files, folders or built-in corpus names (see 'masklm corpus list')")
     train.add_argument("--out", required=True, metavar="DIR", help="folder to write the tokenizer to")
+    train.add_argument("--overwrite", action="store_true", help="replace the tokenizer files if --out holds files")
     train.add_argument("--kind", choices=["wordpiece", "bpe"], default="wordpiece",
                        help="WordPiece (cased) or byte-level BPE (default: wordpiece)")
     train.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="vocabulary size (default: 8192)")
@@ -41,6 +44,7 @@ def run_train(args: argparse.Namespace) -> int:
         return iter_documents(args.corpus, passes[-1])
 
     documents()  # raises here for a missing path
+    check_out(args.out, overwrite=args.overwrite)  # e.g. a model folder: its tokenizer stays unless asked
     print(f"training {args.kind} tokenizer (vocab {args.vocab_size}) on {' '.join(args.corpus)}", file=sys.stderr)
     tokenizer = train_tokenizer(
         documents, kind=args.kind, vocab_size=args.vocab_size,
