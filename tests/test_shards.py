@@ -167,3 +167,30 @@ def test_cli_data_prepare(cli, capsys, tmp_path, corpus_file, wordpiece_tokenize
     assert cli(args) == 0 and "up to date" in capsys.readouterr().err
     assert cli(args[:5] + [str(tmp_path / "no-tokenizer")] + args[6:]) == 2
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_cli_data_prepare_never_replaces_what_it_did_not_make(cli, capsys, tmp_path, corpus_file,
+                                                               wordpiece_tokenizer):
+    wordpiece_tokenizer.save(tmp_path / "tok")
+    ckpt = tmp_path / "step-10"  # a checkpoint folder also holds a manifest.json
+    ckpt.mkdir()
+    (ckpt / "manifest.json").write_text('{"step": 10}')
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    args = ["data", "prepare", "--corpus", str(corpus_file), "--tokenizer", str(tmp_path / "tok"), "--out"]
+    for flags in ([], ["--overwrite"]):
+        assert cli(args + [str(ckpt), *flags]) == 2
+        assert "is not a shard folder" in capsys.readouterr().err
+    assert sorted(f.name for f in ckpt.iterdir()) == ["manifest.json", "model.safetensors"]
+    # shards of other files are rebuilt only with --overwrite
+    assert cli(args + [str(tmp_path / "out")]) == 0
+    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("a different corpus\n\nwith two documents\n")
+    changed = ["data", "prepare", "--corpus", str(other), "--tokenizer", str(tmp_path / "tok"), "--out",
+               str(tmp_path / "out")]
+    capsys.readouterr()
+    assert cli(changed) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to rebuild" in err and err.count("\n") == 1
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+    assert cli(changed + ["--overwrite"]) == 0 and ShardedCorpus(tmp_path / "out").num_documents == 2

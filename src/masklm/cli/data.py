@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     prepare.add_argument("--tokenizer", required=True, metavar="DIR",
                          help="folder with tokenizer.json (from 'masklm tokenizer train' or a model folder)")
     prepare.add_argument("--out", required=True, metavar="DIR", help="shard folder to write")
+    prepare.add_argument("--overwrite", action="store_true",
+                         help="rebuild --out when it holds shards of other files or another tokenizer")
     prepare.add_argument("--workers", type=int, default=None, metavar="N",
                          help="tokenizer processes (default: CPU count, at most 8)")
     prepare.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -36,7 +38,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
     tokenizer = Tokenizer.load(args.tokenizer)
-    manifest = prepare_shards(args.corpus, tokenizer, args.out, num_workers=args.workers)
+    manifest = prepare_shards(args.corpus, tokenizer, args.out, num_workers=args.workers,
+                              overwrite=args.overwrite)
     stats = manifest["corpus_stats"]
     skipped = sum(stats["skipped"].values())
     print(f"{stats['bad_bytes']} invalid UTF-8 bytes replaced, {skipped} records skipped", file=sys.stderr)

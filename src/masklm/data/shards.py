@@ -175,10 +175,12 @@ class _ShardWriter:
 # ---------------------------------------------------------------- building
 
 def _read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest, or None when it is missing, unreadable or not a JSON object."""
     try:
-        return json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def _up_to_date(out_dir: Path, fingerprint: str, files: list[dict]) -> dict | None:
@@ -203,11 +205,13 @@ def prepare_shards(
     num_workers: int | None = None,
     log: Callable[[str], None] = _stderr,
     shard_tokens: int = SHARD_TOKENS,
+    overwrite: bool = True,
 ) -> dict:
     """Tokenize ``sources`` in parallel into a shard folder; returns its manifest.
 
     Does nothing (logs "up to date") when ``out_dir`` already holds shards of the same files made
-    with the same tokenizer; rebuilds when either changed.
+    with the same tokenizer; rebuilds when either changed, only if ``overwrite`` (``data prepare``
+    passes its ``--overwrite``). A folder holding anything but masklm shards is never replaced.
     """
     out_dir = Path(out_dir)
     files = resolve_files(sources)
@@ -217,8 +221,12 @@ def prepare_shards(
     if manifest is not None:
         log(f"{out_dir}: up to date ({manifest['num_documents']} documents, {manifest['num_tokens']} tokens)")
         return manifest
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
-        raise DataError(f"{out_dir} exists and is not a shard folder; pass an empty or new folder to --out")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if (_read_manifest(out_dir) or {}).get("format") != "masklm-shards":
+            raise DataError(f"{out_dir} exists and is not a shard folder; pass an empty or new folder to --out")
+        if not overwrite:
+            raise DataError(f"{out_dir} holds shards of other files or another tokenizer; pass --overwrite to "
+                            "rebuild them, or choose another --out")
     for entry in described:
         if entry["size"] <= HASH_LIMIT:
             entry["sha256"] = sha256_file(Path(entry["path"]))
