@@ -46,7 +46,6 @@ class Pipeline:
         self.objectives = read_objectives(path)   # from training_args.json; None when unknown
         self.masklm_version = read_masklm_version(path)  # that saved the folder; None when unknown
         self.trained_as = TrainedAs.from_names(self.objectives)
-        self.mask_shift = self.trained_as.mask_shift
         self._warned: set[str] = set()          # metrics already warned about (resolve_metric)
         self._fill_mask = FillMask(model, tokenizer, self.mask_shift, self.max_length)
 
@@ -57,6 +56,11 @@ class Pipeline:
     @property
     def max_length(self) -> int:
         return self.config.max_position_embeddings
+
+    @property
+    def mask_shift(self) -> int:
+        """1 when a masked token's prediction is read one position to its left (``objectives.reading``)."""
+        return self.trained_as.mask_shift
 
     @property
     def default_metric(self) -> str:
