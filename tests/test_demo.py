@@ -19,6 +19,12 @@ def test_demo_beats_unigram_baseline(tmp_path, capsys):
     base = float(re.search(r"unigram baseline .*: ([\d.]+)%", printed).group(1))
     assert acc > base + 5.0, printed  # clearly, not by a hair
     assert "fill-mask" in printed and "masklm fill-mask --model" in printed
+    # the hybrid scores a minimal pair and generates; both report what they did
+    assert re.search(r"minimal pair \(mntp, .*\n\s+-?[\d.]+  The LORD is my shepherd\.\n\s+-?[\d.]+  The LORD are", printed)
+    generated = re.search(r"generate \(([\w-]+), 32 tokens\):\n  (.+)\n  (\d+) network calls.*left-to-right: (\d+) calls",
+                          printed)
+    assert generated and generated.group(2).startswith("And God said,"), printed
+    assert int(generated.group(4)) == 32  # left-to-right: one call per token (with the KV cache)
     assert (out / "final" / "model.safetensors").is_file() and (out / "loss.png").is_file()
     # a second demo into the same non-empty folder is refused instead of mixing runs
     assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 2

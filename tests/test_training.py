@@ -318,11 +318,11 @@ def test_heldout_rows_and_evaluators_reproduce_the_trainers_final_eval(tmp_path,
     model, _, tok = load_model_dir(run / "final")
     rows = heldout_rows(ShardedCorpus(run / "data"), heldout_fraction=cfg.heldout_fraction, seed=cfg.seed,
                         seq_len=cfg.seq_len, pad_id=tok.pad_id)
-    evaluators = TrainedAs.from_names(["mntp", "clm"]).evaluators
-    assert evaluators == ("mlm", "causal")
-    again = evaluate_heldout(model, rows, tok, evaluators, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
-                             seed=cfg.seed, diffusion_samples=cfg.eval_diffusion_samples,
-                             diffusion_eps=cfg.diffusion_eps)
+    trained_as = TrainedAs.from_names(["mntp", "clm"])
+    assert trained_as.evaluators == ("mlm", "causal") and trained_as.mask_shift == 1
+    again = evaluate_heldout(model, rows, tok, trained_as.evaluators, batch_size=cfg.batch_size,
+                             max_batches=cfg.eval_batches, seed=cfg.seed, diffusion_samples=cfg.eval_diffusion_samples,
+                             diffusion_eps=cfg.diffusion_eps, shift=True)
     final = [r for r in _records(run) if r.get("objective") == "eval"][-1]
     assert {"step": 2, "objective": "eval", **again} == final
 

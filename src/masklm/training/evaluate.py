@@ -157,12 +157,13 @@ def evaluate_diffusion(model: nn.Module, rows: PackedRows, tok: Tokenizer, *, ba
 
 def evaluate_heldout(model: nn.Module, rows: PackedRows, tok: Tokenizer, evaluators: Sequence[str], *,
                      batch_size: int, max_batches: int, seed: int, diffusion_samples: int,
-                     diffusion_eps: float) -> dict[str, float]:
+                     diffusion_eps: float, shift: bool = False) -> dict[str, float]:
     """The evaluators named in ``evaluators`` (``TrainedAs(...).evaluators``: mlm always, then causal and
     diffusion as trained for) -> one record: the MLM keys, ``causal_loss``/``causal_ppl``, and
-    ``diffusion_nelbo``/``diffusion_ppl_bound``/``diffusion_nelbo_stderr``/``samples``."""
+    ``diffusion_nelbo``/``diffusion_ppl_bound``/``diffusion_nelbo_stderr``/``samples``. ``shift``
+    (``TrainedAs(...).mask_shift``) reads masks where the model was trained to predict them."""
     size = dict(batch_size=batch_size, max_batches=max_batches)
-    result = evaluate_mlm(model, rows, tok, seed=seed, **size)
+    result = evaluate_mlm(model, rows, tok, seed=seed, shift=shift, **size)
     if "causal" in evaluators:
         causal = evaluate_causal(model, rows, tok, **size)
         result |= {"causal_loss": causal["causal_loss"], "causal_ppl": causal["causal_ppl"]}

@@ -190,10 +190,11 @@ class Trainer:
             barrier(self.info)
             return None
         cfg = self.cfg
-        evaluators = TrainedAs.from_names(self.objectives.names).evaluators
-        result = evaluate_heldout(self.model, self.heldout, self.tok, evaluators, batch_size=cfg.batch_size,
-                                  max_batches=cfg.eval_batches, seed=cfg.seed,
-                                  diffusion_samples=cfg.eval_diffusion_samples, diffusion_eps=cfg.diffusion_eps)
+        trained_as = TrainedAs.from_names(self.objectives.names)
+        result = evaluate_heldout(self.model, self.heldout, self.tok, trained_as.evaluators,
+                                  batch_size=cfg.batch_size, max_batches=cfg.eval_batches, seed=cfg.seed,
+                                  diffusion_samples=cfg.eval_diffusion_samples, diffusion_eps=cfg.diffusion_eps,
+                                  shift=bool(trained_as.mask_shift))
         self.metrics.write({"step": step, "objective": "eval", **result})
         barrier(self.info)
         return result
