@@ -59,9 +59,10 @@ def _char_class(ranges: Sequence[tuple[int, int]]) -> str:
     return "[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in ranges) + "]"
 
 
-_IDEOGRAPH = _char_class(IDEOGRAPH_RANGES)
-# A space the WordPiece decoder put beside an isolated ideograph (one space, as the decoder joins words).
-_IDEOGRAPH_SPACE = re.compile(f"(?<={_IDEOGRAPH}) (?=\\S)|(?<=\\S) (?={_IDEOGRAPH})")
+# Ideographs and full-width punctuation ("。", "，"): CJK text has no space beside them, so one there is a
+# space the WordPiece decoder put between two words (it joins words with one space).
+_JOINED = _char_class(IDEOGRAPH_RANGES + ((0x3001, 0x303F), (0xFF01, 0xFF65)))
+_IDEOGRAPH_SPACE = re.compile(f"(?<={_JOINED}) (?=\\S)|(?<=\\S) (?={_JOINED})")
 _UNSPACED = re.compile(_char_class(UNSPACED_RANGES))
 
 
@@ -331,8 +332,8 @@ def word_starts(encoding: Encoding, text: str | None = None) -> np.ndarray:
     ``text`` (the encoded string) makes the whitespace test exact; without it, a token is
     whitespace when its span is empty or it is spelled only with byte-level whitespace symbols.
     With ``text``, scripts written without spaces (``UNSPACED_RANGES``) have no gaps to go by: there a
-    token starts a word when it begins a new character (a later start than the token before: byte-level
-    pieces of one character share its offsets), that character or the one before it is unspaced, and it is
+    token starts a word when it shares no character with the token before (byte-level pieces of one
+    character share its offsets), the character it starts at or the one before it is unspaced, and it is
     not a combining mark; so each CJK character, or each token where one spans several characters, is a word.
     """
     offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
@@ -362,9 +363,7 @@ def word_starts(encoding: Encoding, text: str | None = None) -> np.ndarray:
         unspaced = flags[at] | ((start > 0) & flags[np.maximum(at - 1, 0)])  # [T]: this or the previous char
         # A combining mark (a Thai vowel sign, say) belongs to the character before it.
         mark = np.array([unicodedata.category(text[i]).startswith("M") for i in at], dtype=bool)
-        prev_start = np.full(n, -1, dtype=np.int64)
-        prev_start[1:] = start[:-1]
-        starts |= ~special & ~space & unspaced & ~mark & (start > prev_start)
+        starts |= ~special & ~space & unspaced & ~mark & (start >= prev_end)
     return starts
 
 
