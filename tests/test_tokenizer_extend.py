@@ -4,6 +4,7 @@ loads, trains with --init-from and loads in transformers (BERT)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -99,6 +100,7 @@ def test_candidates_are_ranked_by_frequency_times_pieces_saved(tmp_path):
     assert "the" not in {c.word for c in ranked}  # one piece: nothing to save
 
 
+@pytest.mark.slow
 def test_extend_refuses_existing_out_and_bad_input(tmp_path, capsys):
     base, domain, _, _ = _base(tmp_path, "wordpiece")
     out = tmp_path / "taken"
@@ -119,6 +121,16 @@ def test_extend_refuses_existing_out_and_bad_input(tmp_path, capsys):
     assert main(["tokenizer", "extend", "--model", str(base), "--corpus", str(domain), "--add", "2",
                  "--min-frequency", "1000", "--out", str(tmp_path / "y")]) == 2
     assert "lower --min-frequency" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    tuned = tmp_path / "tuned"  # a fine-tuned folder (a task block) is refused: extend its pretrained folder
+    shutil.copytree(base, tuned)
+    config = json.loads((tuned / "config.json").read_text())
+    (tuned / "config.json").write_text(json.dumps({**config, "task": {"kind": "classification"}}))
+    assert main(["tokenizer", "extend", "--model", str(tuned), "--corpus", str(domain), "--add", "2",
+                 "--out", str(tmp_path / "z")]) == 2
+    assert "fine-tuned model folder" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert main(["tokenizer", "extend", "--model", str(base), "--corpus", str(domain), "--add", "500",
+                 "--out", str(tmp_path / "all")]) == 0
+    assert "of the 500 asked for" in capsys.readouterr().out
 
 
 @pytest.mark.slow

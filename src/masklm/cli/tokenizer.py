@@ -145,8 +145,12 @@ def run_extend(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     before, after = report["heldout_before"], report["heldout_after"]
+    fewer = (f" (only {report['words_added']} of the {args.add} asked for: the corpus has no more words split into "
+             f"pieces that occur {args.min_frequency}+ times)" if report["words_added"] < args.add else "")
     print(f"{report['out']}: added {report['words_added']} words ({report['tokens_added']} tokens; vocab "
-          f"{report['vocab_size'][0]} -> {report['vocab_size'][1]})")
+          f"{report['vocab_size'][0]} -> {report['vocab_size'][1]}){fewer}")
+    if report["left_out_unknown"]:
+        print(f"left out {report['left_out_unknown']} words with a character the vocabulary lacks ([UNK] pieces)")
     if before["words"]:
         print(f"pieces per word on {before['words']} held-out words: {before['pieces_per_word']:.3f} -> "
               f"{after['pieces_per_word']:.3f}")
