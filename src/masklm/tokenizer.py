@@ -1,4 +1,4 @@
-"""Tokenizers: train (WordPiece or byte-level BPE), save, load, and word boundaries.
+"""Tokenizers: train (WordPiece or byte-level BPE), save, load, decode, word boundaries and held-out coverage.
 
 A thin wrapper over Hugging Face ``tokenizers``. Trained tokenizers put the special tokens
 ``[PAD] [UNK] [CLS] [SEP] [MASK]`` at ids 0..4 and wrap every text as ``[CLS] text [SEP]``.
@@ -9,13 +9,26 @@ Choices:
 - WordPiece uses ``BertNormalizer(lowercase=False, strip_accents=False)``: the model is cased and
   keeps accents, so nothing the user wrote is lost before the model sees it.
 - Byte-level BPE starts from all 256 bytes and has no normalizer, so any Unicode text round-trips.
+
+Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar: the Unicode
+blocks in ``UNSPACED_RANGES``) have no whitespace to mark words. BERT's normalizer (and so WordPiece here)
+puts a space around every CJK ideograph (Devlin et al.'s ``_tokenize_chinese_chars``, the ranges in
+``IDEOGRAPH_RANGES``), so its decoder would write "北 京"; ``Tokenizer.decode`` takes those spaces out
+again. ``word_starts`` treats each character of an unspaced script, or each token where a token spans
+several (a word the tokenizer marked), as a word, so whole-word masking masks characters there rather
+than a whole sentence. ``Tokenizer.normal_form(text)`` says what decode(encode(text)) gives back when no
+piece is unknown: for byte-level BPE the text itself; for WordPiece the text after its normalizer (control
+characters such as U+200D dropped, whitespace runs as one space, no lowercasing, accents kept) with words
+and punctuation re-joined by its decoder's rules (e.g. "( groß )", "Hallo, Welt!").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +42,35 @@ _SPECIAL_KEYS = ["pad_token", "unk_token", "cls_token", "sep_token", "mask_token
 KINDS = ("wordpiece", "bpe")
 # Hugging Face configs sometimes carry a sentinel (1e30) meaning "no limit"; BERT positions stop at 512.
 _DEFAULT_MAX_LENGTH = 512
+
+# CJK ideographs as BERT's normalizer isolates them (google-research/bert tokenization.py, _is_chinese_char).
+IDEOGRAPH_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+                    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+# Scripts written without spaces between words: the ideographs above plus CJK radicals, symbols and
+# punctuation, kana, bopomofo, the later CJK extensions, half-width kana, and Thai, Lao, Myanmar, Khmer
+# (Unicode blocks; Korean hangul is written with spaces and is not here).
+UNSPACED_RANGES = IDEOGRAPH_RANGES + (
+    (0x0E00, 0x0E7F), (0x0E80, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF),
+    (0x3000, 0x303F), (0x3040, 0x30FF), (0x3100, 0x312F), (0x31F0, 0x31FF), (0x2EBF0, 0x2EE5F),
+    (0x30000, 0x323AF), (0xFF65, 0xFF9F))
+
+
+def _char_class(ranges: Sequence[tuple[int, int]]) -> str:
+    return "[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in ranges) + "]"
+
+
+# Ideographs and full-width punctuation ("。", "，"): CJK text has no space beside them, so one there is a
+# space the WordPiece decoder put between two words (it joins words with one space).
+_JOINED = _char_class(IDEOGRAPH_RANGES + ((0x3001, 0x303F), (0xFF01, 0xFF65)))
+_IDEOGRAPH_SPACE = re.compile(f"(?<={_JOINED}) (?=\\S)|(?<=\\S) (?={_JOINED})")
+_UNSPACED = re.compile(_char_class(UNSPACED_RANGES))
+
+
+def unspaced_chars(text: str) -> np.ndarray:
+    """``[len(text)]`` bool: True at characters of scripts written without spaces (``UNSPACED_RANGES``)."""
+    flags = np.zeros(len(text), dtype=bool)
+    flags[[m.start() for m in _UNSPACED.finditer(text)]] = True
+    return flags
 
 
 class Tokenizer:
@@ -77,6 +119,9 @@ class Tokenizer:
         self.model_max_length = int(model_max_length)
         model_type = type(backend.model).__name__
         self.kind = {"WordPiece": "wordpiece", "BPE": "bpe"}.get(model_type, model_type.lower())
+        # Whether the normalizer spaces out CJK ideographs (BERT's does), so decode must join them again.
+        normalizer = backend.normalizer
+        self.spaces_ideographs = normalizer is not None and " " in normalizer.normalize_str("\u4e00\u4e8c")
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
@@ -91,11 +136,29 @@ class Tokenizer:
         return self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """Token ids -> text; CJK ideographs the normalizer spaced out are joined again ("北京", not "北 京")."""
+        return self._join(self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))
 
     def decode_batch(self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
-        return self.backend.decode_batch([[int(i) for i in ids] for ids in rows],
-                                         skip_special_tokens=skip_special_tokens)
+        texts = self.backend.decode_batch([[int(i) for i in ids] for ids in rows],
+                                          skip_special_tokens=skip_special_tokens)
+        return [self._join(text) for text in texts]
+
+    def _join(self, decoded: str) -> str:
+        return _IDEOGRAPH_SPACE.sub("", decoded) if self.spaces_ideographs else decoded
+
+    def normal_form(self, text: str) -> str:
+        """What ``decode(encode(text))`` gives back when no piece is unknown: the text through the
+        normalizer, split into words by the pre-tokenizer and spelled back by the decoder (joined as in
+        ``decode``). Byte-level BPE: ``text`` itself. WordPiece: control characters dropped, whitespace runs as
+        one space, words and punctuation joined by the decoder's rules (see the module docstring)."""
+        backend = self.backend
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        words = [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer else [text]
+        if backend.decoder is None:
+            return self._join(" ".join(words))
+        return self._join(backend.decoder.decode(words))
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
@@ -268,6 +331,10 @@ def word_starts(encoding: Encoding, text: str | None = None) -> np.ndarray:
     with a gap between them (start > previous end).
     ``text`` (the encoded string) makes the whitespace test exact; without it, a token is
     whitespace when its span is empty or it is spelled only with byte-level whitespace symbols.
+    With ``text``, scripts written without spaces (``UNSPACED_RANGES``) have no gaps to go by: there a
+    token starts a word when it shares no character with the token before (byte-level pieces of one
+    character share its offsets), the character it starts at or the one before it is unspaced, and it is
+    not a combining mark; so each CJK character, or each token where one spans several characters, is a word.
     """
     offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
     special = np.asarray(encoding.special_tokens_mask, dtype=bool)
@@ -289,4 +356,68 @@ def word_starts(encoding: Encoding, text: str | None = None) -> np.ndarray:
     # Whitespace offsets are unreliable (trimming moves them), so a gap only counts between
     # non-whitespace tokens; a token after whitespace continues the word the whitespace opened.
     gap = (start > prev_end) & ~space & ~prev_space
-    return ~special & (prev_special | gap | (space & ~prev_space))
+    starts = ~special & (prev_special | gap | (space & ~prev_space))
+    flags = unspaced_chars(text) if text is not None else np.zeros(0, dtype=bool)
+    if flags.any():
+        at = np.clip(start, 0, len(text) - 1)
+        unspaced = flags[at] | ((start > 0) & flags[np.maximum(at - 1, 0)])  # [T]: this or the previous char
+        # A combining mark (a Thai vowel sign, say) belongs to the character before it.
+        mark = np.array([unicodedata.category(text[i]).startswith("M") for i in at], dtype=bool)
+        starts |= ~special & ~space & unspaced & ~mark & (start >= prev_end)
+    return starts
+
+
+def heldout_coverage(tokenizer: Tokenizer, texts: Iterable[str], seen: set[str]) -> dict[str, float | int]:
+    """How well a tokenizer covers held-out ``texts``, given ``seen``: the characters of its training text.
+
+    Over the held-out non-whitespace characters: ``chars_seen`` (share that occur in the training text),
+    ``chars_in_vocab`` (share the tokenizer spells without [UNK]; every one for byte-level BPE, while
+    WordPiece needs the character itself as a piece) and ``unknown_char_rate`` (share inside [UNK]
+    tokens: WordPiece turns a whole word into [UNK] for one unknown character); over the held-out tokens:
+    ``unknown_token_rate``. Rates are 0.0 when there is nothing to count (``chars``/``tokens`` say so).
+    """
+    counts: dict[str, int] = {}
+    tokens = unknown_tokens = unknown_chars = 0
+    for text in texts:
+        for char in text:
+            if not char.isspace():
+                counts[char] = counts.get(char, 0) + 1
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        tokens += len(encoding.ids)
+        for token_id, (s, e) in zip(encoding.ids, encoding.offsets):
+            if token_id == tokenizer.unk_id:
+                unknown_tokens += 1
+                unknown_chars += sum(not c.isspace() for c in text[s:e])
+    chars = sum(counts.values())
+
+    def spelled(char: str) -> bool:  # the character alone encodes to pieces, none of them [UNK]
+        ids = tokenizer.encode(char, add_special_tokens=False).ids
+        return bool(ids) and tokenizer.unk_id not in ids
+
+    def share(part: int, whole: int) -> float:
+        return part / whole if whole else 0.0
+
+    return {
+        "chars": chars, "distinct_chars": len(counts), "tokens": tokens,
+        "chars_seen": share(sum(n for c, n in counts.items() if c in seen), chars),
+        "chars_in_vocab": share(sum(n for c, n in counts.items() if spelled(c)), chars),
+        "unknown_token_rate": share(unknown_tokens, tokens),
+        "unknown_char_rate": share(unknown_chars, chars),
+    }
+
+
+def heldout_stride(fraction: float) -> int:
+    """Every ``heldout_stride(f)``-th document is held out (about a share ``f``); 0 = none."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"held-out fraction must be in [0, 1) (got {fraction})")
+    return 0 if fraction == 0 else max(2, round(1.0 / fraction))
+
+
+def split_stream(texts: Iterable[str], stride: int, heldout: list[str]) -> Iterator[str]:
+    """Yield the training documents of ``texts``; document i goes to ``heldout`` instead when
+    ``stride`` and ``i % stride == stride - 1`` (a rule that needs no count, so a corpus streams once)."""
+    for i, text in enumerate(texts):
+        if stride and i % stride == stride - 1:
+            heldout.append(text)
+        else:
+            yield text

@@ -7,7 +7,8 @@ its batch, on any number of loader workers. Within a batch all the work is vecto
 Selection picks a budget of ``rate * n`` maskable tokens per row (n = non-special, non-pad tokens),
 dithered so the expected count is exact even for short rows. Token-level masking treats every
 maskable token as a one-token word; whole-word masking groups tokens into words from
-``word_starts``. Words are taken in a random order while their running length stays within the
+``word_starts`` (``masklm.tokenizer.word_starts``: in scripts written without spaces, such as Chinese or
+Thai, each character, or each token spanning several, is a word, so a sentence is not one word). Words are taken in a random order while their running length stays within the
 budget (the word straddling the budget is taken with probability equal to the fraction that fits),
 so a word is masked as a whole or not at all. The mask/random/keep split (default 80/10/10) is then
 drawn per token, like Hugging Face's whole-word collator.
