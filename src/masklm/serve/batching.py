@@ -62,6 +62,13 @@ class Job:
         return max(map(len, self.ids), default=1)
 
 
+def _candidates(job: Job) -> int:
+    """Candidates a fill-mask job asks for at each mask: ``top_k``, or fewer when it names fewer targets."""
+    k = job.params.get("top_k", 1)
+    targets = job.params.get("targets")
+    return min(k, len(targets)) if targets else k
+
+
 def _trim(result: list, k: int) -> list:
     """A fill-mask result (one list of candidates, or one per mask) cut to ``k`` candidates."""
     if result and isinstance(result[0], list):
@@ -125,7 +132,7 @@ class Runner:
                 raise ServeError(f"inputs[{i}] has no {tok.mask_token}; put {tok.mask_token} "
                                  "where a word should be predicted")
         job.units = sum(len(ids) * ids.count(tok.mask_id) for ids in job.ids)
-        check_cost("this fill-mask request", job.units * job.params["top_k"], "tokens x masks x top_k",
+        check_cost("this fill-mask request", job.units * _candidates(job), "tokens x masks x top_k",
                    self.limits.max_fill_mask_cost, "--max-fill-mask-cost",
                    "send fewer masks or inputs, or a smaller top_k")
 
@@ -149,10 +156,10 @@ class Runner:
         part: list[Job] = []
         units = k = 0
         for job in jobs:
-            wider = max(k, job.params.get("top_k", 1))
+            wider = max(k, _candidates(job))
             if part and (units + job.units) * wider > self.limits.max_fill_mask_cost:
                 yield part
-                part, units, wider = [], 0, job.params.get("top_k", 1)
+                part, units, wider = [], 0, _candidates(job)
             part.append(job)
             units += job.units
             k = wider
