@@ -44,6 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-generate-steps", type=int, default=d.max_generate_steps,
                    help=f"default {d.max_generate_steps}")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help=f"default {d.max_body_bytes}")
+    g.add_argument("--max-fill-mask-cost", type=int, default=d.max_fill_mask_cost,
+                   help=f"fill-mask work per request: tokens x masks x top_k summed over its inputs "
+                        f"(default {d.max_fill_mask_cost}); past it, 413")
+    g.add_argument("--max-generate-cost", type=int, default=d.max_generate_cost,
+                   help=f"generate work per request: length x steps x length_beam (default {d.max_generate_cost}); "
+                        "past it, 413")
+    g = p.add_argument_group("timeouts (seconds)")
+    g.add_argument("--request-timeout", type=float, default=d.request_timeout,
+                   help=f"answer 504 and drop the work of a request not answered within this time, queueing "
+                        f"included (default {d.request_timeout:g})")
+    g.add_argument("--read-timeout", type=float, default=d.read_timeout,
+                   help=f"close a connection that has not sent a whole request (headers and body) within this "
+                        f"time (default {d.read_timeout:g})")
+    g.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout,
+                   help=f"close a connection idle this long after an answer (default {d.keep_alive_timeout:g})")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
     p.set_defaults(func=run)
 
@@ -81,11 +96,15 @@ def run(args: argparse.Namespace) -> int:
     # lazy: the model stack and the app (which needs fastapi) load only when this command runs
     from masklm.inference.pipeline import load
     from masklm.serve.app import create_app
+    from masklm.serve.connections import timed_protocol
 
     limits = Limits(max_inputs=args.max_inputs, max_tokens=args.max_tokens, max_batch_tokens=args.max_batch_tokens,
                     max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms, max_top_k=args.max_top_k,
                     max_targets=args.max_targets, max_generate_length=args.max_generate_length,
-                    max_generate_steps=args.max_generate_steps, max_body_bytes=args.max_body_bytes)
+                    max_generate_steps=args.max_generate_steps, max_body_bytes=args.max_body_bytes,
+                    max_fill_mask_cost=args.max_fill_mask_cost, max_generate_cost=args.max_generate_cost,
+                    request_timeout=args.request_timeout, read_timeout=args.read_timeout,
+                    keep_alive_timeout=args.keep_alive_timeout)
     if args.api_key is not None and not args.api_key.strip():
         raise ConfigError("--api-key is empty; pass a key or leave the flag out")
     if not 0 <= args.port <= 65535:
@@ -103,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"masklm: serving {args.model} on http://{shown}:{port} (playground at /, API docs at /docs)",
           file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, timeout_graceful_shutdown=5,
+                            http=timed_protocol(limits.read_timeout), timeout_keep_alive=limits.keep_alive_timeout)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

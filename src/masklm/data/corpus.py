@@ -3,7 +3,9 @@
 A *source* is a file, a folder (read recursively in sorted order) or a built-in name ("kjv").
 ``.txt`` files hold documents separated by blank lines; ``.jsonl`` files hold one document per
 record (its ``"text"`` field); ``.gz`` variants of both are decompressed on the fly. Nothing reads
-a whole file into memory: documents are yielded one at a time.
+a whole file, or a whole line, into memory: documents are yielded one at a time, and a line or document
+over ``MAX_PIECE`` is cut at whitespace into pieces, counted and reported (``CorpusStats.summary``), so
+a 50 MB single-line file or a 2 GB file without blank lines is read in bounded memory.
 
 Invalid UTF-8 bytes become U+FFFD (like ``errors="replace"``) and are counted; malformed or
 text-less JSONL records are counted, and each is logged with its file and line number.
@@ -26,6 +28,15 @@ from masklm.errors import DataError
 log = logging.getLogger("masklm.data")
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+# Memory stays bounded whatever the file holds: a line is read in parts of at most MAX_PIECE bytes, and a
+# document (a run of lines, or a JSONL record's text) is cut into pieces of at most MAX_PIECE characters,
+# at whitespace where there is some. 1 MiB is far above ordinary documents (a KJV chapter is ~4 KB, a long
+# novel ~1 MB), so ordinary corpora read as before, and ~250k tokens is what a tokenizer encodes in
+# ~100 MB. A JSONL line must be parsed whole, so one over MAX_RECORD_BYTES is skipped and counted.
+MAX_PIECE = 1 << 20
+MAX_RECORD_BYTES = 64 << 20
+_SPACE_BYTES = (b" ", b"\t", b"\r", b"\x0b", b"\x0c")
+_SPACE_CHARS = (" ", "\n", "\t", "\r", "\x0b", "\x0c")
 _MAX_WARNINGS = 100  # keep the first warnings in CorpusStats; counts stay exact
 
 
@@ -37,6 +48,8 @@ class CorpusStats:
     documents: int = 0
     words: int = 0
     bad_bytes: int = 0
+    split_lines: int = 0        # lines over MAX_PIECE bytes, read as several pieces
+    split_documents: int = 0    # documents over MAX_PIECE characters, given as several documents
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -54,17 +67,22 @@ class CorpusStats:
     def to_dict(self) -> dict:
         return {
             "files": self.files, "documents": self.documents, "words": self.words,
-            "bad_bytes": self.bad_bytes, "skipped": dict(self.skipped),
+            "bad_bytes": self.bad_bytes, "split_lines": self.split_lines,
+            "split_documents": self.split_documents, "skipped": dict(self.skipped),
         }
 
     def summary(self) -> str:
         """One line for stderr: documents, words, replaced bytes, skipped records."""
         skipped = sum(self.skipped.values())
         detail = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+        split = ""
+        if self.split_lines or self.split_documents:
+            split = (f"; split {self.split_lines} long lines and {self.split_documents} long documents into "
+                     f"pieces of at most {MAX_PIECE >> 20} MiB, at whitespace")
         return (
             f"{self.documents} documents, {self.words} words from {self.files} file(s); "
             f"{self.bad_bytes} invalid UTF-8 bytes replaced; {skipped} records skipped"
-            + (f" ({detail})" if detail else "")
+            + (f" ({detail})" if detail else "") + split
         )
 
 
@@ -147,33 +165,113 @@ def resolve_files(sources: list[str] | str) -> list[Path]:
     return files
 
 
-def _lines(path: Path) -> Iterator[bytes]:
+def _lines(path: Path, limit: int) -> Iterator[bytes]:
+    """The file's lines as bytes; a line over ``limit`` bytes comes in parts of ``limit`` bytes (the last
+    part ends with the newline), so one huge line is never held whole."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            yield from handle
+            while part := handle.readline(limit):
+                yield part
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read {path}: {exc}; check that the file is complete") from exc
 
 
+def _cut_bytes(data: bytes) -> int:
+    """Where to cut ``data``, a part of a long line: after its last ASCII whitespace, else before its last
+    (maybe incomplete) UTF-8 character, so no character is ever cut in two."""
+    at = max(data.rfind(b) for b in _SPACE_BYTES) + 1
+    if at > 0:
+        return at
+    at = len(data) - 1
+    while at > 0 and data[at] & 0xC0 == 0x80:  # continuation bytes belong to the character before them
+        at -= 1
+    return at or len(data)
+
+
+def _text_lines(path: Path, stats: CorpusStats) -> Iterator[str]:
+    """Decoded lines of a text file, without line ends; a line over ``MAX_PIECE`` bytes comes as pieces
+    of at most that size, cut at whitespace (counted in ``stats.split_lines``)."""
+    carry, cut = b"", False
+    for part in _lines(path, MAX_PIECE):
+        data = carry + part                                        # at most 2 x MAX_PIECE bytes
+        ends = part.endswith(b"\n") or len(part) < MAX_PIECE       # the line ends here (or the file does)
+        if ends:
+            data = data.rstrip(b"\r\n")
+        while len(data) > MAX_PIECE:
+            stats.split_lines += not cut
+            cut = True
+            at = _cut_bytes(data[:MAX_PIECE])
+            yield _count_bad(data[:at], stats)
+            data = data[at:]
+        if ends:
+            yield _count_bad(data, stats)
+            carry, cut = b"", False
+        else:
+            carry = data
+    if carry:
+        yield _count_bad(carry, stats)
+
+
+def _count_bad(data: bytes, stats: CorpusStats) -> str:
+    text, bad = _decode(data)
+    stats.bad_bytes += bad
+    return text
+
+
 def _iter_text(path: Path, stats: CorpusStats) -> Iterator[str]:
-    """Documents of a plain-text file: runs of non-blank lines, joined with newlines."""
+    """Documents of a plain-text file: runs of non-blank lines, joined with newlines. A document grows to
+    at most ``MAX_PIECE`` characters; a longer one is cut between lines (counted in
+    ``stats.split_documents``)."""
     lines: list[str] = []
-    for raw in _lines(path):
-        line, bad = _decode(raw.rstrip(b"\r\n"))
-        stats.bad_bytes += bad
+    size, cut = 0, False
+    for line in _text_lines(path, stats):
         if line.strip():
-            lines.append(line.rstrip())
+            line = line.rstrip()
+            if lines and size + len(line) > MAX_PIECE:
+                stats.split_documents += not cut
+                cut = True
+                yield "\n".join(lines)
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line) + 1
         elif lines:
             yield "\n".join(lines)
-            lines = []
+            lines, size, cut = [], 0, False
     if lines:
         yield "\n".join(lines)
 
 
+def _pieces(text: str, stats: CorpusStats) -> Iterator[str]:
+    """``text`` in pieces of at most ``MAX_PIECE`` characters, cut after whitespace where there is some
+    (a JSONL record's text; counted in ``stats.split_documents``)."""
+    if len(text) <= MAX_PIECE:
+        yield text
+        return
+    stats.split_documents += 1
+    lo = 0
+    while len(text) - lo > MAX_PIECE:
+        hi = max(text.rfind(c, lo, lo + MAX_PIECE) for c in _SPACE_CHARS) + 1
+        hi = hi if hi > lo else lo + MAX_PIECE
+        if text[lo:hi].strip():
+            yield text[lo:hi].strip()
+        lo = hi
+    if text[lo:].strip():
+        yield text[lo:].strip()
+
+
 def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each JSON object line; malformed lines are counted and logged."""
-    for number, raw in enumerate(_lines(path), start=1):
+    number, skipping = 0, False
+    for raw in _lines(path, MAX_RECORD_BYTES):
+        if skipping or not raw.endswith(b"\n") and len(raw) == MAX_RECORD_BYTES:
+            # a record longer than MAX_RECORD_BYTES: counted and passed over without being held whole
+            if not skipping:
+                number += 1
+                stats.skip("record_too_long", f"{path}:{number}")
+            skipping = not raw.endswith(b"\n")
+            continue
+        number += 1
         line, bad = _decode(raw)
         stats.bad_bytes += bad
         if not line.strip():
@@ -214,7 +312,7 @@ def _iter_jsonl(path: Path, stats: CorpusStats) -> Iterator[str]:
     for number, record in _iter_records(path, stats):
         text = record["text"].strip()
         if text:
-            yield text
+            yield from _pieces(text, stats)
         else:
             stats.skip("empty_text", f"{path}:{number}")
 

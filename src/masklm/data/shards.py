@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,8 @@ from masklm.tokenizer import Tokenizer, word_starts
 from masklm.version import __version__
 
 FORMAT_VERSION = 1
-CHUNK_DOCUMENTS = 1000          # documents per worker task: bounds memory, amortises IPC
+CHUNK_DOCUMENTS = 1000          # documents per worker task: amortises IPC
+CHUNK_CHARS = 1 << 20           # characters per worker task: bounds a worker's memory (~250k tokens)
 SHARD_TOKENS = 1 << 28          # 256M tokens (512 MiB at uint16) per shard file
 HASH_LIMIT = 256 << 20          # sha256 files up to 256 MiB; bigger ones are tracked by size+mtime
 
@@ -88,9 +89,18 @@ def _encode_chunk(texts: list[str], backend=None, dtype: str = "uint16") -> tupl
     return ids, starts.astype(np.uint8), lengths
 
 
-def _chunks(documents: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(documents)
-    while chunk := list(islice(iterator, size)):
+def _chunks(documents: Iterable[str], size: int, chars: int | None = None) -> Iterator[list[str]]:
+    """Lists of at most ``size`` documents and ``chars`` characters (at least one document each)."""
+    chars = CHUNK_CHARS if chars is None else chars
+    chunk: list[str] = []
+    total = 0
+    for text in documents:
+        if chunk and (len(chunk) == size or total + len(text) > chars):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(text)
+        total += len(text)
+    if chunk:
         yield chunk
 
 

@@ -10,6 +10,15 @@ hand-off, so batches grow with the load; a request that finds the worker idle wa
 for company. Each model call's requests are answered as it ends, with one wake-up of the event loop.
 Model work never runs on the event loop. If a merged call fails on one request's input, each job is
 rerun alone so only that request gets the error.
+
+Work nobody waits for is dropped. A request is answered 504 once ``request_timeout`` seconds have passed
+since it was admitted, and a request whose client disconnects is cancelled by the gate; either way its
+job is marked ``dropped`` and its queue place freed at once. The worker never starts a model call for
+dropped jobs (checked before each call, so also between the calls of one hand-off), and stops a running
+call whose jobs are all dropped at its next network call: a forward pre-hook on the model's modules
+raises ``Abandoned``, so a long generation ends after one more step, not after all of them. Fill-mask
+jobs are tokenized first and refused past ``max_fill_mask_cost``; merged ones are cut so that no model call
+passes that bound either (a merged call decodes the largest ``top_k`` for every row).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 
 from masklm.errors import MaskLMError
 from masklm.inference.batching import budget_cuts
-from masklm.serve.limits import Limits, ServeError, check_encoded
+from masklm.serve.limits import Limits, ServeError, check_cost, check_encoded
 from masklm.serve.metrics import Metrics
 from masklm.serve.steps import generate_with_steps
 
@@ -44,11 +53,20 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)
     ids: list[list[int]] = field(default_factory=list)
     future: asyncio.Future | None = None
+    dropped: bool = False       # its client left or its deadline passed: do not run it (set on the event loop)
+    units: int = 0              # fill-mask: tokens x masks summed over its inputs (set by the worker)
 
     @property
     def width(self) -> int:
         """The longest input, in tokens (1 before tokenization)."""
         return max(map(len, self.ids), default=1)
+
+
+def _candidates(job: Job) -> int:
+    """Candidates a fill-mask job asks for at each mask: ``top_k``, or fewer when it names fewer targets."""
+    k = job.params.get("top_k", 1)
+    targets = job.params.get("targets")
+    return min(k, len(targets)) if targets else k
 
 
 def _trim(result: list, k: int) -> list:
@@ -58,6 +76,10 @@ def _trim(result: list, k: int) -> list:
     return result[:k]
 
 
+class Abandoned(Exception):
+    """Raised inside a model call whose every request was dropped, to stop it (see the module docstring)."""
+
+
 class Runner:
     """The worker thread's side: tokenizes and checks jobs, then runs them as batched pipeline calls."""
 
@@ -65,10 +87,19 @@ class Runner:
         self.pipe = pipe
         self.limits = limits
         self.metrics = metrics
+        self._running: list[Job] = []   # the jobs of the model call in progress
+        if pipe is not None:  # every network call goes through one of the model's direct submodules
+            for module in pipe.model.children():
+                module.register_forward_pre_hook(self._stop_if_abandoned)
+
+    def _stop_if_abandoned(self, module: Any, args: Any) -> None:
+        running = self._running
+        if running and all(job.dropped for job in running):
+            raise Abandoned
 
     def run(self, jobs: list[Job], settle: Callable[[list[Outcome]], None]) -> None:
         """Answer every job of ``jobs`` through ``settle``: refusals first, then each model call's jobs."""
-        ready = self._prepare(jobs, settle)
+        ready = self._prepare([job for job in jobs if not job.dropped], settle)
         for batch in self._batches(ready):
             settle(self._call(batch))
 
@@ -85,10 +116,7 @@ class Runner:
                 try:
                     job.ids = check_encoded(rows, job.texts, self.limits)
                     if job.kind == "fill_mask":
-                        for i, ids in enumerate(job.ids):
-                            if tok.mask_id not in ids:
-                                raise ServeError(f"inputs[{i}] has no {tok.mask_token}; put {tok.mask_token} "
-                                                 "where a word should be predicted")
+                        self._check_fill_mask(job, tok)
                 except ServeError as exc:
                     refused.append((job, None, exc))
                     continue
@@ -97,8 +125,20 @@ class Runner:
             settle(refused)
         return ready
 
+    def _check_fill_mask(self, job: Job, tok) -> None:
+        """A mask in every input, and the work within ``max_fill_mask_cost`` (sets ``job.units``)."""
+        for i, ids in enumerate(job.ids):
+            if tok.mask_id not in ids:
+                raise ServeError(f"inputs[{i}] has no {tok.mask_token}; put {tok.mask_token} "
+                                 "where a word should be predicted")
+        job.units = sum(len(ids) * ids.count(tok.mask_id) for ids in job.ids)
+        check_cost("this fill-mask request", job.units * _candidates(job), "tokens x masks x top_k",
+                   self.limits.max_fill_mask_cost, "--max-fill-mask-cost",
+                   "send fewer masks or inputs, or a smaller top_k")
+
     def _batches(self, jobs: list[Job]) -> Iterator[list[Job]]:
-        """Compatible jobs in arrival order, cut where ``rows x longest input`` would pass the budget."""
+        """Compatible jobs in arrival order, cut where ``rows x longest input`` would pass the budget (and,
+        for fill-mask, where the merged call's cost would pass ``max_fill_mask_cost``)."""
         groups: dict[tuple, list[Job]] = {}
         for job in jobs:
             if job.kind in BATCHABLE:
@@ -106,19 +146,39 @@ class Runner:
             else:
                 yield [job]
         for group in groups.values():
-            sizes = [(len(job.texts), job.width) for job in group]
-            for lo, hi in budget_cuts(sizes, self.limits.max_batch_tokens):
-                yield group[lo:hi]
+            for part in self._cost_cuts(group) if group[0].kind == "fill_mask" else [group]:
+                sizes = [(len(job.texts), job.width) for job in part]
+                for lo, hi in budget_cuts(sizes, self.limits.max_batch_tokens):
+                    yield part[lo:hi]
+
+    def _cost_cuts(self, jobs: list[Job]) -> Iterator[list[Job]]:
+        """Fill-mask jobs in order, cut where ``sum(units) x largest top_k`` would pass the cost bound."""
+        part: list[Job] = []
+        units = k = 0
+        for job in jobs:
+            wider = max(k, _candidates(job))
+            if part and (units + job.units) * wider > self.limits.max_fill_mask_cost:
+                yield part
+                part, units, wider = [], 0, _candidates(job)
+            part.append(job)
+            units += job.units
+            k = wider
+        if part:
+            yield part
 
     def _call(self, batch: list[Job]) -> list[Outcome]:
-        """One model call for ``batch`` (jobs whose client went away are skipped)."""
-        batch = [job for job in batch if not job.future.cancelled()]
+        """One model call for ``batch``; dropped jobs are skipped, and a call left with none stops."""
+        batch = [job for job in batch if not job.dropped]
         if not batch:
             return []
         rows = sum(len(job.texts) for job in batch)
         self.metrics.batch(len(batch), rows, rows * max(job.width for job in batch))
+        self._running = batch
         try:
             results = getattr(self, batch[0].kind)(batch)
+        except Abandoned:
+            self.metrics.stopped_call()
+            return []
         except MaskLMError as exc:
             if len(batch) > 1:  # one request's input broke the merged call: serve each alone
                 return [out for job in batch for out in self._call([job])]
@@ -126,6 +186,8 @@ class Runner:
         except Exception as exc:  # a bug: log it, answer 500, keep serving
             traceback.print_exc(file=sys.stderr)
             return [(job, None, exc) for job in batch]
+        finally:
+            self._running = []
         return [(job, result, None) for job, result in zip(batch, results)]
 
     @staticmethod
@@ -195,7 +257,8 @@ class Batcher:
         return self._task is not None and not self._task.done()
 
     async def submit(self, job: Job) -> Any:
-        """Queue ``job`` and wait for its result; 429 when ``max_queue`` requests are already admitted."""
+        """Queue ``job`` and wait for its result; 429 when ``max_queue`` requests are already admitted, 504
+        past ``request_timeout``. Cancelling the wait (the client left) drops the job."""
         if self.pending >= self.limits.max_queue:
             raise ServeError(f"server busy: {self.pending} requests waiting (limit {self.limits.max_queue}); "
                              "retry after the Retry-After seconds", "overloaded", headers={"Retry-After": "1"})
@@ -205,7 +268,17 @@ class Batcher:
         self.waiting.append(job)
         self._wake.set()
         try:
-            return await job.future
+            return await asyncio.wait_for(job.future, self.limits.request_timeout)
+        except asyncio.TimeoutError:
+            job.dropped = True
+            self.metrics.dropped("deadline")
+            raise ServeError(f"the request was not answered within this server's limit of "
+                             f"{self.limits.request_timeout:g} s (--request-timeout); ask for less work or "
+                             "retry later", "timeout") from None
+        except asyncio.CancelledError:
+            job.dropped = True
+            self.metrics.dropped("disconnected")
+            raise
         finally:
             self.pending -= 1
             self.metrics.queue_depth = self.pending
@@ -222,8 +295,10 @@ class Batcher:
                 await self._wake.wait()
                 if self.limits.batch_wait_ms:  # the worker was idle: let requests sent together join
                     await asyncio.sleep(self.limits.batch_wait_ms / 1000)
-            jobs = list(self.waiting)
+            jobs = [job for job in self.waiting if not job.dropped]
             self.waiting.clear()
+            if not jobs:
+                continue
             try:
                 await loop.run_in_executor(self._executor, self.runner.run, jobs, settle)
             except Exception as exc:  # a bug outside the model calls: answer 500, keep serving

@@ -9,10 +9,17 @@ It also serves the JSON POST routes itself: the body is validated with the route
 (pydantic's own JSON parser) and handed to the route's function, whose response is sent as is. FastAPI's
 routing, dependency solving and middleware stack cost more per request than a small model call, so
 only the other routes (GETs, ``/docs``, 404 and 405) go through FastAPI.
+
+While a route's function runs, the gate listens on the connection: if the client disconnects first, the
+function is cancelled, which drops its queued or running job (``masklm.serve.batching``), and nothing is
+answered. A client that disconnects while sending its body gets no work done at all. ``HEAD`` on a GET
+route is served as that GET (uvicorn sends the headers without the body).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
 from typing import Any
@@ -23,6 +30,7 @@ from masklm.serve.page import PAGE_PATHS
 from masklm.serve.responses import as_serve_error, error_response, parse_body
 
 OPEN_PATHS = frozenset({"/health", *PAGE_PATHS})  # the page files hold no model data
+CLIENT_GONE = 499  # the metrics' status for a request whose client left before its answer (nginx's code)
 
 
 class Gate:
@@ -52,13 +60,32 @@ class Gate:
         self.metrics.error(route, exc.error_type)
         await _send(send, error_response(exc))
 
-    async def _serve_json(self, scope: dict, body: bytes, send: Any, route: str) -> None:
+    async def _serve_json(self, scope: dict, body: bytes, receive: Any, send: Any, route: str) -> bool:
+        """Validate, run and answer a JSON route; False when the client left first (nothing answered)."""
         model, endpoint = self.json_routes[scope["path"]]
         try:
-            response = await endpoint(parse_body(model, body, _header(scope["headers"], b"content-type")))
+            request = parse_body(model, body, _header(scope["headers"], b"content-type"))
         except Exception as exc:  # noqa: BLE001 - every failure is answered; bugs are logged by as_serve_error
-            return await self._refuse(send, route, as_serve_error(exc, scope["method"], scope["path"]))
+            await self._refuse(send, route, as_serve_error(exc, scope["method"], scope["path"]))
+            return True
+        work = asyncio.ensure_future(endpoint(request))
+        gone = asyncio.ensure_future(_disconnect(receive))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # the client left (or the server is stopping): cancelling the work drops its job
+            for task in (work, gone):
+                task.cancel()
+        if not work.done() or work.cancelled():
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return False
+        try:
+            response = work.result()
+        except Exception as exc:  # noqa: BLE001 - as above
+            await self._refuse(send, route, as_serve_error(exc, scope["method"], scope["path"]))
+            return True
         await _send(send, response)
+        return True
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -83,14 +110,22 @@ class Gate:
                     return await self._refuse(send_status, route, ServeError(
                         f"request body is larger than this server's limit of {self.max_body} bytes; "
                         "send fewer or shorter inputs", "too_large"))
+                if body is None:  # the client left before sending its whole body: nothing to answer
+                    status[0] = CLIENT_GONE
+                    return None
                 if scope["method"] == "POST" and scope["path"] in self.json_routes:
-                    return await self._serve_json(scope, body, send_status, route)
+                    if not await self._serve_json(scope, body, receive, send_status, route):
+                        status[0] = CLIENT_GONE
+                    return None
                 receive = _replay(body, receive)
+            elif scope["method"] == "HEAD" and scope["path"] in self.routes and scope["path"] not in self.json_routes:
+                scope = {**scope, "method": "GET"}  # uvicorn still knows it as HEAD and sends no body
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.request(route, status[0], time.perf_counter() - start)
 
-    async def _read_body(self, receive: Any, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bool]:
+    async def _read_body(self, receive: Any, headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bool]:
+        """(body, too big); body None when the client disconnected before sending all of it."""
         for name, value in headers:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 return b"", True
@@ -98,7 +133,7 @@ class Gate:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return None, False
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -107,6 +142,12 @@ class Gate:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks), False
+
+
+async def _disconnect(receive: Any) -> None:
+    """Returns when the client disconnects (the body was read already, so nothing else arrives)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -2,8 +2,8 @@
 
 A request sets the template and the sampling settings of ``GenerationConfig.REQUEST_FIELDS``; never
 ``objectives``, ``max_length``, ``cache``, ``eps`` or ``trace``, which the server owns. Lengths, steps and
-beams are bounded before any work: a template's ``[MASK]*N`` spans are counted from the text, so
-``[MASK]*1000000000`` is refused, not expanded. The settings are then checked by ``GenerationConfig``
+beams, and their product (``--max-generate-cost``), are bounded before any work: a template's
+``[MASK]*N`` spans are counted from the text, so ``[MASK]*1000000000`` is refused, not expanded. The settings are then checked by ``GenerationConfig``
 itself, still on the event loop, so a bad request never waits for the model.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from masklm.errors import InputError
 from masklm.generation.config import REQUEST_FIELDS, GenerationConfig
-from masklm.serve.limits import Limits, ServeError, check_range, token_lengths
+from masklm.serve.limits import Limits, ServeError, check_cost, check_range, token_lengths
 
 ALLOWED = ("template", *REQUEST_FIELDS)
 MAX_LENGTH_BEAM = 8
@@ -65,9 +65,13 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limit
     if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
         raise ServeError(f"parameters.seed must be an integer, got {params['seed']!r}")
     try:
-        GenerationConfig(**{k: v for k, v in params.items() if k in REQUEST_FIELDS})
+        config = GenerationConfig(**{k: v for k, v in params.items() if k in REQUEST_FIELDS})
+        resolved = config.resolve(span if template is not None else None)  # the length and steps it will run
     except InputError as exc:
         raise ServeError(str(exc)) from None
     except TypeError as exc:  # a value of the wrong type, e.g. a string for temperature
         raise ServeError(f"a generation parameter has the wrong type ({exc})") from None
+    check_cost("this generation", resolved.length * resolved.steps * resolved.length_beam,
+               "length x steps x length_beam", limits.max_generate_cost, "--max-generate-cost",
+               "ask for fewer tokens, steps or lengths")
     return params

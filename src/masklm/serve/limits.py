@@ -1,9 +1,16 @@
 """Request bounds and the server's error type.
 
 Every request is bounded before it reaches the model: inputs per request, tokens per input, the body
-size, ``top_k`` and the number of targets, generation length and steps. A request past a size bound
-answers 413; a parameter out of range or malformed input answers 422. The body of every error is
-``{"error": message, "error_type": kind}``, the shape text-embeddings-inference uses.
+size, ``top_k`` and the number of targets, generation length and steps, and the work it asks for
+(``check_cost``): fill-mask builds and decodes one full sequence per candidate, so its cost is tokens x
+masks x top_k summed over the inputs (one such request took 90 s and 1.46 GB before this bound); generate
+runs ``steps`` network calls over ``length`` tokens for each of ``length_beam`` lengths (one prompt per
+request). A request past a size or cost bound answers 413; a parameter out of range or malformed input
+answers 422. Time is bounded too: a request not answered within ``request_timeout`` seconds gets 504 and
+its work is dropped; a connection that has not sent a whole request within ``read_timeout`` seconds, or
+sits idle ``keep_alive_timeout`` seconds after an answer, is closed (``masklm.serve.connections``).
+The body of every error is ``{"error": message, "error_type": kind}``, the shape text-embeddings-inference
+uses.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from masklm.inference.batching import check_length
 STATUS = {
     "invalid_request": 422,
     "too_large": 413,
+    "unsupported_media_type": 415,
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
     "overloaded": 429,
     "not_implemented": 501,
     "unhealthy": 503,
+    "timeout": 504,
     "internal": 500,
 }
 
@@ -43,6 +52,9 @@ class ServeError(Exception):
         return {"error": self.message, "error_type": self.error_type}
 
 
+SECONDS = ("request_timeout", "read_timeout", "keep_alive_timeout")
+
+
 @dataclass
 class Limits:
     """Server bounds (the ``masklm serve`` flags of the same names)."""
@@ -57,13 +69,22 @@ class Limits:
     max_generate_length: int = 256
     max_generate_steps: int = 256
     max_body_bytes: int = 1 << 20
+    max_fill_mask_cost: int = 1 << 21    # tokens x masks x top_k, summed over a request's inputs
+    max_generate_cost: int = 1 << 16     # length x steps x length_beam (256 x 256 x 1 fits)
+    request_timeout: float = 60.0        # seconds from admission to answer, queueing included; then 504
+    read_timeout: float = 10.0           # seconds to receive a whole request (headers and body)
+    keep_alive_timeout: float = 5.0      # seconds an idle connection is kept open after an answer
 
     def check(self, model_max_length: int) -> Limits:
         """Clamp to the model and reject impossible values (``ValueError`` with the flag's name)."""
         for name, value in asdict(self).items():
-            if name != "batch_wait_ms" and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.batch_wait_ms < 0 or self.batch_wait_ms > 1000:
+            flag = f"--{name.replace('_', '-')}"
+            if name in SECONDS:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400:
+                    raise ValueError(f"{flag} must be a number of seconds above 0 (at most 86400), got {value!r}")
+            elif name != "batch_wait_ms" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+        if not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"--batch-wait-ms must be between 0 and 1000, got {self.batch_wait_ms}")
         self.max_tokens = min(self.max_tokens, model_max_length)
         self.max_batch_tokens = max(self.max_batch_tokens, self.max_tokens)
@@ -113,3 +134,10 @@ def check_range(name: str, value: int | None, low: int, high: int, status: str =
     """422 (or ``status``) unless ``low <= value <= high``; ``None`` passes."""
     if value is not None and not low <= value <= high:
         raise ServeError(f"{name} must be between {low} and {high} on this server, got {value}", status)
+
+
+def check_cost(what: str, cost: int, formula: str, limit: int, flag: str, fix: str) -> None:
+    """413 when a request's ``cost`` (``formula``) is past ``limit``, naming the flag that raises it."""
+    if cost > limit:
+        raise ServeError(f"{what} asks for {cost:,} units of work ({formula}), more than this server's limit of "
+                         f"{limit:,} ({flag}); {fix}", "too_large")

@@ -3,7 +3,10 @@
 ``masklm_requests_total{route,status}``, ``masklm_errors_total{route,error_type}``,
 ``masklm_request_duration_seconds{route}`` (histogram), ``masklm_batch_requests`` and
 ``masklm_batch_inputs`` (histograms of requests and texts per model call), ``masklm_batch_tokens``
-(padded tokens per model call), ``masklm_queue_depth`` (requests admitted and not yet answered).
+(padded tokens per model call), ``masklm_queue_depth`` (requests admitted and not yet answered),
+``masklm_jobs_dropped_total{reason}`` (requests whose work was dropped: ``disconnected`` when the client
+left, ``deadline`` past ``--request-timeout``) and ``masklm_model_calls_stopped_total`` (model calls
+stopped midway because every request in them was dropped).
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class Metrics:
         self.batch_inputs = Histogram(SIZE_BUCKETS)
         self.batch_tokens = Histogram(TOKEN_BUCKETS)
         self.queue_depth = 0
+        self.dropped_jobs: dict[str, int] = {"disconnected": 0, "deadline": 0}
+        self.stopped_calls = 0
 
     def request(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -72,6 +77,14 @@ class Metrics:
     def error(self, route: str, error_type: str) -> None:
         with self._lock:
             self.errors[(route, error_type)] += 1
+
+    def dropped(self, reason: str) -> None:
+        with self._lock:
+            self.dropped_jobs[reason] = self.dropped_jobs.get(reason, 0) + 1
+
+    def stopped_call(self) -> None:
+        with self._lock:
+            self.stopped_calls += 1
 
     def batch(self, requests: int, inputs: int, tokens: int) -> None:
         with self._lock:
@@ -102,4 +115,10 @@ class Metrics:
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"] + hist.lines(name)
             lines += ["# HELP masklm_queue_depth Requests admitted and not yet answered.",
                       "# TYPE masklm_queue_depth gauge", f"masklm_queue_depth {self.queue_depth}"]
+            lines += ["# HELP masklm_jobs_dropped_total Requests whose model work was dropped, by reason.",
+                      "# TYPE masklm_jobs_dropped_total counter"]
+            lines += [f'masklm_jobs_dropped_total{{reason="{_esc(r)}"}} {n}' for r, n in sorted(self.dropped_jobs.items())]
+            lines += ["# HELP masklm_model_calls_stopped_total Model calls stopped because every request in them "
+                      "was dropped.", "# TYPE masklm_model_calls_stopped_total counter",
+                      f"masklm_model_calls_stopped_total {self.stopped_calls}"]
         return "\n".join(lines) + "\n"

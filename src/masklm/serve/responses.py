@@ -55,11 +55,24 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts[:4]) or "invalid request"
 
 
+def is_json_type(content_type: str | None) -> bool:
+    """``application/json``, alone or with ``charset=utf-8`` (any case and spacing), and nothing else."""
+    if content_type is None:
+        return False
+    mime, _, params = content_type.partition(";")
+    params = "".join(params.split()).lower().replace('"', "")
+    return mime.strip().lower() == "application/json" and params in ("", "charset=utf-8")
+
+
 def parse_body(model: type[BaseModel], body: bytes, content_type: str | None) -> BaseModel:
-    """``body`` validated as ``model`` (pydantic's JSON parser); 422 naming what is wrong otherwise."""
-    if content_type is not None and "json" not in content_type.lower():
-        # strict on purpose: a browser page cannot send application/json cross-site without a preflight
-        raise ServeError(f"the body must be JSON sent with 'Content-Type: application/json' (got {content_type!r})")
+    """``body`` validated as ``model`` (pydantic's JSON parser); 415 unless sent as JSON, 422 naming what
+    is wrong otherwise."""
+    if not is_json_type(content_type):
+        # Strict on purpose: a browser page can send text/plain (even 'text/plain; charset=json') or no type
+        # cross-site without a preflight, never application/json. Only UTF-8 is read, so only it is accepted.
+        got = repr(content_type) if content_type is not None else "no Content-Type"
+        raise ServeError(f"the body must be JSON sent with 'Content-Type: application/json' (got {got}); "
+                         "no other type or charset is accepted", "unsupported_media_type")
     if not body.strip():
         raise ServeError("request body is missing; send a JSON object")
     try:

@@ -1,10 +1,17 @@
-"""Request bodies. Unknown fields are rejected (422) and types are strict: ``"5"`` is not a ``top_k``."""
+"""Request bodies. Unknown fields are rejected (422) and types are strict: ``"5"`` is not a ``top_k``.
+
+``/generate``'s parameters are ``GenerationConfig``'s request fields (``REQUEST_FIELDS``) with that
+dataclass's own types, so a string temperature, a float seed or a seed of 2^70 is a 422 naming the
+field, never an error inside the generator; numbers must also be finite.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from masklm.generation.config import REQUEST_FIELDS, GenerationConfig
 
 Texts = str | list[str]
 
@@ -65,12 +72,35 @@ class TokenizeRequest(_Strict):
     add_special_tokens: bool = True
 
 
+# Bounds a type cannot say, checked before GenerationConfig sees the values: a seed torch.Generator takes,
+# a choice temperature that is a temperature.
+GENERATE_BOUNDS: dict[str, dict[str, Any]] = {"seed": {"ge": 0, "le": 2**63 - 1}, "choice_temperature": {"ge": 0}}
+
+
+def _generate_parameters() -> type[BaseModel]:
+    """The parameters model: each request field of GenerationConfig, optional, with its type; plus
+    ``template``."""
+    hints = get_type_hints(GenerationConfig)
+    fields: dict[str, Any] = {"template": (str | None, Field(None, description=(
+        "text whose mask tokens are filled; MASK*N stands for N of them")))}
+    for name in REQUEST_FIELDS:
+        hint = hints[name]
+        bounds = dict(GENERATE_BOUNDS.get(name, {}))
+        if hint is float or float in get_args(hint):
+            bounds["allow_inf_nan"] = False
+        fields[name] = (hint | None, Field(None, **bounds))
+    return create_model("GenerateParameters", __base__=_Strict, **fields)
+
+
+GenerateParameters = _generate_parameters()
+
+
 class GenerateRequest(_Strict):
     """Iterative unmasking; ``parameters`` are the keyword arguments of ``Pipeline.generate``."""
 
     prompt: str | None = Field(None, description="text to continue or fill; may hold mask tokens")
-    parameters: dict[str, int | float | bool | str | None] = Field(
-        default_factory=dict, examples=[{"length": 16, "steps": 8, "seed": 0}])
+    parameters: GenerateParameters = Field(  # type: ignore[valid-type]
+        default_factory=GenerateParameters, examples=[{"length": 16, "steps": 8, "seed": 0}])
     return_steps: bool = Field(False, description=(
         'true adds the canvas after every network call: "canvas", the starting tokens (the prompt or template '
         'with a mask token at each position to generate), and "trace", one entry per network call in order '
