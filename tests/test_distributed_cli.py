@@ -112,7 +112,7 @@ def logged(run: Path) -> list[tuple[int, str]]:
 
 def test_two_processes_match_one_and_survive_a_kill(tmp_path, inputs):
     """batch 4 on each of 2 processes == batch 8 on one; SIGKILL part-way, `--resume`, and still equal."""
-    steps = 24
+    steps = 16
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(flags(inputs, one, "--batch-size", "8", "--max-steps", str(steps))) == 0
 
@@ -136,7 +136,7 @@ def test_two_processes_match_one_and_survive_a_kill(tmp_path, inputs):
 def test_grad_accumulation_and_an_objective_mix_under_two_processes(tmp_path, inputs):
     """2 processes x batch 2 x 2 micro-batches == 1 process x batch 4 x 2 micro-batches, with a mix that picks
     an objective per micro-batch (so both sides need the same micro-batches)."""
-    mix = ("--objective", "mntp=15,clm=1", "--grad-accum", "2", "--max-steps", "16")
+    mix = ("--objective", "mntp=15,clm=1", "--grad-accum", "2", "--max-steps", "12")
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(flags(inputs, one, "--batch-size", "4", *mix)) == 0
     finished(torchrun(flags(inputs, two, "--batch-size", "2", *mix)))
