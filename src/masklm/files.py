@@ -62,6 +62,16 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_dir(folder: str | Path) -> None:
+    """Delete a folder: first renamed to a hidden sibling (one atomic step), so a crash part-way never
+    leaves a half-deleted folder under its name."""
+    folder = Path(folder)
+    aside = _sibling(folder, "old")
+    os.replace(folder, aside)
+    fsync_path(aside.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Write a folder atomically: ``with atomic_dir(out) as tmp:`` fill ``tmp``; on a normal exit every

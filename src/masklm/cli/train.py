@@ -61,29 +61,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", nargs="+", help="text files, folders, .jsonl(.gz) or built-in names (kjv)")
     for flag, (_, typ, text) in FLAGS.items():
         p.add_argument(flag, type=typ, help=text, default=None)
-    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest good checkpoint")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out as recorded in its training_args.json, from its latest good "
+                        "checkpoint; only --max-steps, --epochs, --time-limit, --save-every, --eval-every, "
+                        "--log-every, --keep-last, --device and --no-progress may differ")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that already holds files, deleting them (never the corpus "
+                        "or tokenizer the run reads)")
+    p.add_argument("--rebuild-data", action="store_true",
+                   help="with --resume: continue on corpus files that changed since the run started")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def _given(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """The fields the user set (a --config file's keys, then the flags over them) -> (fields, how each
+    was given: ``--seq-len`` or ``seq_len in run.toml``, for messages)."""
+    # lazy: read_toml lives beside ModelConfig, which `masklm --help` need not import
+    from masklm.config import read_toml
+
+    given, names = {}, {}
+    if args.config:
+        given = read_toml(args.config)
+        names = {key: f"{key} in {args.config}" for key in given}
+    for flag, (field, _, _) in FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            given[field], names[field] = value, flag
+    if args.corpus:
+        given["corpus"], names["corpus"] = args.corpus, "--corpus"
+    if isinstance(given.get("warmup_steps"), float) and given["warmup_steps"] >= 1:
+        given["warmup_steps"] = int(given["warmup_steps"])
+    for flag, field, value in (("--resume", "resume", True), ("--overwrite", "overwrite", True),
+                               ("--rebuild-data", "rebuild_data", True), ("--no-progress", "progress", False)):
+        if getattr(args, flag[2:].replace("-", "_")):
+            given[field], names[field] = value, flag
+    return given, names
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: with --resume, the run folder's record with the given flags applied (a flag that
+    would change the run is refused, naming it); else the config file and the flags over the defaults."""
     # lazy: checking a TrainConfig imports torch; `masklm --help` need not
     from masklm.training.config import TrainConfig
+    from masklm.training.run_record import resume_config  # lazy: as above
 
-    overrides = {field: getattr(args, flag[2:].replace("-", "_"))
-                 for flag, (field, _, _) in FLAGS.items()
-                 if getattr(args, flag[2:].replace("-", "_")) is not None}
-    if args.corpus:
-        overrides["corpus"] = args.corpus
+    given, names = _given(args)
+    where = args.config or "flags"
     if args.resume:
-        overrides["resume"] = True
-    if args.no_progress:
-        overrides["progress"] = False
-    if isinstance(overrides.get("warmup_steps"), float) and overrides["warmup_steps"] >= 1:
-        overrides["warmup_steps"] = int(overrides["warmup_steps"])
-    if args.config:
-        return TrainConfig.from_toml(args.config, overrides)
-    return TrainConfig.from_dict(overrides, where="flags")
+        TrainConfig.from_dict(given, where=where)  # bad values are named where they were given
+        return resume_config(given, names)
+    return TrainConfig.from_dict(given, where=where)
 
 
 def run(args: argparse.Namespace) -> int:

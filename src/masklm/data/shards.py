@@ -57,15 +57,30 @@ def _describe_files(files: list[Path]) -> list[dict]:
     return described
 
 
+def _changes(old: list[dict], new: list[dict]) -> list[str]:
+    """What differs, one phrase per file: new, gone, resized, or touched (mtime) with other content (sha)."""
+    before, now = {f["path"]: f for f in old}, {f["path"]: f for f in new}
+    found = [f"{p} is gone" for p in before if p not in now] + [f"{p} is new" for p in now if p not in before]
+    for path in (p for p in now if p in before):
+        was, is_ = before[path], now[path]
+        if was["size"] != is_["size"]:
+            found.append(f"{path} has {is_['size']} bytes, not {was['size']}")
+        elif was["mtime_ns"] != is_["mtime_ns"] and was.get("sha256") != sha256_file(Path(path)):
+            found.append(f"{path} has other content")
+    if not found and list(before) != list(now):
+        found.append("the files are read in another order")
+    return found
+
+
 def _same_files(old: list[dict], new: list[dict]) -> bool:
     """Same paths and sizes, and each file either untouched (mtime) or with the same content (sha)."""
-    if [(f["path"], f["size"]) for f in old] != [(f["path"], f["size"]) for f in new]:
-        return False
-    for before, now in zip(old, new):
-        if before["mtime_ns"] != now["mtime_ns"]:
-            if "sha256" not in before or before["sha256"] != sha256_file(Path(now["path"])):
-                return False
-    return True
+    return not _changes(old, new)
+
+
+def source_changes(recorded: list[dict], sources: list[str] | str) -> list[str]:
+    """How the files ``sources`` name now differ from ``recorded`` (a manifest's ``source_files``); [] when
+    they are the same. A training run checks its corpus with it before it resumes."""
+    return _changes(recorded, _describe_files(resolve_files(sources)))
 
 
 # ---------------------------------------------------------------- tokenization (runs in workers)
@@ -193,6 +208,11 @@ def _read_manifest(folder: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def is_shard_folder(folder: Path) -> bool:
+    """Whether ``folder``'s manifest says it is a masklm shard folder (complete or not)."""
+    return (_read_manifest(Path(folder)) or {}).get("format") == "masklm-shards"
+
+
 def _up_to_date(out_dir: Path, fingerprint: str, files: list[dict]) -> dict | None:
     manifest = _read_manifest(out_dir)
     if not manifest or manifest.get("format_version") != FORMAT_VERSION:
@@ -232,7 +252,7 @@ def prepare_shards(
         log(f"{out_dir}: up to date ({manifest['num_documents']} documents, {manifest['num_tokens']} tokens)")
         return manifest
     if out_dir.exists() and any(out_dir.iterdir()):
-        if (_read_manifest(out_dir) or {}).get("format") != "masklm-shards":
+        if not is_shard_folder(out_dir):
             raise DataError(f"{out_dir} exists and is not a shard folder; pass an empty or new folder to --out")
         if not overwrite:
             raise DataError(f"{out_dir} holds shards of other files or another tokenizer; pass --overwrite to "

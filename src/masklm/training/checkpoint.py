@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from masklm.errors import ConfigError
 from masklm.files import atomic_dir, sha256_file
 
 MANIFEST = "manifest.json"
@@ -63,9 +64,17 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         manifest = {"step": step, "files": {n: {"bytes": (tmp / n).stat().st_size,
                                                 "sha256": sha256_file(tmp / n)} for n in FILES}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    # Prune only checkpoints older than this one: after a resume past damaged newer ones (which were
+    # skipped), pruning by rank alone kept those and deleted each fresh checkpoint as it was written.
+    older = [p for p in list_checkpoints(run_dir) if step_of(p) < step]
+    for old in older[:max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def step_of(path: Path) -> int:
+    """The step of a ``checkpoints/step-N`` folder."""
+    return int(Path(path).name[5:])
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -106,6 +115,19 @@ def latest_good(run_dir: Path, log=print) -> Path | None:
             return path
         log(f"skipping checkpoint {path}: {problem}")
     return None
+
+
+def resume_point(run_dir: Path, log=print) -> Path:
+    """The checkpoint ``--resume`` continues from: the newest that verifies. ConfigError (exit 2) when there
+    is none, before anything is written or deleted."""
+    found = latest_good(run_dir, log=log)
+    if found is not None:
+        return found
+    damaged = list_checkpoints(run_dir)
+    what = (f"all {len(damaged)} checkpoints fail their checks ({', '.join(p.name for p in damaged)})"
+            if damaged else "no checkpoint was written")
+    raise ConfigError(f"--resume: nothing to resume in {run_dir}: {what}; nothing was changed. Start afresh with "
+                      "--overwrite, or choose another --out")
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

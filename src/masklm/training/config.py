@@ -2,13 +2,13 @@
 
 It lives beside the trainer because checking it needs the optimizers, the schedules over progress, the
 masking strategies and the objectives; the generic typed loading it shares with ``ModelConfig`` is in
-``masklm.config``. Field names are the TOML keys and the ``training_args.json`` keys of a run.
+``masklm.config``. Field names are the TOML keys and the ``training_args.json`` keys of a run
+(``training.run_record`` writes and reads that file).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,9 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int = 8
     log_every: int = 10
-    resume: bool = False
+    resume: bool = False  # continue the run in `out` as recorded (training/run_record.py)
+    overwrite: bool = False  # start afresh in an `out` that holds files, deleting them
+    rebuild_data: bool = False  # on resume: rebuild data/ from corpus files changed since the run started
     device: str | None = None
     progress: bool = True
 
@@ -127,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
         if isinstance(self.corpus, str):
             self.corpus = [self.corpus]
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run and --overwrite deletes it; pass only one of them")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
@@ -167,6 +171,3 @@ class TrainConfig:
             self.arch, self.size, **{"vocab_size": vocab_size, "max_position_embeddings": max(512, self.max_seq_len),
                                       **self.model}
         )
-
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")

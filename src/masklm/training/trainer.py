@@ -19,6 +19,7 @@ gradients equal those of one process running the same global batch.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -33,8 +34,9 @@ from tqdm.auto import tqdm
 
 from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
-from masklm.data.shards import ShardedCorpus, prepare_shards
+from masklm.data.shards import ShardedCorpus, is_shard_folder, prepare_shards
 from masklm.errors import ConfigError, MaskLMError
+from masklm.files import check_out, remove_dir
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
 from masklm.objectives import (
@@ -47,6 +49,7 @@ from masklm.objectives import (
 from masklm.objectives.reading import TrainedAs
 from masklm.tokenizer import Tokenizer, train_tokenizer
 from masklm.training import checkpoint as ckpt
+from masklm.training import run_record
 from masklm.training.config import TrainConfig
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
 from masklm.training.evaluate import evaluate_heldout, heldout_rows
@@ -228,8 +231,13 @@ class Trainer:
         """Tokenizer, data, model, objectives, optimizer and schedules; then resume from the latest good
         checkpoint (with ``resume``), record the run's arguments, and wrap the model for DDP."""
         cfg, info = self.cfg, self.info
-        self._check_run_folder()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_run_folder()  # every rank, before any rank writes: refusals leave the folder as it was
+        barrier(info)
+        if info.is_main:
+            if cfg.overwrite and self.run_dir.is_dir():
+                remove_dir(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(info)
         self.tok = self._tokenizer()
         self.order, self.heldout = self._data(self.tok)
         self.model = self._model(self.tok)
@@ -243,7 +251,9 @@ class Trainer:
         if cfg.resume:
             self._resume()
         if info.is_main:
-            cfg.save_json(self.run_dir / "training_args.json")
+            run_record.write_record(self.run_dir, cfg, corpus_files=self.corpus_files,
+                                    tokenizer_fingerprint=self.tok.fingerprint(), previous=self.record,
+                                    step=self.start_step)
             self._describe()
         self.ddp = None
         if info.enabled:
@@ -261,21 +271,65 @@ class Trainer:
         self.window = LossWindow()
 
     def _check_run_folder(self) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"--out {self.run_dir} is a file; choose a folder for the run")
-        if ckpt.list_checkpoints(self.run_dir) and not self.cfg.resume:
-            raise ConfigError(
-                f"run folder {self.run_dir} already has checkpoints; pass --resume to continue it "
-                "or choose another --out"
-            )
+        """Refuse, before anything is written: an ``out`` that is a file; on resume, a folder without a
+        usable checkpoint, a config or corpus other than the recorded one; else an ``out`` that holds
+        anything (unless ``overwrite``) or that is, holds or sits in a folder the run reads."""
+        cfg, run_dir = self.cfg, self.run_dir
+        self.record, self.resume_from = None, None
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} is a file; choose a folder for the run")
+        if cfg.resume:
+            self.resume_from = ckpt.resume_point(run_dir, log=self.log)
+            self.record = run_record.run_record(run_dir)
+            where = str(run_dir / run_record.RECORD_FILE)
+            run_record.check_same_run(self.record, cfg, where)
+            state = json.loads((self.resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+            if self._keeps_length(state):
+                self._refuse_finished(state["step"], state["schedule_total_steps"])
+            run_record.check_corpus(self.record, cfg, where)
+            return
+        sources = [s for s in run_record.resolve_paths({"corpus": cfg.corpus})["corpus"] if Path(s).exists()]
+        check_out(run_dir, overwrite=True, sources=(*sources, *filter(None, (cfg.tokenizer, cfg.init_from))))
+        held = self._held_files()
+        if held and not cfg.overwrite:
+            checkpoints = ckpt.list_checkpoints(run_dir)
+            what = (f"already has checkpoints (up to {checkpoints[-1].name}); pass --resume to continue it, "
+                    if checkpoints else
+                    "holds a finished run (final/); pass --resume --max-steps N to train it further, "
+                    if "final" in held else f"holds files ({', '.join(held[:3])}); ")
+            raise ConfigError(f"run folder {run_dir} {what}--overwrite to delete it and start afresh, "
+                              "or choose another --out")
+
+    def _held_files(self) -> list[str]:
+        """What ``out`` holds, but for a ``data/`` shard folder alone (shards prepared for the run with
+        ``masklm data prepare``, reused when they match the corpus and tokenizer)."""
+        if not self.run_dir.is_dir():
+            return []
+        names = sorted(p.name for p in self.run_dir.iterdir())
+        if names == ["data"] and is_shard_folder(self.run_dir / "data"):
+            return []
+        return names
 
     def _tokenizer(self) -> Tokenizer:
+        """The run's tokenizer; on resume, ConfigError unless it is the recorded one."""
+        tok = self._load_tokenizer()
+        recorded = (self.record or {}).get("tokenizer_fingerprint")
+        if recorded and tok.fingerprint() != recorded:
+            source = self.cfg.init_from or self.cfg.tokenizer or self.run_dir / "tokenizer"
+            raise ConfigError(f"the tokenizer in {source} is not the one this run was trained with (its "
+                              "fingerprint differs); restore it, or start afresh with --overwrite")
+        return tok
+
+    def _load_tokenizer(self) -> Tokenizer:
         cfg, tok_dir = self.cfg, self.run_dir / "tokenizer"
         if cfg.init_from:
             return Tokenizer.load(cfg.init_from)
         if cfg.tokenizer:
             return Tokenizer.load(cfg.tokenizer)
         if not (tok_dir / "tokenizer.json").is_file():
+            if cfg.resume:  # a new tokenizer would not fit the checkpoint's embeddings
+                raise ConfigError(f"{tok_dir} is missing, and the run needs the tokenizer it was trained with; "
+                                  "restore it, or start afresh with --overwrite")
             if self.info.is_main:
                 self.log(f"training a {cfg.tokenizer_kind} tokenizer (vocab {cfg.vocab_size}) on the corpus")
                 tok = train_tokenizer(lambda: iter_documents(cfg.corpus), kind=cfg.tokenizer_kind,
@@ -286,10 +340,12 @@ class Trainer:
 
     def _data(self, tok: Tokenizer) -> tuple[RowOrder, PackedRows]:
         cfg, data_dir = self.cfg, self.run_dir / "data"
-        if self.info.is_main:
-            prepare_shards(cfg.corpus, tok, data_dir, log=self.log)
+        if self.info.is_main:  # a resumed run rebuilds damaged shards of unchanged files, or changed ones
+            prepare_shards(cfg.corpus, tok, data_dir, log=self.log,  # only with --rebuild-data (checked)
+                           overwrite=cfg.resume or cfg.rebuild_data)
         barrier(self.info)
         corpus = ShardedCorpus(data_dir)
+        self.corpus_files = corpus.manifest["source_files"]
         train_docs, _ = split_documents(corpus.num_documents, cfg.heldout_fraction, cfg.seed)
         order = RowOrder(corpus, train_docs, tok.pad_id, cfg.seq_lengths(), cfg.batch_size,
                          cfg.grad_accum * self.info.world_size, cfg.seed)
@@ -331,15 +387,26 @@ class Trainer:
         return total
 
     def _resume(self) -> None:
-        """Weights, optimizer, RNG states, step, tokens seen and run length from the latest good checkpoint."""
-        found = ckpt.latest_good(self.run_dir, log=self.log)
-        if found is None:
-            self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from step 0")
-            return
+        """Weights, optimizer, RNG states, step, tokens seen and run length from the checkpoint found by
+        ``_check_run_folder``. The run keeps the checkpoint's length (a time limit may have shortened it)
+        unless this resume gives another --max-steps, --epochs or --time-limit."""
+        found = self.resume_from
         state = ckpt.load_checkpoint(found, self.model, self.optimizer)
         self.start_step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.total = state["schedule_total_steps"]
-        self.log(f"resumed from {found} at step {self.start_step}")
+        if self._keeps_length(state):
+            self.total = state["schedule_total_steps"]
+        self._refuse_finished(self.start_step, self.total)
+        self.log(f"resumed from {found} at step {self.start_step} of {self.total}")
+
+    def _keeps_length(self, state: dict) -> bool:
+        """Whether this resume leaves the run's length as the checkpoint's config set it."""
+        saved = state.get("config") or {}
+        return all(saved.get(k) == getattr(self.cfg, k) for k in run_record.LENGTH_FIELDS)
+
+    def _refuse_finished(self, step: int, total: int) -> None:
+        if step >= total and (self.run_dir / "final" / "model.safetensors").is_file():
+            raise ConfigError(f"the run in {self.run_dir} is finished ({step} of {total} steps); "
+                              f"pass --max-steps above {step} (or --epochs) to train it further")
 
     def _describe(self) -> None:
         train_rows = self.order.rows[0]
@@ -354,7 +421,7 @@ class Trainer:
     def _fit_time_limit(self, done: int) -> None:
         """Shorten the run so it ends within ``time_limit`` minutes; the schedules follow ``total``."""
         elapsed = time.perf_counter() - self.started
-        per_step = elapsed / done
+        per_step = elapsed / (done - self.start_step)  # the steps timed in this process
         remaining = self.cfg.time_limit * 60.0 - elapsed
         fit = torch.tensor([float(done + max(1, int(remaining / per_step)))], device=self.info.device)
         if self.info.enabled:  # every rank must agree on the length

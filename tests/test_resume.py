@@ -1,0 +1,298 @@
+"""A run remembers itself, and nothing is overwritten by accident (#12, points 1 and 2 for ``masklm train``).
+
+Every case goes through the CLI as a user types it: ``masklm train --out DIR --resume`` with no other flag
+continues the recorded run bit for bit, a flag that would change the run is refused naming it, changed
+corpus files need ``--rebuild-data``, a folder without a usable checkpoint is refused, and ``--out`` that
+holds anything needs ``--resume`` or ``--overwrite``. Every refusal is one line, exit 2, files unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from masklm.cli import main
+from masklm.files import sha256_file
+from masklm.training import checkpoint as ckpt
+from masklm.training.run_record import RESUME_MAY_CHANGE
+
+WORDS = "the a cat dog bird sat ran flew on under over mat tree house and then quickly slowly".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "toy.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(40):
+            f.write(" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 40))) + " .\n\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toml(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.toml"
+    path.write_text("eval_batches = 1\nheldout_fraction = 0.1\n[model]\nhidden_size = 32\nnum_hidden_layers = 1\n"
+                    "num_attention_heads = 2\nintermediate_size = 64\n")
+    return path
+
+
+def base_flags(toml: Path, corpus: Path | str) -> list[str]:
+    # A constant LR without warmup, so a run of 3 steps extended to 6 takes the very steps of a 6-step run.
+    return ["train", "--config", str(toml), "--corpus", str(corpus), "--vocab-size", "150", "--seq-len", "32",
+            "--batch-size", "4", "--lr", "1e-3", "--schedule", "constant", "--warmup", "0", "--log-every", "1",
+            "--no-progress"]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` -> its sha256."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(argv: list[str], capsys, *needles: str) -> str:
+    """Run the CLI; it must exit 2 with one line on stderr holding every needle."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("masklm: error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def assert_equal_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:  # bit-exact: the resumed run repeats the very same operations on the same state
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def loss_steps(run: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, toml, corpus) -> Path:
+    """The reference: 6 steps in one go (a tokenizer trained into the run folder)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert main(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "6"]) == 0
+    return out
+
+
+def test_resume_with_only_max_steps_extends_a_run_bit_for_bit(tmp_path, toml, corpus, straight, capsys):
+    """3 steps, then `--resume --max-steps 6` and no other flag: the weights of 6 steps in one go."""
+    out = tmp_path / "run"
+    assert main(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "3", "--save-every", "3"]) == 0
+    first = json.loads((out / "training_args.json").read_text())
+    # the record: every field, resolved; corpus fingerprints; the tokenizer's; the version
+    assert first["corpus"] == [str(corpus.absolute())] and first["seq_len"] == 32 and first["model"]["hidden_size"] == 32
+    assert first["vocab_size"] == 150 and first["max_steps"] == 3 and first["resumes"] == []
+    [entry] = first["corpus_files"]
+    assert entry["path"] == str(corpus.resolve()) and entry["size"] == corpus.stat().st_size
+    assert entry["sha256"] == sha256_file(corpus)
+    from masklm.tokenizer import Tokenizer
+    from masklm.version import __version__
+
+    assert first["tokenizer_fingerprint"] == Tokenizer.load(out / "tokenizer").fingerprint()
+    assert first["masklm_version"] == __version__
+    # a finished run is not resumed as it is
+    refused(["train", "--out", str(out), "--resume"], capsys, "is finished (3 of 3 steps)", "--max-steps")
+
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "6"]) == 0
+    assert_equal_weights(straight, out)
+    assert loss_steps(out) == [1, 2, 3, 4, 5, 6]
+    record = json.loads((out / "training_args.json").read_text())
+    assert record["max_steps"] == 6 and record["resumes"][-1]["step"] == 3
+    assert record["resumes"][-1]["changed"] == {"max_steps": [3, 6]}
+    assert {k: v for k, v in record.items() if k not in ("max_steps", "resumes", "progress")} == \
+           {k: v for k, v in first.items() if k not in ("max_steps", "resumes", "progress")}
+
+
+def test_resume_with_no_flag_from_another_folder(tmp_path, toml, corpus, straight, monkeypatch):
+    """The README's `masklm train --out DIR --resume`, from another working directory, on a run started with
+    relative paths: the same corpus, tokenizer, sizes and batch, and the weights of an uninterrupted run."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(corpus, work / "toy.txt")
+    shutil.copy(toml, work / "tiny.toml")
+    monkeypatch.chdir(work)
+    flags = base_flags(Path("tiny.toml"), "toy.txt")
+    assert main(flags + ["--out", "run", "--max-steps", "6", "--save-every", "2", "--keep-last", "5"]) == 0
+    run = work / "run"
+    # pretend the run was killed after step 2
+    for name in ("step-4", "step-6"):
+        shutil.rmtree(run / "checkpoints" / name)
+    shutil.rmtree(run / "final")
+    data_before = snapshot(run / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert_equal_weights(straight, run)
+    assert snapshot(run / "data") == data_before  # the user's shards were reused, not rebuilt
+    assert loss_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def make_killed(folder: Path, toml: Path, corpus: Path) -> Path:
+    """A run of 6 steps that died after its step-2 checkpoint, reading its own copy of the corpus."""
+    folder.mkdir(parents=True, exist_ok=True)
+    own = folder / "corpus.txt"
+    shutil.copy(corpus, own)
+    out = folder / "run"
+    assert main(base_flags(toml, own) + ["--out", str(out), "--max-steps", "6", "--save-every", "2",
+                                         "--keep-last", "5"]) == 0
+    for name in ("step-4", "step-6"):
+        shutil.rmtree(out / "checkpoints" / name)
+    shutil.rmtree(out / "final")
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_once(tmp_path_factory, toml, corpus) -> Path:
+    return make_killed(tmp_path_factory.mktemp("killed"), toml, corpus)
+
+
+@pytest.fixture
+def killed(killed_once, tmp_path) -> Path:
+    """A copy of the killed run (its record still names the shared, unchanged corpus copy)."""
+    return Path(shutil.copytree(killed_once, tmp_path / "run"))
+
+
+def test_flags_that_would_change_the_run_are_refused(killed, tmp_path, toml, capsys):
+    out, before = killed, snapshot(killed)
+    resume = ["train", "--out", str(out), "--resume"]
+    refused(resume + ["--seq-len", "64"], capsys, "--seq-len 64", "seq_len = 32")
+    refused(resume + ["--batch-size", "8"], capsys, "--batch-size 8", "resume without --batch-size")
+    refused(resume + ["--corpus", "kjv"], capsys, "--corpus")
+    refused(resume + ["--objective", "clm"], capsys, "--objective")
+    refused(resume + ["--lr", "0.01"], capsys, "--lr")
+    refused(resume + ["--size", "small"], capsys, "--size")
+    other = tmp_path / "other.toml"
+    other.write_text("eval_batches = 1\nheldout_fraction = 0.2\n")
+    refused(resume + ["--config", str(other)], capsys, f"heldout_fraction in {other}")
+    refused(resume + ["--overwrite"], capsys, "--resume", "--overwrite")
+    refused(resume + ["--seq-len", "0"], capsys, "seq_len must be >= 1")
+    assert snapshot(out) == before
+    # the same values again, and the fields a resume may change, are fine; the changes are recorded
+    assert {"max_steps", "epochs", "time_limit", "save_every", "eval_every", "log_every"} <= RESUME_MAY_CHANGE
+    recorded_corpus = json.loads((out / "training_args.json").read_text())["corpus"][0]
+    assert main(resume + ["--config", str(toml), "--seq-len", "32", "--batch-size", "4", "--corpus",
+                          recorded_corpus, "--save-every", "1", "--log-every", "2"]) == 0
+    record = json.loads((out / "training_args.json").read_text())
+    assert record["save_every"] == 1 and record["log_every"] == 2
+    assert record["resumes"][-1]["changed"] == {"save_every": [2, 1], "log_every": [1, 2]}
+    assert [p.name for p in ckpt.list_checkpoints(out)][-1] == "step-6"
+
+
+def test_changed_corpus_needs_rebuild_data(tmp_path, toml, corpus, capsys):
+    out = make_killed(tmp_path, toml, corpus)
+    corpus = out.parent / "corpus.txt"
+    with open(corpus, "a", encoding="utf-8") as f:
+        f.write("a new document about the cat on the mat .\n")
+    before = snapshot(out)
+    refused(["train", "--out", str(out), "--resume"], capsys, f"{corpus.resolve()} has", "--rebuild-data")
+    assert snapshot(out) == before
+    assert main(["train", "--out", str(out), "--resume", "--rebuild-data"]) == 0
+    record = json.loads((out / "training_args.json").read_text())
+    assert record["corpus_files"][0]["sha256"] == sha256_file(corpus)
+    assert loss_steps(out) == [1, 2, 3, 4, 5, 6]
+    # touched but with the same content: not a change
+    text = corpus.read_bytes()
+    corpus.write_bytes(text)
+    assert main(["train", "--out", str(out), "--resume", "--max-steps", "7"]) == 0
+
+
+def test_other_tokenizer_or_missing_tokenizer_is_refused(killed, capsys):
+    out = killed
+    config = out / "tokenizer" / "tokenizer.json"
+    original = config.read_text()
+    edited = json.loads(original)
+    edited["model"]["vocab"]["zzzz"] = len(edited["model"]["vocab"])
+    config.write_text(json.dumps(edited))
+    before = snapshot(out)
+    refused(["train", "--out", str(out), "--resume"], capsys, "tokenizer", "not the one this run was trained with")
+    assert snapshot(out) == before
+    shutil.rmtree(out / "tokenizer")
+    before = snapshot(out)
+    refused(["train", "--out", str(out), "--resume"], capsys, "tokenizer is missing")
+    assert snapshot(out) == before
+
+
+def test_no_usable_checkpoint_stops_and_deletes_nothing(killed, tmp_path, capsys):
+    out = killed
+    for step in ckpt.list_checkpoints(out):  # every checkpoint damaged
+        target = step / "model.safetensors"
+        target.write_bytes(target.read_bytes()[:-5])
+    before = snapshot(out)
+    refused(["train", "--out", str(out), "--resume"], capsys, "nothing to resume", "fail their checks",
+            "step-2", "--overwrite")
+    assert snapshot(out) == before
+    # a finished run without checkpoints (save-every 0), and a folder that does not exist
+    refused(["train", "--out", str(tmp_path / "none"), "--resume"], capsys, "no checkpoint was written")
+    assert not (tmp_path / "none").exists()
+
+
+def test_damaged_newer_checkpoints_are_not_kept_in_place_of_fresh_ones(tmp_path):
+    """Pruning keeps the newest ``keep_last`` checkpoints up to the one just written; a damaged checkpoint of a
+    later step (skipped by the resume) no longer makes it delete each fresh one (review defect 8)."""
+    from masklm.config import ModelConfig
+    from masklm.models import build_model
+
+    model = build_model(ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32))
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt.save_checkpoint(tmp_path, 40, model, opt, {"step": 40}, keep_last=2)
+    (tmp_path / "checkpoints" / "step-40" / "rng.pt").unlink()  # damaged
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, model, opt, {"step": step}, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-2", "step-3", "step-40"]
+    assert ckpt.latest_good(tmp_path, log=lambda m: None).name == "step-3"
+
+
+def test_out_that_holds_anything_needs_resume_or_overwrite(tmp_path, toml, corpus, straight, capsys):
+    flags = base_flags(toml, corpus) + ["--max-steps", "2"]
+    done = tmp_path / "done"
+    shutil.copytree(straight, done)  # a finished run without checkpoints
+    before = snapshot(done)
+    refused(flags + ["--out", str(done)], capsys, "holds a finished run", "--overwrite")
+    assert snapshot(done) == before
+    project = tmp_path / "project"
+    (project / "notes").mkdir(parents=True)
+    (project / "thesis.tex").write_text("only copy")
+    before = snapshot(project)
+    refused(flags + ["--out", str(project)], capsys, "holds files", "--overwrite")
+    assert snapshot(project) == before
+    # --overwrite never deletes what the run reads: a corpus inside --out, or its tokenizer
+    inside = project / "corpus.txt"
+    shutil.copy(corpus, inside)
+    before = snapshot(project)
+    refused(base_flags(toml, inside) + ["--max-steps", "2", "--out", str(project), "--overwrite"], capsys,
+            "would replace", str(inside))
+    refused(flags + ["--out", str(done), "--overwrite", "--tokenizer", str(done / "tokenizer")], capsys,
+            "would replace")
+    assert snapshot(project) == before and (done / "final").is_dir()
+    inside.unlink()
+    # --overwrite starts afresh
+    assert main(flags + ["--out", str(project), "--overwrite"]) == 0
+    assert not (project / "thesis.tex").exists() and (project / "final" / "model.safetensors").is_file()
+    assert loss_steps(project) == [1, 2]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
+
+
+def test_a_run_folder_holding_only_prepared_shards_is_used(tmp_path, toml, corpus, straight):
+    """`masklm data prepare --out RUN/data`, then `masklm train --out RUN`: the shards are reused."""
+    run = tmp_path / "run"
+    shutil.copytree(straight / "data", run / "data")
+    before = snapshot(run / "data")
+    assert main(base_flags(toml, corpus) + ["--tokenizer", str(straight / "tokenizer"), "--out", str(run),
+                                            "--max-steps", "1"]) == 0
+    assert snapshot(run / "data") == before
