@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from masklm.errors import InputError
-from masklm.inference.batching import WindowSpec, check_length, window_rows
+from masklm.inference.batching import WINDOWS_FIX, WindowSpec, check_length, window_rows
 from masklm.tokenizer import Tokenizer
 
 _WORD = re.compile(r"\S+")
@@ -31,7 +31,7 @@ def encode_text(tokenizer: Tokenizer, text: str, pair: str | None, max_length: i
     """``[CLS] text [SEP]`` or ``[CLS] text [SEP] pair [SEP]`` ids."""
     _check_text(text, where)
     enc = tokenizer.backend.encode(text, pair) if pair is not None else tokenizer.encode(text)
-    check_length(len(enc.ids), max_length, where)
+    check_length(len(enc.ids), max_length, where, fix=WINDOWS_FIX)
     return list(enc.ids)
 
 
@@ -69,7 +69,7 @@ def encode_words(tokenizer: Tokenizer, words: list[str], max_length: int, where:
     if not words:
         raise InputError(f"{where}: no words; pass non-empty text")
     enc = tokenizer.backend.encode(words, is_pretokenized=True)
-    check_length(len(enc.ids), max_length, where)
+    check_length(len(enc.ids), max_length, where, fix=WINDOWS_FIX)
     return list(enc.ids), _first_pieces(enc.word_ids, enc.special_tokens_mask, len(words))
 
 

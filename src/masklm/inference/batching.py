@@ -8,6 +8,8 @@ One owner for the plumbing that fill-mask, scoring, embeddings, fine-tuning, gen
   The message is written once, in ``too_long``.
 - **Padding.** Rows are right-padded to the longest; the attention mask is 1 on real tokens. An all-ones
   mask is passed as None (``mask_or_none``): SDPA then takes its mask-free kernels.
+- **Windows.** Readers that can (fine-tuning, ``predict``, embeddings, question answering) read an input
+  of any length, when asked, as overlapping windows (``WindowSpec``, ``window_rows``; see below).
 - **Token-budget batches.** Rows sorted longest first are cut into batches of at most ``batch_tokens``
   tokens (rows x the first row's width), so short rows share batches and equal lengths need no padding.
 """
@@ -60,14 +62,20 @@ def check_strings(texts: Sequence[object], what: str = "input") -> None:
             raise InputError(f"{what} {i} is {type(text).__name__}, not a string; pass text")
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, what: str = "input") -> list[Encoding]:
+def encode(tokenizer, texts: Sequence[str], max_length: int, what: str = "input",
+           fix: str = "shorten or split it") -> list[Encoding]:
     """Encodings of ``texts`` with special tokens, in one batched call; InputError for a non-string or a
-    text over ``max_length`` tokens (``what`` names the item, e.g. "sentence" -> "sentence 3")."""
+    text over ``max_length`` tokens (``what`` names the item, e.g. "sentence" -> "sentence 3"; ``fix``
+    says what to do about it)."""
     check_strings(texts, what)
     encodings = tokenizer.encode_batch(list(texts))
     for i, enc in enumerate(encodings):
-        check_length(len(enc.ids), max_length, f"{what} {i}")
+        check_length(len(enc.ids), max_length, f"{what} {i}", fix=fix)
     return encodings
+
+
+# What a reader that can window says to do about an input over the maximum.
+WINDOWS_FIX = "shorten it, or read it in overlapping windows (--windows, or windows=True)"
 
 
 def pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
