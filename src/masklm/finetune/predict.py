@@ -292,11 +292,13 @@ def _qa_items(inputs: Any) -> tuple[list[tuple[str, str]], bool]:
 
 def answer(model: torch.nn.Module, tokenizer: Any, inputs: Any, max_answer_length: int | None = None,
            null_threshold: float | None | str = "folder", batch_size: int = 32,
-           windows: WindowSpec | dict | bool | None = None, windows_used: list[int] | None = None) -> Any:
+           windows: WindowSpec | dict | bool | None = None, windows_used: list[int] | None = None,
+           max_length: int | None = None) -> Any:
     """Answers ``{"answer", "score", "start", "end"}`` (character offsets into the context) for
     ``{"question", "context"}`` (or a ``(question, context)`` tuple), or a list of them. Contexts of any
-    length are read in windows. ``max_answer_length`` None and ``null_threshold="folder"`` take the
-    folder's settings (see ``best_answer``)."""
+    length are read in windows of ``max_length`` tokens (None: the model's maximum; a server passes its
+    own bound). ``max_answer_length`` None and ``null_threshold="folder"`` take the folder's settings
+    (see ``best_answer``)."""
     task = _need(model, ("question-answering",), "answer questions")
     pairs, single = _qa_items(inputs)
     spec = task_windows(task, windows) or WindowSpec()
@@ -308,7 +310,8 @@ def answer(model: torch.nn.Module, tokenizer: Any, inputs: Any, max_answer_lengt
     rows: list[list[int]] = []
     encoded = []
     for i, (question, context) in enumerate(pairs):
-        qa = encode_qa(tokenizer, question, context, model.config.max_position_embeddings, spec, f"input {i}")
+        qa = encode_qa(tokenizer, question, context, max_length or model.config.max_position_embeddings, spec,
+                       f"input {i}")
         encoded.append((len(rows), qa))
         rows.extend(qa.rows)
     logits = batched_logits(model, rows, tokenizer.pad_id, batch_size)

@@ -179,7 +179,9 @@ _MASKLM_ONLY_KEYS = ("arch", "masklm_version")
 
 def export_bert(model_dir: str | Path, out: str | Path) -> Path:
     """Write a Hugging Face loadable copy of a masklm BERT folder (no masklm-only config keys); a fine-tuned
-    folder keeps its ``task`` block and head, and loads in transformers as a ``BertModel``."""
+    folder keeps its ``task`` block and head, and loads in transformers as a ``BertModel``; a fine-tuned
+    question-answering folder's start/end head is written as ``qa_outputs`` (``BertForQuestionAnswering``'s
+    name and shape, Linear D -> 2), so it loads as ``AutoModelForQuestionAnswering``."""
     model, config, tokenizer = load_folder(model_dir)
     if config.arch != "bert":
         raise ModelDirError(
@@ -188,4 +190,9 @@ def export_bert(model_dir: str | Path, out: str | Path) -> Path:
         )
     data = {k: v for k, v in config.to_json_dict().items() if k not in _MASKLM_ONLY_KEYS}
     data["tie_word_embeddings"] = True
-    return write_model_dir(out, data, state_dict_for_saving(model), tokenizer)
+    state = state_dict_for_saving(model)
+    if (data.get("task") or {}).get("type") == "question-answering":
+        state = {name.replace("head.out.", "qa_outputs.", 1) if name.startswith("head.out.") else name: t
+                 for name, t in state.items()}
+        data["architectures"] = ["BertForQuestionAnswering"]
+    return write_model_dir(out, data, state, tokenizer)
