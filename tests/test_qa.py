@@ -135,7 +135,7 @@ def trained(tmp_path_factory) -> Path:
     config = ModelConfig(arch="bert", vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=32,
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    base = save_model_dir(root / "base", build_model(config), tok)
+    save_model_dir(root / "base", build_model(config), tok)
     for name, n in (("train", 300), ("valid", 60)):
         (root / f"{name}.jsonl").write_text("".join(json.dumps(_example(rng, rng.random() > 0.2)) + "\n"
                                                     for _ in range(n)))
@@ -210,15 +210,22 @@ def test_export_loads_as_auto_model_for_question_answering(trained, finetuned, t
     hf = transformers.AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "hf")).eval()
     assert type(hf).__name__ == "BertForQuestionAnswering"
     pipe = masklm.load(folder)
-    rows = [pipe.tokenizer.backend.encode(QUESTION, c).ids for c in ("the code is kilo .", "a cat . the code is echo")]
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [pipe.tokenizer.pad_id] * (width - len(r)) for r in rows])
-    mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    contexts = ["the code is kilo .", "a cat . the code is echo"]
+    enc = hf_tok([QUESTION] * 2, contexts, padding=True, return_tensors="pt")
+    assert enc["input_ids"][1, :enc["attention_mask"][1].sum()].tolist() == \
+        pipe.tokenizer.backend.encode(QUESTION, contexts[1]).ids
+    # BERT's tokenizers mark the context as segment 1; masklm reads one segment, and the export makes
+    # every segment read alike, so HF's logits match with or without token_type_ids
+    types = [pipe.tokenizer.backend.encode(QUESTION, c).type_ids for c in contexts]
+    enc["token_type_ids"] = torch.tensor([t + [0] * (enc["input_ids"].shape[1] - len(t)) for t in types])
+    assert enc["token_type_ids"].max() == 1
+    ids, mask = enc["input_ids"], enc["attention_mask"]
     with torch.no_grad():
         ours = pipe.model(ids, mask)  # [B, T, 2]
-        theirs = hf(input_ids=ids, attention_mask=mask)
+        theirs = hf(**enc)
     keep = mask.bool()
-    n = forward_terms(pipe.config, width)
+    n = forward_terms(pipe.config, ids.shape[1])
     assert close(theirs.start_logits[keep], ours[..., 0][keep], n=n)
     assert close(theirs.end_logits[keep], ours[..., 1][keep], n=n)
 
@@ -229,7 +236,7 @@ def test_export_loads_as_auto_model_for_question_answering(trained, finetuned, t
 def test_question_answering_route(trained, finetuned, tmp_path):
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
-    from test_serve import Server  # lazy: the server helper of the serve tests (a real `masklm serve` process)
+    from test_serve import Server  # noqa: I001 - the serve tests' helper: a real `masklm serve` process
 
     pipe = masklm.load(trained / "qa")
     rng = random.Random(12)

@@ -183,7 +183,7 @@ def _qa_split(examples: list[fdata.QAExample], tokenizer: Any, max_length: int, 
             if tokens is None:
                 raise DataError(f"{e.where}: the answer {text!r} covers no token of the context; fix the answer")
         held = False
-        for (a, b), ids in zip(qa.spans, qa.rows):
+        for a, b in qa.spans:
             inside = tokens is not None and a <= tokens[0] and tokens[1] < b
             held |= inside
             split.targets.append((qa.first + tokens[0] - a, qa.first + tokens[1] - a) if inside else (0, 0))
@@ -320,8 +320,9 @@ def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _
         counts = [f"{name} {s.windows()['examples']} examples as {s.windows()['windows']} windows (at most "
                   f"{s.windows()['max_per_example']} per example)" for name, s in (("training", train),
                                                                                  ("validation", valid))]
-        lines.append(f"windows of up to the model's maximum, stride (overlap) {task['windows']['stride'] or 'a quarter'}"
-                     f": {'; '.join(counts)}")
+        stride = task["windows"]["stride"]
+        lines.append(f"windows of up to the model's maximum, overlapping by "
+                     f"{'a quarter' if stride is None else f'{stride} tokens'}: {'; '.join(counts)}")
     if train.unanswerable:
         lines.append(f"{train.unanswerable} training answers are longer than a window: their windows are trained "
                      "as 'no answer here'")

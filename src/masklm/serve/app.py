@@ -28,10 +28,10 @@ from starlette.responses import Response
 
 from masklm.errors import MaskLMError
 from masklm.generation import STRATEGIES
+from masklm.inference.batching import too_long
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
 from masklm.serve.generation import check_generate
-from masklm.inference.batching import too_long
 from masklm.serve.limits import Limits, ServeError, as_list, check_count, check_range, check_tokens
 from masklm.serve.metrics import Metrics
 from masklm.serve.page import add_page
