@@ -199,3 +199,34 @@ def test_embed_cli_reports_windows(base, tmp_path, capsys):
     assert [r["windows"] for r in rows] == [3, 1] and "2 inputs read as 4 windows" in captured.err
     want = masklm.load(base).embed([text, "a cat"], windows=WindowSpec(stride=8, pool="max"))
     assert close(np.array([r["embedding"] for r in rows]), want, n=forward_terms(masklm.load(base).config))
+
+
+def test_tagging_trains_on_windows_with_each_word_labelled_where_it_is(base, tmp_path, capsys):
+    from masklm.finetune.data import TaggedSentence
+    from masklm.finetune.train import _tagging_split  # lazy: the encoder of training rows, checked directly
+
+    tok = masklm.load(base).tokenizer
+    rng = random.Random(10)
+    words = [rng.choice(FILLER) for _ in range(60)]
+    tags = ["O"] * 60
+    words[5], words[40], tags[5], tags[40] = "Anna", "Anna", "B-PER", "B-PER"
+    index = {"O": 0, "B-PER": 1, "I-PER": 2}
+    split = _tagging_split([TaggedSentence(words, tags, "x:1")], index, tok, MAX, WindowSpec(stride=6), "x")
+    (lo, hi), spans, first = split.groups[0], split.spans[0], split.firsts[0]
+    assert hi - lo == len(spans) == 3 and len(split.rows) == 3
+    for row, labels, (a, b) in zip(split.rows, split.targets, spans):
+        want = [-100] * len(row)
+        for pos, t in zip(first, tags):
+            if a <= pos < b:
+                want[pos - a + 1] = index[t]
+        assert labels == want  # every word the window holds is labelled, at its row position
+        assert [tok.id_to_token(row[p]) for p, x in enumerate(labels) if x == 1] in ([], ["Anna"], ["Anna", "Anna"])
+    records = [{"tokens": words, "tags": tags}] * 4
+    data = tmp_path / "tags.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["finetune", "--model", str(base), "--task", "tagging", "--train", str(data), "--validation",
+                 str(data), "--out", str(tmp_path / "tagger"), "--epochs", "1", "--windows", "--stride", "6",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["windows"]["validation"] == {"examples": 4, "windows": 12, "max_per_example": 3}
+    assert 0.0 <= result["validation"]["entity_f1"] <= 1.0
