@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from masklm.cli.finetune import add_window_flags, report_windows, window_spec
 from masklm.cli.score import read_texts
 from masklm.errors import InputError
 from masklm.files import atomic_file, check_out
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-tokens", type=int,
                    help="tokens per forward batch (default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_window_flags(p, "Default: a text over the maximum is an error. With windows each window is pooled "
+                        "as --pooling says, then the windows' vectors are combined, then normalised.")
     p.set_defaults(func=run)
 
 
@@ -46,11 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise InputError("no texts given; pass them as arguments or with --input FILE")
     pipe = load(args.model, device=args.device)
+    windows = window_spec(args)
+    counts: list[int] = []
     vectors = pipe.embed(texts, pooling=args.pooling, normalize=not args.no_normalize,
-                         batch_tokens=args.batch_tokens)
+                         batch_tokens=args.batch_tokens, windows=windows, windows_used=counts)
+    extra = [{"windows": n} if windows is not None else {} for n in counts]
+    if windows is not None:
+        report_windows(counts)
     if out is None:
-        for text, vec in zip(texts, vectors):
-            print(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False))
+        for text, vec, more in zip(texts, vectors, extra):
+            print(json.dumps({"text": text, "embedding": vec.tolist(), **more}, ensure_ascii=False))
         return 0
     with atomic_file(out) as tmp:  # no half-written file is ever left under the name
         if out.suffix == ".npy":
@@ -58,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 np.save(f, vectors)
         else:
             with open(tmp, "w", encoding="utf-8") as f:
-                for text, vec in zip(texts, vectors):
-                    f.write(json.dumps({"text": text, "embedding": vec.tolist()}, ensure_ascii=False) + "\n")
+                for text, vec, more in zip(texts, vectors, extra):
+                    f.write(json.dumps({"text": text, "embedding": vec.tolist(), **more}, ensure_ascii=False) + "\n")
     print(f"masklm: wrote {len(texts)} embeddings of size {vectors.shape[1]} to {out}", file=sys.stderr)
     return 0

@@ -9,11 +9,13 @@ Tagging files: ``.jsonl`` with ``{"tokens": [...], "tags": [...]}`` per line (ke
 anything else as CoNLL: one ``token<TAB>tag`` per line (whitespace also separates; the first field is
 the token, the last the tag, so CoNLL-2003's four columns work), blank lines between sentences,
 ``-DOCSTART-`` lines skipped. Tags must be ``O``, ``B-TYPE`` or ``I-TYPE`` (IOB2).
+Question answering: SQuAD's formats (``read_qa_file``); every answer must be found at its ``answer_start``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -231,3 +233,111 @@ def tag_list(sentences: list[TaggedSentence], where: str) -> list[str]:
     if not kinds:
         raise DataError(f"{where}: every tag is O; a tagger needs entities (B-TYPE/I-TYPE) to learn from")
     return ["O"] + [f"{p}-{k}" for k in kinds for p in ("B", "I")]
+
+
+# ---- extractive question answering: SQuAD-format files -------------------------------------------------
+
+QA_FORMATS = (".jsonl", ".json")
+
+
+@dataclass
+class QAExample:
+    """A question about a context, with its gold answers ``(text, character start)``; an empty list is
+    SQuAD v2.0's "no answer" (for unlabelled input too)."""
+
+    question: str
+    context: str
+    answers: list[tuple[str, int]]
+    where: str
+    id: str | None = None
+
+
+def _answer_list(raw: Any, context: str, where: str) -> list[tuple[str, int]]:
+    """Answers given as ``{"text": [...], "answer_start": [...]}`` (JSONL, Hugging Face datasets) or
+    ``[{"text", "answer_start"}, ...]`` (SQuAD JSON), each checked against the context."""
+    if isinstance(raw, dict):
+        texts, starts = raw.get("text"), raw.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise DataError(f"{where}: 'answers' must hold lists 'text' and 'answer_start' of one length")
+        pairs = list(zip(texts, starts))
+    elif isinstance(raw, list) and all(isinstance(a, dict) for a in raw):
+        pairs = [(a.get("text"), a.get("answer_start")) for a in raw]
+    else:
+        raise DataError(f"{where}: 'answers' must be {{\"text\": [...], \"answer_start\": [...]}} or a list "
+                        "of {\"text\", \"answer_start\"} objects")
+    answers = []
+    for text, start in pairs:
+        if not isinstance(text, str) or not text.strip() or isinstance(start, bool) or not isinstance(start, int):
+            raise DataError(f"{where}: an answer needs a non-empty 'text' and an integer 'answer_start', got "
+                            f"{text!r} at {start!r}")
+        if context[start:start + len(text)] != text:
+            raise DataError(f"{where}: answer {text!r} is not at answer_start {start} of the context (there it "
+                            f"reads {context[start:start + len(text)]!r}); fix answer_start")
+        answers.append((text, start))
+    return answers
+
+
+def _key(record: dict[str, Any], name: str, where: str) -> Any:
+    if name not in record:
+        have = ", ".join(repr(k) for k in record) or "none"
+        raise DataError(f"{where}: no {name!r} (keys: {have}); SQuAD records have 'question', 'context' and "
+                        "'answers'")
+    return record[name]
+
+
+def _qa_example(record: dict[str, Any], where: str, labelled: bool, context: str | None = None) -> QAExample:
+    question = _text(_key(record, "question", where), "question", where)
+    if context is None:
+        context = _text(_key(record, "context", where), "context", where)
+    answers: list[tuple[str, int]] = []
+    if labelled:
+        answers = _answer_list(_key(record, "answers", where), context, where)
+        if not answers and not record.get("is_impossible", True):
+            raise DataError(f"{where}: no answers but 'is_impossible' is false; give the answer")
+    qid = record.get("id")
+    return QAExample(question, context, answers, where, None if qid is None else str(qid))
+
+
+def _read_squad_json(file: Path, labelled: bool) -> list[QAExample]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}); fix it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{file}: a SQuAD .json file is {{\"data\": [{{\"paragraphs\": [...]}}]}}; for one "
+                        "record per line use .jsonl")
+    examples = []
+    for i, article in enumerate(data["data"]):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise DataError(f"{file}: data[{i}] has no 'paragraphs' list")
+        for j, paragraph in enumerate(paragraphs):
+            where = f"{file}: data[{i}].paragraphs[{j}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                raise DataError(f"{where} needs 'context' and a 'qas' list")
+            context = _text(_key(paragraph, "context", where), "context", where)
+            for k, qa in enumerate(paragraph["qas"]):
+                if not isinstance(qa, dict):
+                    raise DataError(f"{where}.qas[{k}] is not an object")
+                examples.append(_qa_example(qa, f"{where}.qas[{k}]", labelled, context))
+    return examples
+
+
+def read_qa_file(path: str | Path, labelled: bool = True) -> list[QAExample]:
+    """Questions of a SQuAD-format file: ``.jsonl`` with ``{"question", "context", "answers": {"text": [...],
+    "answer_start": [...]}}`` per line, or SQuAD v1.1/v2.0 ``.json`` (``data[].paragraphs[].qas[]``).
+    ``labelled=False`` reads questions and contexts only (answers, if any, are not read)."""
+    file = _check_file(path)
+    suffix = file.suffix.lower()
+    if suffix not in QA_FORMATS:
+        raise DataError(f"{file}: unknown format {suffix or '(no suffix)'!r}; question answering reads SQuAD "
+                        ".jsonl (one question per line) or SQuAD .json")
+    if suffix == ".json":
+        examples = _read_squad_json(file, labelled)
+    else:
+        examples = [_qa_example(record, where, labelled) for where, record in jsonl_objects(file)]
+    if not examples:
+        raise DataError(f"{file} has no questions; add some")
+    return examples

@@ -7,13 +7,16 @@ subclasses with a ``head``) are built. The encoder keeps the names it has in the
 and the head sits under ``head.*``; the masked-LM head is left out. Its ``config.json`` is the encoder's
 plus a ``task`` block::
 
-    "task": {"type": "classification" | "regression" | "tagging", "labels": [...], "num_labels": N,
-             "id2label": {"0": ...}, "pooling": "mean" | "cls", ...}
+    "task": {"type": "classification" | "regression" | "tagging" | "question-answering", "labels": [...],
+             "num_labels": N, "id2label": {"0": ...}, "pooling": "mean" | "cls",
+             "windows": {"stride": S, "pool": "mean" | "max"} (when trained on windows), ...}
 
 Sequence heads (classification, regression) pool the final hidden states (``models.heads.pool``), by
 default the **mean** over the non-padding tokens ([CLS] and [SEP] included; ``pooling="cls"`` takes the
 first token instead), then dropout -> dense D->D -> tanh -> dropout -> linear D->num_labels. The tagging
 head is dropout -> linear D->num_tags on every token; a word's tag is read at its **first sub-token**.
+Question answering uses the same token head with two outputs, the start and end logits of the answer
+span (Hugging Face's ``qa_outputs``; ``masklm.hf.bert.export_bert`` writes it under that name).
 A BERT folder's config says ``architectures: ["BertModel"]``, so ``transformers.AutoModel`` loads its
 encoder (the head is ignored).
 """
@@ -32,7 +35,9 @@ from masklm.models.bert import BertModel
 from masklm.models.heads import POOLINGS, pool
 from masklm.models.ltg_bert import LtgBertModel
 
-TASKS = ("classification", "regression", "tagging")
+TASKS = ("classification", "regression", "tagging", "question-answering")
+TOKEN_TASKS = ("tagging", "question-answering")  # a logit row per token: TokenHead
+QA_LABELS = ["start", "end"]
 
 
 @dataclass
@@ -58,7 +63,9 @@ def check_task(task: Any, where: str) -> dict[str, Any]:
     expected = 1 if task["type"] == "regression" else len(labels)
     if task.get("num_labels") != expected or expected < 1:
         raise ModelDirError(f"{where}: task 'num_labels' must be {expected} for these labels")
-    if task["type"] != "tagging" and task.get("pooling", "mean") not in POOLINGS:
+    if task["type"] == "question-answering" and labels != QA_LABELS:
+        raise ModelDirError(f"{where}: a question-answering task's 'labels' must be {QA_LABELS}")
+    if task["type"] not in TOKEN_TASKS and task.get("pooling", "mean") not in POOLINGS:
         raise ModelDirError(f"{where}: task 'pooling' must be one of {', '.join(POOLINGS)}")
     return task
 
@@ -96,7 +103,7 @@ def task_head(config: FineTunedConfig) -> SequenceHead | TokenHead:
     """A freshly initialised head for ``config.task``: N(0, initializer_range) weights, zero biases."""
     task, D = config.task, config.hidden_size
     n, drop = int(task["num_labels"]), config.hidden_dropout_prob
-    head = (TokenHead(D, n, drop) if task["type"] == "tagging"
+    head = (TokenHead(D, n, drop) if task["type"] in TOKEN_TASKS
             else SequenceHead(D, n, task.get("pooling", "mean"), drop))
     std = config.initializer_range or 0.02
     for module in head.modules():

@@ -5,6 +5,7 @@ in the gold labels or the predictions, as scikit-learn does) and the Matthews co
 (Gorodkin's multiclass R_K, which is the usual MCC for two classes). Regression: Pearson's r and
 Spearman's rho (Pearson on average ranks, so ties share a rank). Tagging: entity-level precision,
 recall and F1 over BIO spans, micro-averaged, with conlleval's chunking rules (see :func:`bio_spans`).
+Question answering: SQuAD's exact match and F1 (see :func:`qa_metrics`).
 
 Degenerate cases give 0.0 instead of NaN (a constant prediction has no correlation), so early
 stopping can always compare two numbers.
@@ -12,6 +13,9 @@ stopping can always compare two numbers.
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,9 +138,59 @@ def regression_metrics(gold: Sequence[float], pred: Sequence[float]) -> dict[str
 
 
 # The metric each task's early stopping watches by default (higher is better for all of them).
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "tagging": "entity_f1"}
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "tagging": "entity_f1",
+                  "question-answering": "f1"}
 TASK_METRICS = {
     "classification": ("accuracy", "macro_f1", "mcc"),
     "regression": ("pearson", "spearman"),
     "tagging": ("entity_f1", "entity_precision", "entity_recall"),
+    "question-answering": ("f1", "exact_match"),
 }
+
+
+# ---- extractive question answering: SQuAD's exact match and F1 ---------------------------------------
+#
+# As the official SQuAD evaluation scripts define them (v1.1 and v2.0 agree but on empty answers, where
+# v2.0's rule is used: an empty prediction matches an empty gold answer, and nothing else). An answer is
+# normalised by lowercasing, removing ASCII punctuation, removing the articles a/an/the and collapsing
+# whitespace; F1 is over the bag of normalised words; a question's score is its best over the gold
+# answers (a question without gold answers has the one gold answer "", v2.0's no-answer).
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no a/an/the, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised strings are equal."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def answer_f1(prediction: str, gold: str) -> float:
+    """F1 over the normalised words of ``prediction`` and ``gold`` (both empty: 1.0; one empty: 0.0)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_metrics(gold: Sequence[Sequence[str]], pred: Sequence[str]) -> dict[str, float]:
+    """Mean ``exact_match`` and ``f1`` (fractions; SQuAD's script prints them x100) of predictions
+    against each question's gold answers (an empty list: no answer)."""
+    if not gold:
+        return {"exact_match": 0.0, "f1": 0.0}
+    em = f1 = 0.0
+    for answers, p in zip(gold, pred):
+        answers = list(answers) or [""]
+        em += max(exact_match(p, a) for a in answers)
+        f1 += max(answer_f1(p, a) for a in answers)
+    return {"exact_match": em / len(gold), "f1": f1 / len(gold)}

@@ -7,6 +7,14 @@ written to ``out`` as a model folder (atomically: a temporary sibling renamed in
 always holds the best model so far. Training stops after ``patience`` epochs without improvement.
 Regression targets are standardised with the training set's mean and standard deviation (stored in
 the task block and undone at prediction).
+
+Long inputs (``windows``; always for question answering): each example is read as overlapping windows
+(``masklm.finetune.encode``). A sequence task trains on its windows' pooled logits (mean or max, the
+pooling prediction uses), a batch being ``batch_size`` examples with all their windows; tagging and
+question answering train on each window as a row of its own (a tag is learnt in every window that holds
+the word; an answer is the target of the windows that hold all of it, the others point at [CLS], as in
+Hugging Face's ``run_qa.py``). The windows are counted and reported, and the folder's task block keeps the
+spec, so ``masklm predict`` reads long inputs the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +32,28 @@ import torch.nn.functional as F
 
 from masklm.errors import ConfigError, DataError
 from masklm.finetune import data as fdata
-from masklm.finetune.encode import encode_text, encode_words
+from masklm.finetune.encode import encode_qa, encode_words, encode_words_windows
 from masklm.finetune.folder import load_folder
-from masklm.finetune.heads import POOLINGS, TASKS, build_finetuned
+from masklm.finetune.heads import POOLINGS, QA_LABELS, TASKS, TOKEN_TASKS, build_finetuned
 from masklm.finetune.metrics import (
     DEFAULT_METRIC,
     TASK_METRICS,
     classification_metrics,
     entity_scores,
+    qa_metrics,
     regression_metrics,
 )
-from masklm.finetune.predict import batched_logits, sequence_values, word_tags
-from masklm.inference.batching import pad
+from masklm.finetune.predict import (
+    DEFAULT_MAX_ANSWER_LENGTH,
+    batched_logits,
+    best_answer,
+    merge_word_logits,
+    pooled_logits,
+    sequence_rows,
+    sequence_values,
+    word_tags,
+)
+from masklm.inference.batching import WINDOW_POOLS, WindowSpec, pad, pool_windows
 from masklm.modeldir import save_model_dir
 from masklm.training.distributed import pick_device
 from masklm.training.optim import build_optimizer, set_lr
@@ -45,7 +63,11 @@ from masklm.training.progress import build_lr_schedule
 @dataclass
 class FinetuneArgs:
     """Everything ``masklm finetune`` takes besides the model folder. Column names of None mean the
-    task's defaults: ``text``/``label`` (sequence files), ``tokens``/``tags`` (tagging JSONL)."""
+    task's defaults: ``text``/``label`` (sequence files), ``tokens``/``tags`` (tagging JSONL).
+    ``windows`` reads inputs over the model's maximum as windows sharing ``stride`` tokens (None: a quarter
+    of the window), sequence outputs pooled by ``window_pool``; question answering always uses windows.
+    ``null_threshold`` (question answering): None means 0.0 when the training file has questions without an
+    answer (SQuAD v2.0), else never an empty answer; see ``masklm.finetune.predict.best_answer``."""
 
     task: str
     train: str
@@ -64,13 +86,18 @@ class FinetuneArgs:
     pooling: str = "mean"
     metric: str | None = None
     device: str | None = None
+    windows: bool = False
+    stride: int | None = None
+    window_pool: str = "mean"
+    max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH
+    null_threshold: float | None = None
 
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.warmup < 1:
@@ -80,44 +107,126 @@ class FinetuneArgs:
                               f"{', '.join(TASK_METRICS[self.task])}")
         if self.task == "tagging" and self.text_pair_column:
             raise ConfigError("--text-pair-column applies to classification and regression, not tagging")
+        if self.task == "question-answering" and (self.text_column or self.text_pair_column or self.label_column):
+            raise ConfigError("question answering reads SQuAD's keys (question, context, answers); leave out "
+                              "--text-column, --text-pair-column and --label-column")
+        if self.window_pool not in WINDOW_POOLS:
+            raise ConfigError(f"unknown --window-pool {self.window_pool!r}; choose {' or '.join(WINDOW_POOLS)}")
+        if self.stride is not None and self.stride < 0:
+            raise ConfigError(f"--stride must be >= 0 tokens (the overlap of consecutive windows), got {self.stride}")
+
+    def window_spec(self) -> WindowSpec | None:
+        if self.windows or self.task == "question-answering":
+            return WindowSpec(self.stride, self.window_pool)
+        return None
 
 
 @dataclass
 class _Split:
-    rows: list[list[int]]
-    targets: list[Any]       # class index, standardised float, or a [T] label row (tagging)
-    gold: list[Any]          # what metrics compare with: class name, raw float, or word tags
-    firsts: list[list[int]]  # tagging: first sub-token of each word
+    """One file, encoded. A training unit is an example (sequence tasks: ``targets`` per example, its
+    windows' logits pooled) or a row (tagging, question answering: ``targets`` per row)."""
+
+    rows: list[list[int]] = field(default_factory=list)       # model inputs, one per window
+    targets: list[Any] = field(default_factory=list)          # class index, standardised float, label row, (s, e)
+    gold: list[Any] = field(default_factory=list)             # per example: class, raw float, word tags, answers
+    groups: list[tuple[int, int]] = field(default_factory=list)  # per example: its rows [lo, hi)
+    firsts: list[list[int]] = field(default_factory=list)     # tagging: first sub-token of each word
+    spans: list[Any] = field(default_factory=list)            # tagging: window spans (None: no windows); QA: QAWindows
+    contexts: list[str] = field(default_factory=list)         # question answering
+    unanswerable: int = 0                                     # QA: gold answers no window holds whole
+
+    def windows(self) -> dict[str, int]:
+        """Examples, windows, and the most windows of one example."""
+        return {"examples": len(self.groups), "windows": len(self.rows),
+                "max_per_example": max((hi - lo for lo, hi in self.groups), default=0)}
+
+
+def _tagging_split(sentences: list[fdata.TaggedSentence], index: dict[str, int], tokenizer: Any,
+                   max_length: int, spec: WindowSpec | None, train_file: str) -> _Split:
+    split = _Split()
+    for s in sentences:
+        unknown = [t for t in s.tags if t not in index]
+        if unknown:
+            raise DataError(f"{s.where}: tag {unknown[0]!r} does not occur in the training file "
+                            f"{train_file}; the model can only learn tags it has seen")
+        if spec is None:
+            ids, first = encode_words(tokenizer, s.words, max_length, s.where)
+            rows, spans = [ids], None
+        else:
+            rows, spans, first = encode_words_windows(tokenizer, s.words, max_length, spec, s.where)
+        split.groups.append((len(split.rows), len(split.rows) + len(rows)))
+        for ids, span in zip(rows, spans or [None]):
+            row = [-100] * len(ids)
+            for pos, t in zip(first, s.tags):
+                if pos >= 0 and span is None:
+                    row[pos] = index[t]
+                elif pos >= 0 and span[0] <= pos < span[1]:
+                    row[pos - span[0] + 1] = index[t]  # +1: the window's [CLS]
+            split.rows.append(ids)
+            split.targets.append(row)
+        split.gold.append(s.tags)
+        split.firsts.append(first)
+        split.spans.append(spans)
+    return split
+
+
+def _qa_split(examples: list[fdata.QAExample], tokenizer: Any, max_length: int, spec: WindowSpec) -> _Split:
+    """Each window a row whose target is the first answer's (start, end) row positions when the window
+    holds all of it, else (0, 0): [CLS], "no answer here"."""
+    split = _Split()
+    for e in examples:
+        qa = encode_qa(tokenizer, e.question, e.context, max_length, spec, e.where)
+        tokens = None
+        if e.answers:
+            text, start = e.answers[0]
+            tokens = qa.token_span(start, start + len(text))
+            if tokens is None:
+                raise DataError(f"{e.where}: the answer {text!r} covers no token of the context; fix the answer")
+        held = False
+        for a, b in qa.spans:
+            inside = tokens is not None and a <= tokens[0] and tokens[1] < b
+            held |= inside
+            split.targets.append((qa.first + tokens[0] - a, qa.first + tokens[1] - a) if inside else (0, 0))
+        split.unanswerable += int(tokens is not None and not held)
+        split.groups.append((len(split.rows), len(split.rows) + len(qa.rows)))
+        split.rows.extend(qa.rows)
+        split.gold.append([t for t, _ in e.answers])
+        split.spans.append(qa)
+        split.contexts.append(e.context)
+    return split
+
+
+def _sequence_split(examples: list[fdata.SequenceExample], tokenizer: Any, max_length: int,
+                    spec: WindowSpec | None, encode_target: Callable[[Any, str], Any]) -> _Split:
+    split = _Split()
+    split.rows, split.groups = sequence_rows(tokenizer, [(e.text, e.pair) for e in examples],
+                                             [e.where for e in examples], max_length, spec)
+    split.targets = [encode_target(e.label, e.where) for e in examples]
+    split.gold = [e.label for e in examples]
+    return split
 
 
 def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[_Split, _Split, dict[str, Any]]:
     """Read, validate and encode both files; returns the splits and the task block."""
     task: dict[str, Any] = {"type": args.task}
+    spec = args.window_spec()
+    if spec is not None:
+        task["windows"] = spec.as_dict()
+    if args.task == "question-answering":
+        train, valid = (fdata.read_qa_file(f) for f in (args.train, args.validation))
+        threshold = args.null_threshold
+        if threshold is None and any(not e.answers for e in train):
+            threshold = 0.0
+        task.update(labels=list(QA_LABELS), num_labels=2, max_answer_length=args.max_answer_length,
+                    null_threshold=threshold)
+        return (*(_qa_split(x, tokenizer, max_length, spec) for x in (train, valid)), task)
     if args.task == "tagging":
         keys = (args.text_column or "tokens", args.label_column or "tags")
         train, valid = (fdata.read_tagging_file(f, *keys) for f in (args.train, args.validation))
         labels = fdata.tag_list(train, args.train)
         index = {t: i for i, t in enumerate(labels)}
         task.update(labels=labels, num_labels=len(labels))
-        splits = []
-        for sentences in (train, valid):
-            split = _Split([], [], [], [])
-            for s in sentences:
-                unknown = [t for t in s.tags if t not in index]
-                if unknown:
-                    raise DataError(f"{s.where}: tag {unknown[0]!r} does not occur in the training file "
-                                    f"{args.train}; the model can only learn tags it has seen")
-                ids, first = encode_words(tokenizer, s.words, max_length, s.where)
-                row = [-100] * len(ids)
-                for pos, t in zip(first, s.tags):
-                    if pos >= 0:
-                        row[pos] = index[t]
-                split.rows.append(ids)
-                split.targets.append(row)
-                split.gold.append(s.tags)
-                split.firsts.append(first)
-            splits.append(split)
-        return splits[0], splits[1], task
+        return (*(_tagging_split(x, index, tokenizer, max_length, spec, args.train) for x in (train, valid)), task)
 
     regression = args.task == "regression"
     cols = (args.text_column or "text", args.text_pair_column, args.label_column or "label")
@@ -140,41 +249,105 @@ def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[_
                 raise DataError(f"{where}: label {y!r} does not occur in the training file {args.train}; "
                                 f"known labels: {', '.join(labels)}")
             return index[y]
-    splits = []
-    for examples in (train, valid):
-        split = _Split([], [], [], [])
-        for e in examples:
-            split.rows.append(encode_text(tokenizer, e.text, e.pair, max_length, e.where))
-            split.targets.append(encode_target(e.label, e.where))
-            split.gold.append(e.label)
-        splits.append(split)
-    return splits[0], splits[1], task
+    return (*(_sequence_split(x, tokenizer, max_length, spec, encode_target) for x in (train, valid)), task)
 
 
 def evaluate(model: torch.nn.Module, split: _Split, pad_id: int, batch_size: int) -> dict[str, float]:
     """The task's metrics of ``model`` on ``split``."""
     logits = batched_logits(model, split.rows, pad_id, batch_size)
     task = model.task
+    if task["type"] == "question-answering":
+        predicted = [best_answer(logits[lo:hi], qa, context, task["max_answer_length"],
+                                 task["null_threshold"])["answer"]
+                     for (lo, hi), qa, context in zip(split.groups, split.spans, split.contexts)]
+        return qa_metrics(split.gold, predicted)
+    if task["type"] == "tagging":
+        predicted = []
+        for (lo, hi), spans, first in zip(split.groups, split.spans, split.firsts):
+            merged, where = merge_word_logits(logits[lo:hi], spans, first)
+            predicted.append(word_tags(merged, where, task["labels"])[0])
+        return entity_scores(split.gold, predicted)
+    pooled = pooled_logits(logits, split.groups, task.get("windows", {}).get("pool", "mean"))
     if task["type"] == "regression":
-        return regression_metrics(split.gold, sequence_values(model, logits))
-    if task["type"] == "classification":
-        return classification_metrics(split.gold, [task["labels"][int(x.argmax())] for x in logits])
-    predicted = [word_tags(x, first, task["labels"])[0] for x, first in zip(logits, split.firsts)]
-    return entity_scores(split.gold, predicted)
+        return regression_metrics(split.gold, sequence_values(model, pooled))
+    return classification_metrics(split.gold, [task["labels"][int(x.argmax())] for x in pooled])
 
 
-def _loss(model: torch.nn.Module, logits: torch.Tensor, targets: list[Any]) -> torch.Tensor:
+def _loss(model: torch.nn.Module, logits: torch.Tensor, targets: list[Any], mask: torch.Tensor) -> torch.Tensor:
     kind = model.task["type"]
     if kind == "regression":
         return F.mse_loss(logits[:, 0].float(), torch.tensor(targets, dtype=torch.float32, device=logits.device))
     if kind == "classification":
         return F.cross_entropy(logits.float(), torch.tensor(targets, device=logits.device))
+    if kind == "question-answering":  # mean of the start and end cross-entropies over each row's tokens
+        gold = torch.tensor(targets, device=logits.device)                                  # [B, 2]
+        x = logits.float().masked_fill(~mask.bool().to(logits.device)[..., None], -torch.inf)  # [B, T, 2]
+        return (F.cross_entropy(x[..., 0], gold[:, 0]) + F.cross_entropy(x[..., 1], gold[:, 1])) / 2
     labels, _ = pad(targets, -100)
     return F.cross_entropy(logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100)
 
 
+def _batch_loss(model: torch.nn.Module, split: _Split, units: list[int], pad_id: int,
+                device: torch.device) -> torch.Tensor:
+    """The loss of one batch of training units (examples whose windows' logits are pooled, or rows)."""
+    if model.task["type"] in TOKEN_TASKS:
+        rows, local = units, None
+    else:
+        rows, local = [], []
+        for i in units:
+            lo, hi = split.groups[i]
+            local.append((len(rows), len(rows) + hi - lo))
+            rows.extend(range(lo, hi))
+    input_ids, mask = pad([split.rows[r] for r in rows], pad_id)
+    logits = model(input_ids.to(device), mask.to(device))
+    if local is not None:  # one logit row per example: its windows pooled (one window: itself)
+        how = model.task.get("windows", {}).get("pool", "mean")
+        logits = torch.stack([pool_windows(logits[lo:hi], how) for lo, hi in local])
+    return _loss(model, logits, [split.targets[i] for i in units], mask)
+
+
 def _stderr(message: str) -> None:
     print(f"masklm: {message}", file=sys.stderr, flush=True)
+
+
+def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _Split, task: dict[str, Any],
+              steps: int, metric: str) -> list[str]:
+    """The lines ``finetune`` logs before training: the data, the windows, the plan."""
+    lines = [f"fine-tuning {model_dir} for {args.task}: {len(train.groups)} training and {len(valid.groups)} "
+             f"validation examples, {task['num_labels']} output(s), {args.epochs} epochs of {steps} steps; "
+             f"early stopping on validation {metric}"]
+    if "windows" in task:
+        counts = [f"{name} {s.windows()['examples']} examples as {s.windows()['windows']} windows (at most "
+                  f"{s.windows()['max_per_example']} per example)" for name, s in (("training", train),
+                                                                                 ("validation", valid))]
+        stride = task["windows"]["stride"]
+        lines.append(f"windows of up to the model's maximum, overlapping by "
+                     f"{'a quarter' if stride is None else f'{stride} tokens'}: {'; '.join(counts)}")
+    if train.unanswerable:
+        lines.append(f"{train.unanswerable} training answers are longer than a window: their windows are trained "
+                     "as 'no answer here'")
+    return lines
+
+
+def _train_epoch(model: torch.nn.Module, split: _Split, optimizer: Any, args: FinetuneArgs, pad_id: int,
+                 device: torch.device, generator: torch.Generator, step: int, total_steps: int
+                 ) -> tuple[float, int]:
+    """One pass over the training units in a seeded order -> (mean loss per unit, steps so far)."""
+    schedule = build_lr_schedule("linear", warmup=args.warmup)
+    units = len(split.rows) if model.task["type"] in TOKEN_TASKS else len(split.groups)
+    model.train()
+    total = 0.0
+    for batch in torch.randperm(units, generator=generator).split(args.batch_size):
+        idx = batch.tolist()
+        set_lr(optimizer, args.lr * schedule(step, total_steps))
+        loss = _batch_loss(model, split, idx, pad_id, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        step += 1
+    return total / units, step
 
 
 def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], None] | None = _stderr
@@ -182,7 +355,8 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     """Fine-tune the model folder ``model_dir``; the best model goes to ``args.out``.
 
     Returns ``{"out", "best_epoch", "metric", "best", "validation" (the best epoch's metrics),
-    "history" (per epoch: loss and metrics), "stopped_early"}``.
+    "history" (per epoch: loss and metrics), "stopped_early", "windows"}`` (``windows``: per split the
+    examples, windows and most windows of one example; None without windows).
     """
     say = log or (lambda _: None)
     args.validate()
@@ -195,31 +369,19 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     device = pick_device(args.device)
     model.to(device)
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
-    steps_per_epoch = math.ceil(len(train_split.rows) / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    schedule = build_lr_schedule("linear", warmup=args.warmup)
+    units = len(train_split.rows) if args.task in TOKEN_TASKS else len(train_split.groups)
+    steps_per_epoch = math.ceil(units / args.batch_size)
     generator = torch.Generator().manual_seed(args.seed)
-    say(f"fine-tuning {model_dir} for {args.task}: {len(train_split.rows)} training and "
-        f"{len(valid_split.rows)} validation examples, {task['num_labels']} output(s), "
-        f"{args.epochs} epochs of {steps_per_epoch} steps; early stopping on validation {metric}")
+    for line in _describe(args, model_dir, train_split, valid_split, task, steps_per_epoch, metric):
+        say(line)
     history: list[dict[str, Any]] = []
     best, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
     for epoch in range(1, args.epochs + 1):
-        model.train()
-        started, total = time.time(), 0.0
-        for batch in torch.randperm(len(train_split.rows), generator=generator).split(args.batch_size):
-            idx = batch.tolist()
-            input_ids, mask = pad([train_split.rows[i] for i in idx], tokenizer.pad_id)
-            set_lr(optimizer, args.lr * schedule(step, total_steps))
-            loss = _loss(model, model(input_ids.to(device), mask.to(device)), [train_split.targets[i] for i in idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            step += 1
+        started = time.time()
+        loss, step = _train_epoch(model, train_split, optimizer, args, tokenizer.pad_id, device, generator, step,
+                                  args.epochs * steps_per_epoch)
         scores = evaluate(model, valid_split, tokenizer.pad_id, args.batch_size)
-        record = {"epoch": epoch, "loss": total / len(train_split.rows), **scores}
+        record = {"epoch": epoch, "loss": loss, **scores}
         history.append(record)
         improved = scores[metric] > best
         shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
@@ -238,5 +400,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
                 break
     stopped_early = len(history) < args.epochs
     say(f"best validation {metric} {best:.4f} at epoch {best_epoch}; model in {args.out}")
+    windows = {"train": train_split.windows(), "validation": valid_split.windows()} if "windows" in task else None
     return {"out": str(Path(args.out)), "best_epoch": best_epoch, "metric": metric, "best": best,
-            "validation": task["validation"], "history": history, "stopped_early": stopped_early}
+            "validation": task["validation"], "history": history, "stopped_early": stopped_early,
+            "windows": windows}

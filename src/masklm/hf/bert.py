@@ -179,7 +179,12 @@ _MASKLM_ONLY_KEYS = ("arch", "masklm_version")
 
 def export_bert(model_dir: str | Path, out: str | Path) -> Path:
     """Write a Hugging Face loadable copy of a masklm BERT folder (no masklm-only config keys); a fine-tuned
-    folder keeps its ``task`` block and head, and loads in transformers as a ``BertModel``."""
+    folder keeps its ``task`` block and head, and loads in transformers as a ``BertModel``; a fine-tuned
+    question-answering folder's start/end head is written as ``qa_outputs`` (``BertForQuestionAnswering``'s
+    name and shape, Linear D -> 2), so it loads as ``AutoModelForQuestionAnswering``, with every token-type
+    row equal to row 0 (masklm's one segment), so the token_type_ids transformers' tokenizers pass for a
+    question + context pair do not change its logits. It is a transformers folder: masklm reads the
+    fine-tuned folder it came from."""
     model, config, tokenizer = load_folder(model_dir)
     if config.arch != "bert":
         raise ModelDirError(
@@ -188,4 +193,14 @@ def export_bert(model_dir: str | Path, out: str | Path) -> Path:
         )
     data = {k: v for k, v in config.to_json_dict().items() if k not in _MASKLM_ONLY_KEYS}
     data["tie_word_embeddings"] = True
-    return write_model_dir(out, data, state_dict_for_saving(model), tokenizer)
+    state = state_dict_for_saving(model)
+    if (data.get("task") or {}).get("type") == "question-answering":
+        state = {name.replace("head.out.", "qa_outputs.", 1) if name.startswith("head.out.") else name: t
+                 for name, t in state.items()}
+        data["architectures"] = ["BertForQuestionAnswering"]
+        # masklm reads every token as segment 0; Hugging Face's tokenizers mark the context as segment 1.
+        # Every type row set to row 0 makes the exported model give masklm's logits whatever they pass.
+        types = state["bert.embeddings.token_type_embeddings.weight"].clone()
+        types[1:] = types[0]
+        state["bert.embeddings.token_type_embeddings.weight"] = types
+    return write_model_dir(out, data, state, tokenizer)

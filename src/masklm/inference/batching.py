@@ -8,6 +8,8 @@ One owner for the plumbing that fill-mask, scoring, embeddings, fine-tuning, gen
   The message is written once, in ``too_long``.
 - **Padding.** Rows are right-padded to the longest; the attention mask is 1 on real tokens. An all-ones
   mask is passed as None (``mask_or_none``): SDPA then takes its mask-free kernels.
+- **Windows.** Readers that can (fine-tuning, ``predict``, embeddings, question answering) read an input
+  of any length, when asked, as overlapping windows (``WindowSpec``, ``window_rows``; see below).
 - **Token-budget batches.** Rows sorted longest first are cut into batches of at most ``batch_tokens``
   tokens (rows x the first row's width), so short rows share batches and equal lengths need no padding.
 """
@@ -15,6 +17,7 @@ One owner for the plumbing that fill-mask, scoring, embeddings, fine-tuning, gen
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from tokenizers import Encoding
@@ -59,14 +62,20 @@ def check_strings(texts: Sequence[object], what: str = "input") -> None:
             raise InputError(f"{what} {i} is {type(text).__name__}, not a string; pass text")
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, what: str = "input") -> list[Encoding]:
+def encode(tokenizer, texts: Sequence[str], max_length: int, what: str = "input",
+           fix: str = "shorten or split it") -> list[Encoding]:
     """Encodings of ``texts`` with special tokens, in one batched call; InputError for a non-string or a
-    text over ``max_length`` tokens (``what`` names the item, e.g. "sentence" -> "sentence 3")."""
+    text over ``max_length`` tokens (``what`` names the item, e.g. "sentence" -> "sentence 3"; ``fix``
+    says what to do about it)."""
     check_strings(texts, what)
     encodings = tokenizer.encode_batch(list(texts))
     for i, enc in enumerate(encodings):
-        check_length(len(enc.ids), max_length, f"{what} {i}")
+        check_length(len(enc.ids), max_length, f"{what} {i}", fix=fix)
     return encodings
+
+
+# What a reader that can window says to do about an input over the maximum.
+WINDOWS_FIX = "shorten it, or read it in overlapping windows (--windows, or windows=True)"
 
 
 def pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,3 +120,94 @@ def token_batches(widths: Sequence[int], batch_tokens: int) -> Iterator[tuple[in
     """Cut rows sorted longest first (``widths`` ``[N]``) into ``[lo, hi)`` ranges of at most
     ``batch_tokens`` tokens each (at least one row, however long)."""
     return budget_cuts([(1, int(w)) for w in widths], batch_tokens)
+
+
+# ---- sliding windows over inputs longer than the model's maximum ------------------------------------
+#
+# A window holds ``size`` content tokens (the model's maximum less the special and fixed tokens around
+# it). ``stride`` is the OVERLAP between consecutive windows, in tokens, as in Hugging Face (the
+# tokenizers' ``stride`` and the question-answering pipeline's ``doc_stride``); the step from one window's
+# start to the next is ``size - stride``. The default overlap is a quarter of the window. The last window
+# ends at the last token (it may overlap its neighbour by more), so every token is read and none is cut.
+
+WINDOW_POOLS = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How inputs longer than a window are read: ``stride`` tokens shared by consecutive windows (None: a
+    quarter of the window) and how sequence outputs of one input's windows are combined (``pool``:
+    the elementwise ``mean`` or ``max`` of their logits or embeddings)."""
+
+    stride: int | None = None
+    pool: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pool not in WINDOW_POOLS:
+            raise InputError(f"unknown window pool {self.pool!r}; use {' or '.join(WINDOW_POOLS)}")
+        if self.stride is not None and (not isinstance(self.stride, int) or self.stride < 0):
+            raise InputError(f"stride must be a whole number of tokens >= 0, got {self.stride!r}")
+
+    def overlap(self, size: int) -> int:
+        """Tokens shared by consecutive windows of ``size`` content tokens; InputError unless < ``size``."""
+        stride = size // 4 if self.stride is None else self.stride
+        if stride >= size:
+            raise InputError(f"stride {stride} must be smaller than the window of {size} tokens (the stride "
+                             "is the overlap between consecutive windows)")
+        return stride
+
+    def as_dict(self) -> dict[str, object]:
+        return {"stride": self.stride, "pool": self.pool}
+
+
+def as_windows(windows: WindowSpec | dict | bool | None) -> WindowSpec | None:
+    """``windows`` as a WindowSpec: True is the default one, False or None no windows (inputs over the
+    maximum are refused), a dict the spec's fields (as stored in a fine-tuned folder)."""
+    if windows is None or windows is False:
+        return None
+    if windows is True:
+        return WindowSpec()
+    if isinstance(windows, dict):
+        return WindowSpec(stride=windows.get("stride"), pool=windows.get("pool", "mean"))
+    if isinstance(windows, WindowSpec):
+        return windows
+    raise InputError(f"windows must be True, False or a WindowSpec, got {type(windows).__name__}")
+
+
+def window_spans(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each window of at most ``size`` over ``n`` tokens, consecutive windows sharing
+    ``stride`` tokens (the last one ends at ``n``); one window when ``n <= size``."""
+    if n <= size:
+        return [(0, n)]
+    starts = list(range(0, n - size, size - stride)) + [n - size]
+    return [(a, a + size) for a in starts]
+
+
+def central_windows(spans: Sequence[tuple[int, int]], n: int) -> list[int]:
+    """For each of ``n`` tokens, the window (index into ``spans``) where it is most central: the one whose
+    nearer edge is farthest from it (the earlier window on a tie)."""
+    owner, best = [0] * n, [-1] * n
+    for w, (a, b) in enumerate(spans):
+        for p in range(a, b):
+            margin = min(p - a, b - 1 - p)
+            if margin > best[p]:
+                owner[p], best[p] = w, margin
+    return owner
+
+
+def window_rows(content: Sequence[int], head: Sequence[int], tail: Sequence[int], max_length: int,
+                spec: WindowSpec, what: str) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Rows ``head + content[a:b] + tail`` of at most ``max_length`` tokens over ``content`` -> (rows,
+    spans ``(a, b)``). ``head``/``tail`` are the special (and fixed, e.g. a question) tokens every window
+    repeats; InputError when they leave no room for content."""
+    size = max_length - len(head) - len(tail)
+    if size < 1:
+        raise InputError(too_long(f"{what} (with the special tokens and anything every window repeats)",
+                                  len(head) + len(tail), max_length - 1, fix="shorten it, so text fits beside it"))
+    spans = window_spans(len(content), size, spec.overlap(size))
+    return [list(head) + list(content[a:b]) + list(tail) for a, b in spans], spans
+
+
+def pool_windows(values: torch.Tensor, how: str) -> torch.Tensor:
+    """One input's window outputs ``[W, ...]`` -> ``[...]``: their elementwise mean or max."""
+    return values.mean(0) if how == "mean" else values.amax(0)

@@ -3,7 +3,7 @@
 ``pipe = masklm.load(dir)`` gives ``pipe.model``, ``pipe.tokenizer``, ``pipe.config`` and the tasks. Each
 task's work is in its own module: ``fill_mask`` (``masklm.inference.fill_mask``), ``score``
 (``masklm.scoring``), ``embed`` (``masklm.inference.embed``), ``generate`` (``masklm.generation``),
-``classify`` and ``tag`` (``masklm.finetune.predict``, for fine-tuned folders).
+``classify``, ``tag`` and ``answer`` (``masklm.finetune.predict``, for fine-tuned folders).
 
 How the weights were trained (the folder's ``training_args.json``) decides how they are read
 (``masklm.objectives.reading``): a model trained with ``mntp`` (GPT-BERT's masked next-token prediction)
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from masklm.finetune.folder import load_folder
-from masklm.finetune.predict import classify, tag
+from masklm.finetune.predict import answer, classify, tag
 from masklm.generation import CALL_FIELDS, GenerationConfig, generate
 from masklm.inference.embed import embed_texts
 from masklm.inference.fill_mask import FillMask
@@ -132,19 +132,29 @@ class Pipeline:
         return results if many else results[0]
 
     def embed(self, texts: str | list[str], pooling: str = "mean", normalize: bool = True,
-              batch_tokens: int | None = None) -> np.ndarray:
-        """Sentence embeddings: float32 numpy ``[N, D]`` (``[D]`` for one string). See ``masklm.inference.embed``."""
+              batch_tokens: int | None = None, windows: Any = None, windows_used: list[int] | None = None
+              ) -> np.ndarray:
+        """Sentence embeddings: float32 numpy ``[N, D]`` (``[D]`` for one string); ``windows`` (True or a
+        ``WindowSpec``) reads texts of any length in overlapping windows. See ``masklm.inference.embed``."""
         return embed_texts(self.model, self.tokenizer, texts, pooling=pooling, normalize=normalize,
-                           batch_tokens=batch_tokens, max_length=self.max_length)
+                           batch_tokens=batch_tokens, max_length=self.max_length, windows=windows,
+                           windows_used=windows_used)
 
     # ---- fine-tuned heads (the work is in masklm.finetune.predict) -------------------------------
 
-    def classify(self, texts: Any, top_k: int | None = 1, batch_size: int = 32) -> Any:
+    def classify(self, texts: Any, top_k: int | None = 1, batch_size: int = 32, **windows: Any) -> Any:
         """Labels ``{"label", "score"}`` (regression: ``{"value"}``) of a fine-tuned folder, for a text, a
-        ``(text, pair)`` tuple or a list of them. See ``masklm.finetune.predict``."""
-        return classify(self.model, self.tokenizer, texts, top_k=top_k, batch_size=batch_size)
+        ``(text, pair)`` tuple or a list of them. ``windows``/``windows_used``: see ``masklm.finetune.predict``."""
+        return classify(self.model, self.tokenizer, texts, top_k=top_k, batch_size=batch_size, **windows)
 
-    def tag(self, texts: Any, aggregate: bool = True, batch_size: int = 32) -> Any:
+    def tag(self, texts: Any, aggregate: bool = True, batch_size: int = 32, **windows: Any) -> Any:
         """Entities ``{"entity_group", "score", "word", "start", "end"}`` of a fine-tuned tagger, for a
         text or a list of texts / pre-split word lists. See ``masklm.finetune.predict``."""
-        return tag(self.model, self.tokenizer, texts, aggregate=aggregate, batch_size=batch_size)
+        return tag(self.model, self.tokenizer, texts, aggregate=aggregate, batch_size=batch_size, **windows)
+
+    def answer(self, inputs: Any, **options: Any) -> Any:
+        """Extractive answers ``{"answer", "score", "start", "end"}`` of a fine-tuned question-answering
+        folder, for ``{"question", "context"}`` or a list of them; contexts of any length (windows).
+        ``options``: ``max_answer_length``, ``null_threshold``, ``batch_size``, ``windows``,
+        ``windows_used``; see ``masklm.finetune.predict.answer``."""
+        return answer(self.model, self.tokenizer, inputs, **options)

@@ -7,7 +7,8 @@ without FastAPI's per-request machinery (see ``masklm.serve.gate``). Handlers ch
 fields on the event loop, then hand the model work, tokenization included, to the ``Batcher``'s worker
 thread. Every error is ``{"error", "error_type"}`` (see ``masklm.serve.responses``).
 No request field names a file, a module or a command: requests carry only text and numbers.
-``GET /`` is the playground page (``masklm.serve.page``); ``/generate`` with ``return_steps`` adds the
+``POST /question-answering`` answers with a fine-tuned question-answering folder, reading long contexts
+in windows of at most ``max_tokens`` tokens. ``GET /`` is the playground page (``masklm.serve.page``); ``/generate`` with ``return_steps`` adds the
 canvas after every network call, which the page animates (``masklm.serve.steps``).
 """
 
@@ -27,6 +28,7 @@ from starlette.responses import Response
 
 from masklm.errors import MaskLMError
 from masklm.generation import STRATEGIES
+from masklm.inference.batching import too_long
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
 from masklm.serve.generation import check_generate
@@ -39,6 +41,7 @@ from masklm.serve.schemas import (
     FillMaskRequest,
     GenerateRequest,
     OpenAIEmbeddingRequest,
+    QuestionAnsweringRequest,
     ScoreRequest,
     TokenizeRequest,
 )
@@ -157,6 +160,58 @@ class ModelRoutes:
         return json_response(await self.batcher.submit(Job(kind, (), [body.prompt or ""], params)))
 
 
+    async def question_answering(self, body: QuestionAnsweringRequest) -> Response:
+        pairs = _qa_pairs(body.question, body.context)
+        check_count(pairs, self.limits, "question")
+        task = getattr(self.pipe.model, "task", None) or {}
+        if task.get("type") != "question-answering":
+            raise ServeError("this server's model is not fine-tuned for question answering; serve a folder "
+                             "written by 'masklm finetune --task question-answering'")
+        check_range("max_answer_len", body.max_answer_len, 1, self.limits.max_tokens)
+        tok = self.pipe.tokenizer
+        for i, (question, context) in enumerate(pairs):  # the question and 3 special tokens fill every window
+            check_tokens(len(tok.encode(question, add_special_tokens=False).ids) + 3, self.limits, f"question[{i}]")
+            n = len(tok.encode(context, add_special_tokens=False).ids)
+            if n > self.limits.max_batch_tokens:
+                raise ServeError(too_long(f"context[{i}]", n, self.limits.max_batch_tokens, "this server's limit "
+                                          "(--max-batch-tokens) for a context read in windows"), "too_large")
+        threshold: Any = "folder"
+        if body.handle_impossible_answer is not None:
+            threshold = (task.get("null_threshold") or 0.0) if body.handle_impossible_answer else None
+        params = {"max_answer_length": body.max_answer_len, "null_threshold": threshold,
+                  "max_length": self.limits.max_tokens}
+        results = await self.batcher.submit(Job("question_answering", (), [q for q, _ in pairs],
+                                                {"pairs": pairs, "options": params}))
+        single = isinstance(body.question, str) and isinstance(body.context, str)
+        return json_response(results[0] if single else results)
+
+
+def _qa_pairs(question: str | list[str], context: str | list[str]) -> list[tuple[str, str]]:
+    """(question, context) pairs: lists of one length pair up; a string goes with each item of a list."""
+    questions, contexts = as_list(question, "question"), as_list(context, "context")
+    if len(questions) == 1 < len(contexts):
+        questions = questions * len(contexts)
+    if len(contexts) == 1 < len(questions):
+        contexts = contexts * len(questions)
+    if len(questions) != len(contexts):
+        raise ServeError(f"question has {len(questions)} items and context {len(contexts)}; give one each, or "
+                         "lists of one length")
+    for i, (q, c) in enumerate(zip(questions, contexts)):
+        if not q.strip() or not c.strip():
+            raise ServeError(f"question[{i}] or context[{i}] is empty; pass some text")
+    return list(zip(questions, contexts))
+
+
+class AppRunner(Runner):
+    """The worker's runner with the question-answering call (one request per model call: its contexts'
+    windows are its batch)."""
+
+    def question_answering(self, jobs: list[Job]) -> list[Any]:
+        return [self.pipe.answer([{"question": q, "context": c} for q, c in job.params["pairs"]],
+                                 batch_size=max(1, self.limits.max_batch_tokens // self.limits.max_tokens),
+                                 **job.params["options"]) for job in jobs]
+
+
 # (path, ModelRoutes method, summary for /docs)
 POST_ROUTES = [
     ("/fill-mask", "fill_mask", "top-k tokens at each mask (Hugging Face fill-mask schema)"),
@@ -165,6 +220,8 @@ POST_ROUTES = [
     ("/v1/embeddings", "openai_embeddings", "OpenAI-compatible embeddings"),
     ("/tokenize", "tokenize", "tokens with ids, text, special flag and character offsets"),
     ("/generate", "generate", "iterative unmasking (Pipeline.generate); same prompt and seed, same text"),
+    ("/question-answering", "question_answering",
+     "extractive answers {score, start, end, answer} (Hugging Face question-answering schema)"),
 ]
 
 
@@ -172,7 +229,7 @@ def create_app(pipe, limits: Limits | None = None, api_key: str | None = None) -
     """The ASGI app serving ``pipe``: FastAPI routes wrapped in the key/body-limit/metrics gate."""
     limits = (limits or Limits()).check(pipe.max_length)
     metrics = Metrics()
-    batcher = Batcher(Runner(pipe, limits, metrics), limits, metrics)
+    batcher = Batcher(AppRunner(pipe, limits, metrics), limits, metrics)
     info = read_info(pipe, limits)
 
     @asynccontextmanager

@@ -108,3 +108,17 @@ class GenerateRequest(_Strict):
         'indices into tokens that went from the mask token to a token at that call, "remasked": indices that '
         'went from a token back to the mask token (mask-predict revising its least confident choices)}. '
         "Special tokens are left out, but for the [SEP] that ended a stop_at_sep text. Not with length_beam."))
+
+
+class QuestionAnsweringRequest(_Strict):
+    """Hugging Face's question-answering pipeline: ``question`` and ``context`` (strings, or lists of one
+    length; one string goes with every item of the other's list) -> ``{"score", "start", "end", "answer"}``
+    per pair (one object for two strings), ``start``/``end`` character offsets into the context. A
+    context longer than the server's ``max_tokens`` is read in overlapping windows."""
+
+    question: Texts = Field(..., examples=["what is the code ?"])
+    context: Texts = Field(..., examples=["the cat sat on the mat . the code is tango ."])
+    max_answer_len: int | None = Field(None, description="longest answer in tokens (default: the model folder's)")
+    handle_impossible_answer: bool | None = Field(None, description=(
+        "true: answer '' when the no-answer ([CLS]) score beats the best span's (by more than the folder's "
+        "threshold, else 0); false: always a span; default: as the model was fine-tuned (SQuAD v2.0 data: true)"))
