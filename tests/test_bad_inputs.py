@@ -35,7 +35,7 @@ from masklm.errors import DataError
 from masklm.files import sha256_file
 from masklm.modeldir import save_model_dir
 from masklm.models import build_model
-from masklm.tokenizer import train_tokenizer
+from masklm.tokenizer import Tokenizer, train_tokenizer
 
 # ---- fixtures, built once per session --------------------------------------------------------------
 
@@ -507,6 +507,11 @@ def finetune_rows() -> list[Row]:
         row("csv-regression-inf", "csv", "text,label\nthe river,1.5\na world,inf\n", "train.csv:3", "label",
             task="regression"),
         row("tagging-not-bio", "conll", "the\tO\nriver\tE-LOC\n", "train.conll:2", task="tagging"),
+        Row("finetune-lr-inf", "bert", nothing, tuple(a.replace("{ext}", "jsonl") for a in FINETUNE) + ("--lr", "inf"),
+            ("--lr",), ("{tmp}/ft",), files={"train.jsonl": good * 2}),
+        Row("finetune-weight-decay-nan", "bert", nothing,
+            tuple(a.replace("{ext}", "jsonl") for a in FINETUNE) + ("--weight-decay", "nan"), ("--weight-decay",),
+            ("{tmp}/ft",), files={"train.jsonl": good * 2}),
     ]
 
 
@@ -578,3 +583,75 @@ def test_bad_input_is_one_line(row: Row, base, tmp_path, capsys):
         assert not Path(path.format(**subs)).exists(), path
     if before is not None:
         assert _snapshot(m) == before  # the input was left as it was: nothing half-written into it
+
+
+# ---- checksums: written, checked, and not in the way ------------------------------------------------
+
+
+def test_checksums_record_the_files(base):
+    recorded = json.loads((base["bert"] / "checksums.json").read_text())["files"]
+    assert sorted(recorded) == ["model.safetensors", "tokenizer.json"]
+    for name, record in recorded.items():
+        path = base["bert"] / name
+        assert (record["sha256"], record["bytes"]) == (sha256_file(path), path.stat().st_size)
+    manifest = json.loads((base["shards"] / "manifest.json").read_text())
+    assert sorted(manifest["checksums"]) == ["doc_offsets.npy", "tokens-00000.bin", "word_starts-00000.bin"]
+    for name, record in manifest["checksums"].items():
+        assert record["sha256"] == sha256_file(base["shards"] / name)
+
+
+def test_folders_without_checksums_still_load(base, tmp_path, capsys):
+    """Folders written before checksums existed (or by other tools) load as they did."""
+    shutil.copytree(base["bert"], tmp_path / "m")
+    (tmp_path / "m" / "checksums.json").unlink()
+    assert masklm.cli.main(["fill-mask", "--model", str(tmp_path / "m"), "the [MASK] river ."]) == 0
+    shutil.copytree(base["shards"], tmp_path / "s")
+    without_checksums(nothing)(tmp_path / "s")
+    assert ShardedCorpus(tmp_path / "s").num_documents == 60
+    argv = [a.format(m=tmp_path / "s", corpus=base["corpus"], tok=base["tok"]) for a in PREPARE]
+    assert masklm.cli.main(argv) == 0
+    assert "up to date" in capsys.readouterr().err
+
+
+def test_big_shard_files_are_hashed_only_when_changed(base, tmp_path, monkeypatch):
+    """Token files whose size and modification time are as recorded are not read; a copy with new times is
+    hashed (and passes), and a same-size change is then found."""
+    import masklm.files
+
+    calls = []
+    real = masklm.files.sha256_file
+    monkeypatch.setattr(masklm.files, "sha256_file", lambda p: calls.append(Path(p).name) or real(p))
+    shutil.copytree(base["shards"], tmp_path / "kept")  # copy2 keeps the times
+    ShardedCorpus(tmp_path / "kept")
+    assert calls == ["doc_offsets.npy"]  # 8 bytes per document: always hashed
+    calls.clear()
+    shutil.copytree(base["shards"], tmp_path / "new", copy_function=shutil.copy)  # new modification times
+    ShardedCorpus(tmp_path / "new")
+    assert sorted(calls) == ["doc_offsets.npy", "tokens-00000.bin", "word_starts-00000.bin"]
+    flip("tokens-00000.bin", at=0.5, count=1)(tmp_path / "new")
+    with pytest.raises(DataError, match="tokens-00000.bin does not match its checksum"):
+        ShardedCorpus(tmp_path / "new")
+
+
+def test_a_model_folder_is_hashed_once_per_process(base, tmp_path, monkeypatch):
+    import masklm.files
+    from masklm.modeldir import load_model_dir
+
+    calls = []
+    real = masklm.files.sha256_file
+    monkeypatch.setattr(masklm.files, "sha256_file", lambda p: calls.append(Path(p).name) or real(p))
+    shutil.copytree(base["bert"], tmp_path / "m")
+    load_model_dir(tmp_path / "m")
+    load_model_dir(tmp_path / "m")
+    assert sorted(calls) == ["model.safetensors", "tokenizer.json"]
+
+
+def test_training_rebuilds_damaged_shards(base, tmp_path):
+    """The trainer prepares its data/ with overwrite: a damaged folder is rebuilt, and says why."""
+    shutil.copytree(base["shards"], tmp_path / "s")
+    random_bytes("tokens-00000.bin")(tmp_path / "s")
+    messages: list[str] = []
+    prepare_shards([str(base["corpus"])], Tokenizer.load(base["tok"]), tmp_path / "s", num_workers=1,
+                   log=messages.append)
+    assert any(m.startswith("rebuilding") and "tokens-00000.bin does not match its checksum" in m for m in messages)
+    assert ShardedCorpus(tmp_path / "s").num_tokens == ShardedCorpus(base["shards"]).num_tokens

@@ -137,7 +137,7 @@ class Tokenizer:
         try:
             backend = _Backend.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise ModelDirError(f"cannot read {path}: {exc}; re-save the tokenizer") from exc
+            raise ModelDirError(f"cannot read {path}: {' '.join(str(exc).split())}; re-save the tokenizer") from exc
         specials, max_length = _read_tokenizer_config(directory / "tokenizer_config.json")
         try:
             return cls(backend, specials, max_length)

@@ -32,7 +32,7 @@ from tokenizers import Tokenizer as Backend
 from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
 from masklm.data.shard_check import FORMAT_VERSION, check_files, check_manifest, load_offsets
 from masklm.errors import DataError
-from masklm.files import atomic_dir, check_record, check_writable, file_record, sha256_file
+from masklm.files import atomic_dir, check_writable, file_record, sha256_file
 from masklm.tokenizer import Tokenizer, word_starts
 from masklm.version import __version__
 
