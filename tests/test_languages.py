@@ -88,7 +88,7 @@ def test_whole_words_in_unspaced_scripts(multilingual):
         assert "".join(words) == "北京是中国的首都。" and len(words) >= 4  # before: one word, the sentence
     # Thai: a vowel sign or tone mark (a combining mark) never starts a word.
     for word in _words("สวัสดีครับ", multilingual):
-        assert word and not word[0] in "\u0e31\u0e34\u0e35\u0e36\u0e37\u0e38\u0e39\u0e47\u0e48\u0e49\u0e4a\u0e4b"
+        assert word and word[0] not in "\u0e31\u0e34\u0e35\u0e36\u0e37\u0e38\u0e39\u0e47\u0e48\u0e49\u0e4a\u0e4b"
     # Spaced scripts keep one word per space-separated word.
     assert _words("Größere Straßen", multilingual) == ["Größere", "Straßen"]
     assert _words("नमस्ते दुनिया", multilingual) == ["नमस्ते", "दुनिया"]

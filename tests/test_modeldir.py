@@ -41,7 +41,8 @@ def saved(tmp_path, model, tokenizer):
 
 def test_round_trip(saved, model, tokenizer):
     assert sorted(p.name for p in saved.iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.json"]
+        "checksums.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "training_args.json"]
     config = json.loads((saved / "config.json").read_text())
     assert config["model_type"] == "bert" and config["masklm_version"] and config["hidden_size"] == 32
     assert json.loads((saved / "training_args.json").read_text()) == {"lr": 0.001, "seed": 3}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -27,6 +28,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ARCHS = ("bert", "ltg-bert", "gpt-bert")
+# LTG-BERT buckets relative positions up to 512 (models.ltg_bert.MAX_RELATIVE_POSITION) on a log scale
+# past bucket_size / 2, which must stay below 511 (and above 0) for the scale to exist.
+MAX_POSITION_BUCKET_SIZE = 1020
 
 # Fields that only one family of architectures has, with that family's defaults. Setting a field of the
 # other family is an error (a config that mixes families is almost always a mistake).
@@ -92,7 +96,9 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     if annotation is type(None):
         return value is None
     if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
+        args = typing.get_args(annotation)
+        element = args[0] if args and (origin is list or len(args) == 2 and args[1] is Ellipsis) else Any
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, element) for v in value)
     if origin is dict:
         return isinstance(value, dict)
     if annotation is float:
@@ -127,10 +133,42 @@ def dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         )
     for key, value in data.items():
         if not _type_ok(value, hints[key]):
-            raise ConfigError(
-                f"{where}: {key!r} must be {getattr(hints[key], '__name__', hints[key])}, got {value!r}"
-            )
+            raise ConfigError(f"{where}: {key!r} must be {_type_name(hints[key])}, got {value!r}")
+        if not _finite(value):
+            raise ConfigError(f"{where}: {key!r} must be a finite number, got {value!r}")
     return cls(**data)
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``list[float]``, ``str | None``: the annotation as a user reads it."""
+    return getattr(annotation, "__name__", None) if not typing.get_args(annotation) else str(annotation)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (a number, or a list or table of them): TOML and JSON
+    (Python's reader) both accept ``nan`` and ``inf``, and no field of a config means either."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False, where: str = "") -> None:
+    """ConfigError ``"{where}{name} must be in [low, high), got value"`` unless ``value`` is a finite number
+    within the bounds (open or closed at each end; None: unbounded). NaN fails every bound."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{where}{name} must be a number in {lo}, {hi}, got {value!r}")
 
 
 @dataclass
@@ -197,6 +235,28 @@ class ModelConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model config: {name} must be in [0, 1), got {getattr(self, name)}")
+        self._validate_family_fields()
+
+    def _validate_family_fields(self) -> None:
+        """Ranges that torch would otherwise meet as an assertion, a negative dimension or a NaN."""
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"model config: pad_token_id must be a token id in [0, vocab_size {self.vocab_size}), "
+                              f"got {self.pad_token_id}")
+        check_range("layer_norm_eps", self.layer_norm_eps, 0.0, 1.0, low_open=True, where="model config: ")
+        if self.family == "bert":
+            check_range("initializer_range", self.initializer_range, 0.0, where="model config: ")
+            if self.type_vocab_size < 1:
+                raise ConfigError(f"model config: type_vocab_size must be >= 1, got {self.type_vocab_size}")
+        elif not 2 <= self.position_bucket_size <= MAX_POSITION_BUCKET_SIZE:
+            raise ConfigError(f"model config: position_bucket_size must be in [2, {MAX_POSITION_BUCKET_SIZE}], "
+                              f"got {self.position_bucket_size}")
+
+    def min_parameters(self) -> int:
+        """A lower bound on the model's parameter count (word embeddings, and per layer the four attention
+        projections and the two feed-forward matrices; every architecture here has at least these), so a
+        config can be checked against a weights file or the memory before anything is allocated."""
+        h = self.hidden_size
+        return self.vocab_size * h + self.num_hidden_layers * (4 * h * h + 2 * h * self.intermediate_size)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "model config") -> ModelConfig:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from masklm.errors import ConfigError
+from masklm.errors import ConfigError, MaskLMError
 
 
 def sha256_file(path: Path) -> str:
@@ -26,6 +27,55 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# (path, inode, size, mtime_ns) -> sha256: a file is hashed once per process while it stays unchanged
+# (a model folder is read by several loaders in turn, a shard folder by data prepare and then the trainer).
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_record(path: Path) -> dict[str, int | str]:
+    """What a folder's checksum list records of one of its files: ``{"bytes", "sha256", "mtime_ns"}``."""
+    st = path.stat()
+    return {"bytes": st.st_size, "sha256": sha256_file(path), "mtime_ns": st.st_mtime_ns}
+
+
+def check_record(path: Path, record: dict, error: type[MaskLMError], fix: str, *, trust_mtime: bool = False) -> None:
+    """``error`` naming ``path`` unless it has the recorded size and sha256. With ``trust_mtime`` a file whose
+    size and modification time are still those recorded is not read at all (for big memory-mapped files
+    that a run reads only in part); any other file is hashed, once per process while it is unchanged."""
+    if not path.is_file():
+        raise error(f"{path} is missing; {fix}")
+    st = path.stat()
+    if st.st_size != record["bytes"]:
+        raise error(f"{path} is {st.st_size} bytes, but {record['bytes']} were written; {fix}")
+    if trust_mtime and record.get("mtime_ns") == st.st_mtime_ns:
+        return
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    if _DIGESTS[key] != record["sha256"]:
+        raise error(f"{path} does not match its checksum (it changed or was damaged after it was written); {fix}")
+
+
+def check_writable(out: str | Path, flag: str = "--out") -> None:
+    """ConfigError (one line, before any work is done) when ``out`` cannot be created: a parent is a file,
+    or the nearest existing folder refuses a new entry (read-only, /proc). Checked by making and removing an
+    empty temporary folder there, since permission bits say nothing when running as root."""
+    target = Path(out).expanduser().absolute()
+    if target.is_dir():
+        parent = target
+    else:
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{flag} {out}: {parent} is a file, not a folder; choose a path in a folder")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".masklm-probe-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(f"{flag} {out}: cannot write in {parent} ({exc.strerror}); choose a writable folder") from None
+    probe.rmdir()
 
 
 def fsync_path(path: Path) -> None:
@@ -114,7 +164,8 @@ def _within(a: Path, b: Path) -> bool:
 def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ...] = (), flag: str = "--out") -> None:
     """Refuse to write over what a user made: ``out`` that already holds anything (a non-empty folder, or a
     file) needs ``overwrite``; even then it may not be, hold or sit inside a folder the command reads
-    (``sources``). Raises ConfigError (exit 2) before anything is written."""
+    (``sources``); and it must be writable (``check_writable``). Raises ConfigError (exit 2) before anything
+    is written."""
     target = Path(out).expanduser().absolute()
     for source in sources:
         src = Path(source).expanduser().absolute()
@@ -124,3 +175,4 @@ def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ..
     if holds and not overwrite:
         raise ConfigError(f"{flag} {out} already exists and holds files; pass --overwrite to replace it, "
                           f"or choose another {flag}")
+    check_writable(target, flag)

@@ -1,8 +1,8 @@
 """Model folders: what ``train`` writes as ``final/`` and what ``load``, ``serve`` and ``export-hf`` read.
 
 A folder holds ``config.json`` (``ModelConfig.to_json_dict()``; for BERT a valid Hugging Face
-``BertConfig``), ``model.safetensors``, ``tokenizer.json`` + ``tokenizer_config.json`` and, when trained
-here, ``training_args.json``. For ``arch = "bert"`` it loads as is with
+``BertConfig``), ``model.safetensors``, ``tokenizer.json`` + ``tokenizer_config.json``, ``checksums.json``
+and, when trained here, ``training_args.json``. For ``arch = "bert"`` it loads as is with
 ``transformers.AutoModelForMaskedLM.from_pretrained(dir)``: parameter names are Hugging Face's, and the
 tied decoder is left out of the file exactly as Hugging Face leaves it out. LTG-BERT / GPT-BERT folders
 also carry the remote-code files of ``masklm.hf.ltg_remote``.
@@ -11,6 +11,16 @@ This module only reads and writes folders. A fine-tuned folder (a ``task`` block
 ``is_finetuned``) holds an encoder with a task head, which is built above this module:
 ``masklm.finetune.folder.load_folder`` picks the loader for ``masklm.load``, ``finetune`` and ``export-hf``.
 
+Content checksums: ``checksums.json`` records the size and sha256 of ``model.safetensors`` and
+``tokenizer.json``; loading checks them (after the checks that name a problem more precisely: a missing
+tensor, a wrong shape), so a damaged or swapped file is one error naming it instead of silent garbage.
+A model load reads every byte of the weights anyway, so the hash is one more pass over data in the page
+cache, done once per process (``files.check_record``). Folders without the file (older masklm, other
+tools) load unchecked. The JSON settings files are not checksummed, since editing them is legitimate;
+their fields are range-checked instead (``ModelConfig.validate``, ``Tokenizer.load``, ``read_objectives``),
+and a config.json that describes a model far bigger than its weights file is refused before anything is
+built (``check_sizes``).
+
 Writes go to a hidden temporary sibling that is renamed into place (``masklm.files.atomic_dir``), so a
 crash never leaves a half-written folder under the final name. Weights are read through safetensors only.
 """
@@ -18,23 +28,34 @@ crash never leaves a half-written folder under the final name. Weights are read 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from masklm.config import ModelConfig, read_json_object
 from masklm.errors import ConfigError, ModelDirError
-from masklm.files import atomic_dir
+from masklm.files import atomic_dir, check_record, file_record
 from masklm.hf.ltg_remote import add_hf_fields, copy_remote_files, is_ltg_config
 from masklm.models import build_model
 from masklm.tokenizer import Tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
 TRAINING_ARGS_FILE = "training_args.json"
+CHECKSUMS_FILE = "checksums.json"
+# The files whose sha256 a folder records: the big ones no user edits by hand. The JSON settings files are
+# left out on purpose (editing config.json or training_args.json is a normal thing to do), and are checked
+# field by field instead.
+CHECKSUMMED = (WEIGHTS_FILE, TOKENIZER_FILE)
+# A config.json that describes a model more than this many times the size of its weights file is refused
+# before anything is built (a typo such as a 10^12 vocabulary or 10^6 layers would exhaust memory first);
+# smaller mismatches are built and named tensor by tensor (check_state_dict).
+OVERSIZE_FACTOR = 2
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -75,7 +96,35 @@ def write_model_dir(
             copy_remote_files(tmp)
         if training_args is not None:
             _write_json(tmp / TRAINING_ARGS_FILE, training_args)
+        _write_json(tmp / CHECKSUMS_FILE, {"format": "masklm-checksums",
+                                           "files": {name: file_record(tmp / name) for name in CHECKSUMMED}})
     return out
+
+
+def _recorded(folder: Path) -> dict[str, dict[str, Any]]:
+    """The folder's ``checksums.json`` (file name -> ``{"bytes", "sha256"}``); empty for a folder without one
+    (written by an older masklm, or by another tool), which loads unchecked."""
+    path = folder / CHECKSUMS_FILE
+    if not path.is_file():
+        return {}
+    data = read_json_object(path, ModelDirError, "re-save or re-download the model")
+    files = data.get("files")
+    fine = isinstance(files, dict) and all(
+        isinstance(r, dict) and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
+        for r in files.values())
+    if not fine:
+        raise ModelDirError(f"{path} is not a masklm checksum list (a 'files' table of bytes and sha256); "
+                            "re-save or re-download the model")
+    return files
+
+
+def verify_file(folder: Path, name: str) -> None:
+    """ModelDirError naming ``folder/name`` unless it matches the sha256 its folder recorded when saved (a
+    file the folder records nothing for passes). Hashed once per process while the file is unchanged."""
+    record = _recorded(folder).get(name)
+    if record is not None:
+        check_record(folder / name, record, ModelDirError,
+                     f"re-download or re-save the model (if you replaced the file on purpose, delete {CHECKSUMS_FILE})")
 
 
 def save_model_dir(
@@ -99,6 +148,9 @@ def read_objectives(model_dir: str | Path | None) -> list[str] | None:
     objectives = read_json_object(path, ModelDirError, "fix the file or delete it (it is optional)").get("objectives")
     if isinstance(objectives, str):
         objectives = [objectives]
+    if objectives is not None and not (isinstance(objectives, list) and all(isinstance(o, str) for o in objectives)):
+        raise ModelDirError(f"{path}: 'objectives' must be a list of objective names such as [\"mlm\"], got "
+                            f"{objectives!r}; fix the file or delete it (it is optional)")
     return list(objectives) if objectives else None
 
 
@@ -131,7 +183,29 @@ def config_from_json(data: dict[str, Any], where: str) -> ModelConfig:
     try:
         return ModelConfig.from_json_dict(data, where=where)
     except ConfigError as exc:
-        raise ModelDirError(f"{exc} (in a model folder: fix config.json or re-save the model)") from None
+        text = str(exc)
+        text = text if text.startswith(where) else f"{where}: {text.removeprefix('model config: ')}"
+        raise ModelDirError(f"{text} (in a model folder: fix config.json or re-save the model)") from None
+
+
+def check_sizes(folder: Path, config: ModelConfig) -> None:
+    """Before a model is built for a folder: ModelDirError when config.json describes a model more than
+    ``OVERSIZE_FACTOR`` times the parameters of its weights file (read from the file's header only)."""
+    file = folder / WEIGHTS_FILE
+    if not file.is_file():
+        raise ModelDirError(f"no {file.name} in {folder}; the model folder is incomplete, re-save the model")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            stored = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelDirError(f"{file} is not a readable safetensors file ({exc}); re-save the model") from None
+    if config.min_parameters() > OVERSIZE_FACTOR * stored:
+        raise ModelDirError(
+            f"{folder / CONFIG_FILE} describes a model of at least {config.min_parameters():,} parameters "
+            f"(vocab_size {config.vocab_size}, hidden_size {config.hidden_size}, num_hidden_layers "
+            f"{config.num_hidden_layers}, intermediate_size {config.intermediate_size}) but {file.name} holds "
+            f"{stored:,}; the config does not match the weights: fix config.json or re-save the model"
+        )
 
 
 def check_state_dict(
@@ -178,6 +252,7 @@ def read_masklm_version(model_dir: str | Path | None) -> str | None:
 def load_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
     """The folder's tokenizer; ModelDirError when it has more tokens than the model's vocabulary."""
     tokenizer = Tokenizer.load(folder)
+    verify_file(folder, TOKENIZER_FILE)
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(
             f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model only "
@@ -191,6 +266,7 @@ def load_state(model: torch.nn.Module, folder: Path, device: str | torch.device 
     the CPU) -> the model in eval mode."""
     state = load_weights(folder / WEIGHTS_FILE)
     check_state_dict(state, model.state_dict(), where=str(folder / WEIGHTS_FILE))
+    verify_file(folder, WEIGHTS_FILE)  # after the checks that can name what is wrong more precisely
     model.load_state_dict(state, strict=True)
     if device is not None:
         model.to(device)
@@ -211,6 +287,7 @@ def load_model_dir(
                             "load it with masklm.load, or pass the pretrained folder it was fine-tuned from")
     config = config_from_json(data, where=str(folder / CONFIG_FILE))
     tokenizer = load_tokenizer(folder, config)
+    check_sizes(folder, config)
     try:
         model = build_model(config)
     except ConfigError as exc:

@@ -200,25 +200,43 @@ class Tokenizer:
         try:
             backend = _Backend.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise ModelDirError(f"cannot read {path}: {exc}; re-save the tokenizer") from exc
-        specials = list(SPECIAL_TOKENS)
-        max_length = _DEFAULT_MAX_LENGTH
-        config_path = directory / "tokenizer_config.json"
-        if config_path.is_file():
-            try:
-                config = json.loads(config_path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ModelDirError(f"{config_path} is not valid JSON ({exc}); fix or delete it") from exc
-            for i, key in enumerate(_SPECIAL_KEYS):
-                value = config.get(key)
-                if isinstance(value, dict):  # transformers' serialized AddedToken
-                    value = value.get("content")
-                if isinstance(value, str):
-                    specials[i] = value
-            length = config.get("model_max_length")
-            if isinstance(length, (int, float)) and 0 < length < 1_000_000:
-                max_length = int(length)
-        return cls(backend, specials, max_length)
+            raise ModelDirError(f"cannot read {path}: {' '.join(str(exc).split())}; re-save the tokenizer") from exc
+        specials, max_length = _read_tokenizer_config(directory / "tokenizer_config.json")
+        try:
+            return cls(backend, specials, max_length)
+        except ModelDirError as exc:
+            raise ModelDirError(f"{directory}: {exc}") from None
+
+
+def _read_tokenizer_config(path: Path) -> tuple[list[str], int]:
+    """The special tokens and ``model_max_length`` of a ``tokenizer_config.json`` (defaults without one).
+
+    A special token is a string, transformers' serialized AddedToken (``{"content": ...}``) or null; the
+    length a positive number, where transformers' "no limit" sentinel (1e30) means the default."""
+    specials, max_length = list(SPECIAL_TOKENS), _DEFAULT_MAX_LENGTH
+    if not path.is_file():
+        return specials, max_length
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+    if not isinstance(config, dict):
+        raise ModelDirError(f"{path} must hold a JSON object, not {type(config).__name__}; fix or delete it")
+    for i, key in enumerate(_SPECIAL_KEYS):
+        value = config.get(key)
+        if isinstance(value, dict):  # transformers' serialized AddedToken
+            value = value.get("content")
+        if isinstance(value, str):
+            specials[i] = value
+        elif value is not None:
+            raise ModelDirError(f"{path}: {key} must be a token (a string), got {value!r}; fix or delete it")
+    length = config.get("model_max_length")
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, (int, float)) or not length >= 1:
+            raise ModelDirError(f"{path}: model_max_length must be a positive number, got {length!r}; fix it")
+        if length < 1_000_000:
+            max_length = int(length)
+    return specials, max_length
 
 
 def _template(cls_id: int, sep_id: int) -> processors.TemplateProcessing:

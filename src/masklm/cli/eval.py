@@ -7,6 +7,7 @@ import json
 import sys
 
 from masklm.errors import InputError
+from masklm.files import check_writable
 from masklm.scoring.pll import METRICS
 
 
@@ -44,6 +45,8 @@ def run_minimal_pairs(args: argparse.Namespace) -> int:
 
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InputError(f"--plot {args.plot}: the chart is a PNG; give a file name ending in .png")
+    if args.plot:
+        check_writable(args.plot, "--plot")  # before the pairs are scored, not after
     pairs = minimal_pairs.read_pairs(args.data)
     pipe = load(args.model, device=args.device)
     metric = pipe.resolve_metric(args.metric)

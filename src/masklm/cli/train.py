@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from masklm.files import check_writable
+
 if TYPE_CHECKING:
     from masklm.training.config import TrainConfig
 
@@ -117,5 +119,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from masklm.training.trainer import train  # lazy: torch and the models load only when training
 
-    train(config_from_args(args))
+    cfg = config_from_args(args)
+    check_writable(cfg.out)  # before a tokenizer is trained or data prepared, not at the first write
+    train(cfg)
     return 0

@@ -8,8 +8,9 @@ A shard folder holds::
     doc_offsets.npy            int64 [num_documents + 1]: global token offset of each document
     tokenizer/                 the tokenizer that produced it
 
-Each document is stored as the tokenizer encodes it (``[CLS] text [SEP]``) and never straddles two
-shards. The folder is built under a temporary name and renamed into place (``masklm.files.atomic_dir``), so an
+The manifest also records the size and sha256 of every file (``checksums``), checked when the folder is
+opened (``data.shard_check``: what is hashed when, and why). Each document is stored as the tokenizer
+encodes it (``[CLS] text [SEP]``) and never straddles two shards. The folder is built under a temporary name and renamed into place (``masklm.files.atomic_dir``), so an
 interrupted run never leaves a complete-looking folder.
 """
 
@@ -29,12 +30,12 @@ import numpy as np
 from tokenizers import Tokenizer as Backend
 
 from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
+from masklm.data.shard_check import FORMAT_VERSION, check_files, check_manifest, load_offsets
 from masklm.errors import DataError
-from masklm.files import atomic_dir, sha256_file
+from masklm.files import atomic_dir, check_writable, file_record, sha256_file
 from masklm.tokenizer import Tokenizer, word_starts
 from masklm.version import __version__
 
-FORMAT_VERSION = 1
 CHUNK_DOCUMENTS = 1000          # documents per worker task: amortises IPC
 CHUNK_CHARS = 1 << 20           # characters per worker task: bounds a worker's memory (~250k tokens)
 SHARD_TOKENS = 1 << 28          # 256M tokens (512 MiB at uint16) per shard file
@@ -74,7 +75,10 @@ def _changes(old: list[dict], new: list[dict]) -> list[str]:
 
 def _same_files(old: list[dict], new: list[dict]) -> bool:
     """Same paths and sizes, and each file either untouched (mtime) or with the same content (sha)."""
-    return not _changes(old, new)
+    try:
+        return not _changes(old, new)
+    except (TypeError, KeyError):  # a manifest edited by hand: not the same files
+        return False
 
 
 def source_changes(recorded: list[dict], sources: list[str] | str) -> list[str]:
@@ -213,17 +217,24 @@ def is_shard_folder(folder: Path) -> bool:
     return (_read_manifest(Path(folder)) or {}).get("format") == "masklm-shards"
 
 
-def _up_to_date(out_dir: Path, fingerprint: str, files: list[dict]) -> dict | None:
+def _up_to_date(out_dir: Path, fingerprint: str, files: list[dict], overwrite: bool,
+                log: Callable[[str], None]) -> dict | None:
+    """The manifest of ``out_dir`` when it already holds shards of ``files`` made with this tokenizer, else
+    None. A damaged shard folder (``ShardedCorpus`` refuses it) is rebuilt with ``overwrite``, and is an
+    error naming the damaged file without it."""
     manifest = _read_manifest(out_dir)
-    if not manifest or manifest.get("format_version") != FORMAT_VERSION:
-        return None
-    if manifest.get("tokenizer_fingerprint") != fingerprint:
-        return None
-    if not _same_files(manifest.get("source_files", []), files):
+    if not manifest or manifest.get("format") != "masklm-shards":
         return None
     try:
-        ShardedCorpus(out_dir)  # every file present, with the expected size
-    except DataError:
+        ShardedCorpus(out_dir)  # the manifest's fields, every file's size and checksum, the offsets
+    except DataError as exc:
+        if not overwrite:
+            raise
+        log(f"rebuilding {out_dir}: {str(exc).split('; ')[0]}")
+        return None
+    if manifest["tokenizer_fingerprint"] != fingerprint:
+        return None
+    if not _same_files(manifest.get("source_files", []), files):
         return None
     return manifest
 
@@ -244,16 +255,20 @@ def prepare_shards(
     passes its ``--overwrite``). A folder holding anything but masklm shards is never replaced.
     """
     out_dir = Path(out_dir)
+    check_writable(out_dir)
     files = resolve_files(sources)
     described = _describe_files(files)
     fingerprint = tokenizer.fingerprint()
-    manifest = _up_to_date(out_dir, fingerprint, described)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; choose a folder for the shards")
+    manifest = _up_to_date(out_dir, fingerprint, described, overwrite, log)
     if manifest is not None:
         log(f"{out_dir}: up to date ({manifest['num_documents']} documents, {manifest['num_tokens']} tokens)")
         return manifest
     if out_dir.exists() and any(out_dir.iterdir()):
         if not is_shard_folder(out_dir):
-            raise DataError(f"{out_dir} exists and is not a shard folder; pass an empty or new folder to --out")
+            raise DataError(f"{out_dir} exists and is not a shard folder (it has no valid masklm manifest.json); "
+                            "pass an empty or new folder to --out, or delete it yourself")
         if not overwrite:
             raise DataError(f"{out_dir} holds shards of other files or another tokenizer; pass --overwrite to "
                             "rebuild them, or choose another --out")
@@ -275,6 +290,7 @@ def prepare_shards(
         lengths = np.concatenate(writer.lengths)
         np.save(tmp / "doc_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         tokenizer.save(tmp / "tokenizer")
+        names = ["doc_offsets.npy"] + [s[key] for s in writer.shards for key in ("tokens", "word_starts")]
         manifest = {
             "format": "masklm-shards", "format_version": FORMAT_VERSION, "masklm_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -284,6 +300,7 @@ def prepare_shards(
             "sources": [str(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)],
             "source_files": described, "corpus_stats": stats.to_dict(),
             "doc_offsets": "doc_offsets.npy", "shards": writer.shards,
+            "checksums": {name: file_record(tmp / name) for name in names},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log(f"{out_dir}: {manifest['num_documents']} documents, {manifest['num_tokens']} tokens ({stats.summary()})")
@@ -309,28 +326,17 @@ class ShardedCorpus:
                 f"{self.directory} has no valid manifest.json (not prepared, or interrupted); "
                 "run 'masklm data prepare' again"
             )
+        check_manifest(self.directory, manifest)
         self.manifest = manifest
         self.dtype = np.dtype(manifest["dtype"])
-        self.num_tokens = int(manifest["num_tokens"])
-        self.num_documents = int(manifest["num_documents"])
-        self.vocab_size = int(manifest["vocab_size"])
+        self.num_tokens = manifest["num_tokens"]
+        self.num_documents = manifest["num_documents"]
+        self.vocab_size = manifest["vocab_size"]
         self.tokenizer_fingerprint = manifest["tokenizer_fingerprint"]
-        self._check_files()
-        self.doc_offsets = np.load(self.directory / manifest["doc_offsets"]).astype(np.int64)
-        if len(self.doc_offsets) != self.num_documents + 1 or self.doc_offsets[-1] != self.num_tokens:
-            raise DataError(f"{self.directory}: doc_offsets.npy does not match the manifest; run 'masklm data prepare' again")
+        check_files(self.directory, manifest)
+        self.doc_offsets = load_offsets(self.directory, manifest)
         self.doc_lengths = np.diff(self.doc_offsets)
         self._open()
-
-    def _check_files(self) -> None:
-        expected = [(self.manifest["doc_offsets"], None)]
-        for shard in self.manifest["shards"]:
-            expected.append((shard["tokens"], shard["num_tokens"] * self.dtype.itemsize))
-            expected.append((shard["word_starts"], shard["num_tokens"]))
-        for name, size in expected:
-            path = self.directory / name
-            if not path.is_file() or (size is not None and path.stat().st_size != size):
-                raise DataError(f"{path} is missing or truncated; run 'masklm data prepare' again")
 
     def _open(self) -> None:
         shards = self.manifest["shards"]

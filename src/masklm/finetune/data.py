@@ -72,6 +72,7 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if suffix == ".jsonl":
         yield from jsonl_objects(file)
         return
+    reader = None
     try:
         with open(file, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
@@ -88,7 +89,8 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
     except csv.Error as exc:
-        raise DataError(f"{file}: malformed {suffix[1:].upper()} ({exc}); check its quoting") from None
+        where = f"{file}:{reader.line_num}" if reader is not None else str(file)
+        raise DataError(f"{where}: malformed {suffix[1:].upper()} ({exc}); check its quoting") from None
 
 
 def _column(record: dict[str, Any], name: str, where: str, flag: str) -> Any:

@@ -18,6 +18,7 @@ from masklm.errors import ConfigError, ModelDirError
 from masklm.finetune.heads import FineTunedConfig, FineTunedModel, build_finetuned, check_task
 from masklm.modeldir import (
     CONFIG_FILE,
+    check_sizes,
     config_from_json,
     is_finetuned,
     load_model_dir,
@@ -36,6 +37,7 @@ def load_finetuned(folder: Path, data: dict[str, Any], device: str | torch.devic
     task = check_task(data.get("task"), where)
     base_config = config_from_json({k: v for k, v in data.items() if k != "task"}, where=where)
     tokenizer = load_tokenizer(folder, base_config)
+    check_sizes(folder, base_config)
     try:
         model = build_finetuned(build_model(base_config), task)
     except ConfigError as exc:

@@ -100,8 +100,11 @@ class FinetuneArgs:
         for name in ("epochs", "batch_size", "patience", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not 0 <= self.warmup < 1:
-            raise ConfigError("--lr must be > 0 and --warmup in [0, 1)")
+        if not 0 < self.lr < math.inf or not 0 <= self.warmup < 1:
+            raise ConfigError(f"--lr must be a finite number > 0 and --warmup in [0, 1), got {self.lr} and "
+                              f"{self.warmup}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.metric is not None and self.metric not in TASK_METRICS[self.task]:
             raise ConfigError(f"metric {self.metric!r} does not fit {self.task}; choose one of: "
                               f"{', '.join(TASK_METRICS[self.task])}")

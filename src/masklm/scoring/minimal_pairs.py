@@ -69,6 +69,10 @@ def read_pairs(paths: list[str | Path] | None) -> list[Pair]:
                 value = record.get(key)
                 if not isinstance(value, str) or not value.strip():
                     raise DataError(f"{where}: {key!r} is missing or not a non-empty string; add it")
+            for key in ("UID", "field", "linguistics_term"):  # grouping keys: names, not structures
+                if not isinstance(record.get(key), (str, type(None))):
+                    raise DataError(f"{where}: {key!r} must be a string (a name), got {record[key]!r}; fix it "
+                                    "or leave it out")
             uid = record.get("UID") or path.name.removesuffix(".jsonl")
             pairs.append(Pair(record["sentence_good"], record["sentence_bad"], str(uid),
                               record.get("field"), record.get("linguistics_term")))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -130,10 +131,32 @@ def resume_point(run_dir: Path, log=print) -> Path:
                       "--overwrite, or choose another --out")
 
 
+def check_matches(path: Path, model: nn.Module) -> None:
+    """ConfigError naming the checkpoint and the first tensor whose name or shape differs from ``model``'s
+    (the run's flags build another model than the one saved), read from the file's header only."""
+    fix = "resume with the model and tokenizer settings the run was started with, or choose another --out"
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    # Tied tensors are stored once (safetensors drops the copies), so a name missing from the file is
+    # left to load_model; a stored tensor the model lacks, or one of another shape, is a mismatch.
+    for name in sorted(stored):
+        if expected.get(name) != stored[name]:
+            raise ConfigError(f"checkpoint {path} does not match the model being resumed: tensor {name!r} has "
+                              f"shape {stored.get(name, 'none')} in its model.safetensors, the model "
+                              f"{expected.get(name, 'none')}; {fix}")
+
+
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG states in place; returns the trainer state."""
     device = next(model.parameters()).device
-    load_model(model, str(path / "model.safetensors"), device=str(device))
+    check_matches(path, model)
+    try:
+        load_model(model, str(path / "model.safetensors"), device=str(device))
+    except RuntimeError as exc:  # a tensor the file lacks: name the first one
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise ConfigError(f"checkpoint {path} does not match the model being resumed ({detail[:200]}); "
+                          "resume with the settings the run was started with, or choose another --out") from None
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))

@@ -9,11 +9,12 @@ masking strategies and the objectives; the generic typed loading it shares with 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from masklm.config import ModelConfig, dataclass_from_dict, read_toml
+from masklm.config import ModelConfig, check_range, dataclass_from_dict, read_toml
 from masklm.data.masking import STRATEGIES
 from masklm.errors import ConfigError
 from masklm.objectives import ObjectiveOptions, ObjectiveSchedule
@@ -27,6 +28,41 @@ from masklm.training.progress import (
     build_lr_schedule,
     parse_mask_rate,
 )
+
+
+def _check_optimisation(cfg: TrainConfig) -> None:
+    """Ranges of the optimiser and bookkeeping fields (``validate`` checks the names and schedules): every
+    one a finite number where torch would otherwise raise deep inside a step or train to NaN silently."""
+    check_range("lr", cfg.lr, 0.0, low_open=True)
+    check_range("eps", cfg.eps, 0.0, 1.0, low_open=True)
+    check_range("weight_decay", cfg.weight_decay, 0.0)
+    if len(cfg.betas) != 2:
+        raise ConfigError(f"betas must be two numbers in [0, 1) (Adam's beta1, beta2), got {cfg.betas}")
+    for beta in cfg.betas:
+        check_range("betas", beta, 0.0, 1.0, high_open=True)
+    check_range("warmup_steps", cfg.warmup_steps, 0.0)
+    check_range("min_lr_ratio", cfg.min_lr_ratio, 0.0, 1.0)
+    if cfg.clip_norm is not None:
+        check_range("clip_norm", cfg.clip_norm, 0.0)
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed must be a whole number in [0, 2^63), got {cfg.seed}")
+    for name in ("save_every", "eval_every"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0 (0: never), got {getattr(cfg, name)}")
+    if cfg.eval_batches < 1:
+        raise ConfigError(f"eval_batches must be >= 1, got {cfg.eval_batches}")
+    for name in ("epochs", "time_limit"):
+        if getattr(cfg, name) is not None:
+            check_range(name, getattr(cfg, name), 0.0, low_open=True)
+    check_range("heldout_fraction", cfg.heldout_fraction, 0.0, 0.5, high_open=True)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM on this machine, None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass
@@ -131,6 +167,20 @@ class TrainConfig:
             self.corpus = [self.corpus]
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run and --overwrite deletes it; pass only one of them")
+        _check_optimisation(self)
+        self._check_model()
+
+    def _check_model(self) -> None:
+        """The ``[model]`` table, checked now rather than after the data is prepared: a ModelConfig of the
+        preset with these overrides, whose weights fit in this machine's memory."""
+        config = self.model_config(self.vocab_size)
+        memory = physical_memory()
+        if memory and config.min_parameters() * 4 > memory:
+            raise ConfigError(
+                f"the model ({config.arch}, vocab_size {config.vocab_size}, hidden_size {config.hidden_size}, "
+                f"num_hidden_layers {config.num_hidden_layers}) has at least {config.min_parameters():,} "
+                f"parameters, more than fit in this machine's {memory / 2**30:.0f} GiB; choose smaller sizes"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train config") -> TrainConfig:
