@@ -41,17 +41,20 @@ def banned_tokens(row: list[int], known: list[bool], col: int, n: int) -> set[in
     elsewhere in ``row`` (only windows of known tokens count)."""
     L = len(row)
     complete = {tuple(row[s:s + n]) for s in range(L - n + 1) if all(known[s:s + n])}
-    if not complete:
-        return set()
+    starts = [s for s in range(max(0, col - n + 1), min(col, L - n) + 1)
+              if all(known[j] for j in range(s, s + n) if j != col)]  # windows the token would complete
     out: set[int] = set()
-    for s in range(max(0, col - n + 1), min(col, L - n) + 1):
+    for s in starts:
         others = [j for j in range(s, s + n) if j != col]
-        if not all(known[j] for j in others):
-            continue
-        hole = col - s
         for gram in complete:
             if all(gram[j - s] == row[j] for j in others):
-                out.add(gram[hole])
+                out.add(gram[col - s])
+    if len(starts) > 1:  # two windows it completes may equal each other (a run such as "a a a a")
+        near = {row[j] for s in starts for j in range(s, s + n) if j != col}
+        for token in near - out:
+            grams = [tuple(token if j == col else row[j] for j in range(s, s + n)) for s in starts]
+            if len(set(grams)) < len(grams):
+                out.add(token)
     return out
 
 

@@ -100,7 +100,7 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
     x[gen] = mask_id
     store = WindowCache(net.model, canvas.attention.bool())
     if lo > 1:  # the prompt, causally: the cache holds columns 0 .. p-2 before each round
-        net.record(x[:, :lo - 1])
+        net.record(x)  # traces hold the whole canvas before each call
         store.feed(x[:, :lo - 1], torch.arange(1, lo))
     stopped = torch.zeros(B, dtype=torch.bool, device=x.device)
     remaining = gen.flip(1).cumsum(1).flip(1)  # [B, W]: generated positions at or after each column
@@ -115,7 +115,7 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
         if p + k < W:
             decide[:, k] = gen[:, p + k] & active
         # draft: the last verified token and k columns (masks where generated), bidirectionally
-        net.record(x[:, p - 1:p + k])
+        net.record(x)
         hidden = store.feed(x[:, p - 1:p + k], torch.full((k + 1,), p + k))
         store.truncate(p - 1)
         q_raw = net.ban(net.model.predict(hidden[:, :k]).float())  # [B, k, V]: predicts columns p..p+k-1
@@ -127,7 +127,7 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
             net.choose_and_write(x, where, q_logits[decide[:, i], i], temperature, top_k, top_p, generator)
         drafts = x[:, p:p + k].clone()
         # verify: one causal pass over the last verified token and the drafts
-        net.record(x[:, p - 1:p + k])
+        net.record(x)
         hidden = store.feed(x[:, p - 1:p + k], torch.arange(p, p + k + 1))
         p_raw = net.ban(net.model.predict(hidden).float())  # [B, k+1, V]: predicts columns p..p+k
         p_logits = torch.stack([_controls(net, p_raw[:, i], x, p + i, gen) if p + i < W else p_raw[:, i]

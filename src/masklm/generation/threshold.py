@@ -8,7 +8,8 @@ for many tokens and hard ones fall back to one token per call.
 
 The cache. The canvas columns are cut into chunks of ``block_length`` read positions (the position that
 predicts target column c is c - shift, shift from ``TrainedAs.mask_shift``; chunk j = the reads of the
-targets ``1 + j*L .. (j+1)*L``, so the prompt is cut the same way). Attention is block-causal: a chunk
+targets ``1 + j*L .. (j+1)*L``, so the prompt is cut the same way; [CLS] joins chunk 0). Attention is
+block-causal: a chunk
 sees every earlier chunk and itself, bidirectionally, never a later one (the structure of block
 diffusion, Arriola et al. 2025, and Fast-dLLM v2). The keys and values of the committed prefix therefore
 never change: each block's first step feeds the chunks committed since the last block together with the
@@ -16,7 +17,8 @@ block, and keeps their keys and values; every later step of the block feeds the 
 cached prefix (``kv_cache.WindowCache``). ``cache=False`` recomputes the whole visible canvas with the
 same block-causal mask at every step; it gives the same tokens (the cache is exact, only rounding
 differs) and exists to test that. Later blocks are not fed at all, so a step never pays for the
-still-masked tail.
+still-masked tail. With one block over the whole canvas every step is a plain bidirectional pass over
+the visible canvas (all columns but the last with shift 1: no position reads it).
 
 With block_length 1 every chunk is one position: attention is causal, and with shift 1 (GPT-BERT's
 ``mntp`` + ``clm``) the read row holds only committed tokens, so a threshold of 1 (one token per step)
@@ -38,7 +40,7 @@ def chunk_limits(start: int, stop: int, shift: int, block: int, end: int) -> tor
     """For read rows ``start..stop-1``: the first column each may not see (its chunk's end, at most
     ``end``) -> long ``[stop - start]``."""
     rows = torch.arange(start, stop)
-    chunk = torch.div(rows + shift - 1, block, rounding_mode="floor")
+    chunk = torch.div(rows + shift - 1, block, rounding_mode="floor").clamp_min(0)  # [CLS] joins chunk 0
     return ((chunk + 1) * block + 1 - shift).clamp(max=end)
 
 
@@ -74,11 +76,11 @@ def threshold_decode(net: Network, canvas: Canvas, mask_id: int, threshold: floa
                 break
             work = store if store is not None else WindowCache(net.model, canvas.attention.bool())
             start = fed if store is not None else 0
-            net.record(x[:, start:b])
+            net.record(x)  # the whole canvas before the call (the trace shows states, not windows)
             hidden = work.feed(x[:, start:b], chunk_limits(start, b, s, L, b))  # [B, b - start, D]
-            if store is not None:
-                store.truncate(a)  # keep the committed chunks, drop the block: it changes
-                fed = a
+            if store is not None:  # keep the committed chunks, drop the block's chunk: it changes
+                fed = a if k > 0 else 0  # chunk 0 starts at column 0 ([CLS], and the prompt with shift 1)
+                store.truncate(fed)
             logits = net.adjust(net.ban(net.model.predict(hidden[:, a - start:]).float()), x)  # [B, L, V]
             ids, logp = choose(logits[masked], temperature, top_k, top_p, generator)
             conf = torch.zeros(masked.shape, dtype=torch.float64, device=x.device)
