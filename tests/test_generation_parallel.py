@@ -126,6 +126,9 @@ def test_greedy_speculative_equals_greedy_left_to_right(tok, arch):
                        objectives=HYBRID)
         assert ids(out) == ids(greedy)
         assert 0 <= out["stats"]["mean_accepted"] <= k and out["stats"]["rounds"] >= 1
+    antlm = generate(model, tok, PROMPTS, length=14, strategy="speculative", temperature=0.0, draft_length=3,
+                     objectives=["mlm", "clm"])  # AntLM: drafts read at the mask itself
+    assert ids(antlm) == ids(greedy)
     with torch.no_grad():
         head(model)[9] += 30.0  # both readings agree on every token: all k drafts and the bonus kept
     out = generate(model, tok, "hello", length=12, strategy="speculative", temperature=0.0, draft_length=3,
@@ -252,7 +255,8 @@ def test_new_fields_are_checked_and_requested():
 
 
 def test_default_rule():
-    assert pick_strategy(HYBRID)[0] == "speculative" and pick_strategy(["clm"])[0] == "speculative"
+    assert pick_strategy(HYBRID)[0] == "speculative" and pick_strategy(["mlm", "clm"])[0] == "speculative"
+    assert pick_strategy(["clm"])[0] == "autoregressive"
     assert pick_strategy(["mlm"])[0] == "threshold" and pick_strategy(["mntp"])[0] == "threshold"
     assert pick_strategy(None)[0] == "threshold"
     assert pick_strategy(HYBRID, templated=True)[0] == "confidence"

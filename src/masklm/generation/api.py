@@ -138,7 +138,8 @@ def _decode(net: Network, canvas: Canvas, tokenizer, config: GenerationConfig, g
         threshold_decode(net, canvas, mask_id, config.threshold, config.block_length, cache=config.cache, **common)
     elif config.strategy == "speculative":
         return speculative_decode(net, canvas, mask_id, config.draft_length,
-                                  stop_id=tokenizer.sep_id if config.stop_at_sep else None, **common)
+                                  stop_id=tokenizer.sep_id if config.stop_at_sep else None,
+                                  draft_shift=TrainedAs.from_names(config.objectives).mask_shift, **common)
     else:
         autoregressive(net, canvas, cache=config.cache,
                        stop_id=tokenizer.sep_id if config.stop_at_sep else None, **common)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from masklm.errors import InputError
 from masklm.generation.confidence import COMMITS, SCHEDULES
-from masklm.objectives.reading import TrainedAs
+from masklm.objectives.reading import READINGS, TrainedAs
 
 STRATEGIES = ("mask-predict", "confidence", "diffusion", "autoregressive", "threshold", "speculative")
 DEFAULT_TEMPERATURE = {"mask-predict": 0.0, "confidence": 0.0, "diffusion": 1.0, "autoregressive": 1.0,
@@ -39,8 +39,9 @@ def pick_strategy(objectives: Sequence[str] | None, templated: bool = False, ste
     """The default strategy for a model trained with ``objectives`` -> (strategy, why, in one line).
 
     The fastest strategy that keeps left-to-right quality on the model family (docs/generation.md,
-    "The default"): self-speculative decoding where the weights were trained with ``clm`` (its samples
-    have the left-to-right distribution), threshold commits in blocks otherwise; a template (infilling)
+    "The default"): self-speculative decoding where the weights were trained with ``clm`` and a masked
+    objective (its samples have the left-to-right distribution), left to right after ``clm`` alone,
+    threshold commits in blocks otherwise; a template (infilling)
     gets confidence decoding, which sees both sides of each gap; ``steps`` or ``length_beam`` ask for a
     fixed number of passes, which is mask-predict.
     """
@@ -49,7 +50,11 @@ def pick_strategy(objectives: Sequence[str] | None, templated: bool = False, ste
         return "mask-predict", "steps or length_beam given: a fixed number of passes is mask-predict"
     if templated:
         return "confidence", "a template: infilling needs the text on both sides of each gap, which confidence sees"
+    masked = any(READINGS[name].masked for name in trained.objectives)
     if trained.causal_decoding == "trained" and block_length is None:
+        if not masked:
+            return "autoregressive", (f"trained with {trained.describe()} only: no masked reading to draft with, "
+                                      "so left to right with the key/value cache")
         return "speculative", (f"trained with {trained.describe()}, so masked-mode drafts can be verified causally: "
                                "left-to-right sampling quality at several tokens per causal pass")
     return "threshold", (f"trained with {trained.describe()}: no causal LM to verify drafts, so threshold commits "

@@ -1,7 +1,8 @@
 """Self-speculative decoding for models trained with ``clm`` (GPT-BERT's ``mntp`` + ``clm``, AntLM).
 
 The same weights read two ways (research/ltg_bert.md §6): in masked mode (bidirectional attention,
-``[MASK]``s ahead) the outputs at p-1 .. p+k-2 predict k tokens at once; in causal mode they are an
+``[MASK]``s ahead) the outputs at p-1 .. p+k-2 (after ``mntp``; at p .. p+k-1 after AntLM's ``mlm``)
+predict k tokens at once; in causal mode they are an
 ordinary left-to-right LM. Each round drafts k tokens in one masked pass and checks them in one causal
 pass (Stern et al. 2018, blockwise parallel decoding; Leviathan et al. 2023, speculative decoding):
 
@@ -92,8 +93,10 @@ def _controls(net: Network, logits: torch.Tensor, x: torch.Tensor, col: int, gen
 @torch.no_grad()
 def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length: int = 4,
                        temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                       generator: torch.Generator | None = None, stop_id: int | None = None) -> dict:
-    """Decode ``canvas`` in place -> stats ``{rounds, mean_accepted, tokens_per_round}``."""
+                       generator: torch.Generator | None = None, stop_id: int | None = None,
+                       draft_shift: int = 1) -> dict:
+    """Decode ``canvas`` in place -> stats ``{rounds, mean_accepted, tokens_per_round}``. ``draft_shift``:
+    where the masked reading predicts a mask at column j (j - 1 after ``mntp``, j after ``mlm``: AntLM)."""
     x, gen = canvas.ids, canvas.gen  # [B, W]
     B, W = x.shape
     lo = canvas.lo
@@ -118,7 +121,8 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
         net.record(x)
         hidden = store.feed(x[:, p - 1:p + k], torch.full((k + 1,), p + k))
         store.truncate(p - 1)
-        q_raw = net.ban(net.model.predict(hidden[:, :k]).float())  # [B, k, V]: predicts columns p..p+k-1
+        d = 1 - draft_shift  # window row of column p's prediction
+        q_raw = net.ban(net.model.predict(hidden[:, d:d + k]).float())  # [B, k, V]: predicts columns p..p+k-1
         q_logits = torch.empty_like(q_raw)
         for i in range(k):  # drafts left to right, so the repetition controls see the earlier drafts
             q_logits[:, i] = _controls(net, q_raw[:, i], x, p + i, gen)
