@@ -1,4 +1,5 @@
-"""``masklm generate``: text from a model folder with mask-predict, confidence, diffusion or autoregressive."""
+"""``masklm generate``: text from a model folder with any strategy of ``masklm.generation`` (without
+``--strategy``, the default rule picks one from the folder's objectives and says why on stderr)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompts", nargs="*", help="prompts to continue (none: one unconditional sample)")
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--template", action="append", help="infilling template; repeat for several")
-    p.add_argument("--strategy", default="mask-predict", choices=STRATEGIES)
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="default: picked from the model's objectives (speculative after clm, else threshold)")
     p.add_argument("--length", type=int, help="tokens to generate after each prompt (default 32)")
     p.add_argument("--steps", type=int, help="iterations / steps (default: per strategy)")
     p.add_argument("--temperature", type=float, help="0 = argmax (default: 0 for mask-predict and confidence, "
@@ -33,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="confidence: rank by probability or by top-1 minus top-2 margin")
     p.add_argument("--choice-temperature", type=float, default=0.0,
                    help="confidence: Gumbel noise on the ranking, annealed to 0 (MaskGIT uses 4.5)")
-    p.add_argument("--block-length", type=int, help="confidence: semi-autoregressive blocks of this many tokens")
+    p.add_argument("--block-length", type=int, help="confidence, threshold: semi-autoregressive blocks of this many "
+                                                    "tokens (threshold: default 8)")
+    p.add_argument("--threshold", type=float, default=0.9, help="threshold: commit every token this confident")
+    p.add_argument("--draft-length", type=int, default=4, help="speculative: tokens drafted per round")
+    p.add_argument("--no-repeat-ngram-size", type=int, help="any strategy: never repeat an n-gram of this size")
+    p.add_argument("--repetition-penalty", type=float, help="any strategy: >1 discourages tokens already present")
     p.add_argument("--length-beam", type=int, default=1, help="mask-predict: try this many lengths around --length")
     p.add_argument("--no-cache", action="store_true", help="autoregressive/diffusion: no key/value or logits cache")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
@@ -52,18 +59,23 @@ def run(args: argparse.Namespace) -> int:
     options = dict(strategy=args.strategy, length=args.length, steps=args.steps, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_at_sep=args.stop_at_sep,
                    schedule=args.schedule, commit=args.commit, choice_temperature=args.choice_temperature,
-                   block_length=args.block_length, length_beam=args.length_beam, cache=not args.no_cache)
+                   block_length=args.block_length, length_beam=args.length_beam, cache=not args.no_cache,
+                   threshold=args.threshold, draft_length=args.draft_length,
+                   no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
     if args.template:
         results = pipe.generate(template=[t for t in args.template for _ in range(args.num_samples)], **options)
     else:
         prompts = [p for p in (args.prompts or [None]) for _ in range(args.num_samples)]
         results = pipe.generate(prompts, **options)
+    first = results[0]
+    if first["why"]:
+        print(f"masklm: strategy {first['strategy']} ({first['why']}; --strategy chooses another)", file=sys.stderr)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return 0
     for r in results:
         print(r["text"])
-    first = results[0]
-    print(f"masklm: {first['strategy']}, {first['steps']} steps, {first['network_calls']} network calls, "
-          f"{first['seconds']:.2f} s", file=sys.stderr)
+    steps = f"{first['steps']} steps, " if first["steps"] is not None else ""
+    print(f"masklm: {first['strategy']}, {steps}{first['network_calls']} network calls, "
+          f"{first['tokens_per_call']:.2f} tokens per call, {first['seconds']:.2f} s", file=sys.stderr)
     return 0

@@ -1,5 +1,6 @@
-"""Text generation from masked LMs: Mask-Predict, confidence (MaskGIT/LLaDA), MDLM diffusion, and
-left-to-right decoding with a key/value cache. ``generate(model, tokenizer, prompt, GenerationConfig(...))``
+"""Text generation from masked LMs: Mask-Predict, confidence (MaskGIT/LLaDA), MDLM diffusion, threshold
+commits in cached blocks (Fast-dLLM), self-speculative decoding (masked drafts, causal verification), and
+left-to-right decoding with a key/value cache; repetition controls for all of them. ``generate(model, tokenizer, prompt, GenerationConfig(...))``
 is the entry point (``pipe.generate`` and ``masklm generate`` call it); see docs/generation.md.
 """
 

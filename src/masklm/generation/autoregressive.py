@@ -13,7 +13,7 @@ import torch
 
 from masklm.generation.canvas import Canvas
 from masklm.generation.kv_cache import CausalStepper, supports_cache
-from masklm.generation.sampling import Network, choose
+from masklm.generation.sampling import Network
 
 
 @torch.no_grad()
@@ -34,13 +34,14 @@ def autoregressive(net: Network, canvas: Canvas, temperature: float = 1.0, top_k
     remaining = gen.flip(1).cumsum(1).flip(1)  # [B, W]: generated positions at or after each column
     for p in range(lo, W):
         if stepper is not None:
-            logits = net.ban(net.model.predict(last).float())  # [B, V]
+            logits = net.adjust(net.ban(net.model.predict(last).float()), x)  # [B, V]
         else:
             logits = net.causal_logits(x[:, :p])
         need = gen[:, p] & ~stopped
         if need.any():
-            ids, _ = choose(logits[need], temperature, top_k, top_p, generator)
-            x[need, p] = ids
+            where = torch.zeros_like(gen)
+            where[:, p] = need
+            net.choose_and_write(x, where, logits[need], temperature, top_k, top_p, generator)
         if stop_id is not None:
             stopped |= need & (x[:, p] == stop_id)
         finished = stopped | (remaining[:, p + 1] == 0 if p + 1 < W else torch.ones_like(stopped))

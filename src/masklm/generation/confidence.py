@@ -24,7 +24,7 @@ import math
 import torch
 
 from masklm.generation.canvas import Canvas
-from masklm.generation.sampling import Network, choose, cosine_ratio, gumbel, ranks
+from masklm.generation.sampling import Network, choose, cosine_ratio, gumbel, ranks, widen
 
 SCHEDULES = ("cosine", "linear")
 COMMITS = ("confidence", "margin")
@@ -68,7 +68,8 @@ def confidence_decode(net: Network, canvas: Canvas, mask_id: int, steps: int, sc
             masked = in_block & (x == mask_id)
             if not masked.any():
                 break
-            logits = net.logits(canvas.ids, attention, lo)[masked]  # [M, V]
+            all_logits = net.logits(canvas.ids, attention, lo)  # [B, G, V]
+            logits = all_logits[masked]  # [M, V]
             ids, logp = choose(logits, temperature, top_k, top_p, generator)
             if commit == "margin":
                 top2 = logits.softmax(-1).topk(2, dim=-1).values  # [M, 2]
@@ -84,4 +85,5 @@ def confidence_decode(net: Network, canvas: Canvas, mask_id: int, steps: int, sc
             proposal[masked] = ids
             k = masked.sum(1) - still_masked(n, masked.sum(1), i, per_block, schedule)  # [B] to commit now
             take = masked & (ranks(conf, descending=True) < k[:, None])
-            x[take] = proposal[take]
+            net.write(canvas.ids, widen(take, lo), proposal[take], all_logits[take],
+                      lambda lg: choose(lg, temperature, top_k, top_p, generator))

@@ -7,7 +7,8 @@ prompt and the template), and the settings the caller owns: ``cache`` and ``eps`
 
 A config checks its own fields when it is made. What depends on the input (the length a template sets,
 whether there is a template at all) is checked by ``resolve``, which also fills the per-strategy
-defaults of ``steps`` and ``temperature``.
+defaults of ``steps`` and ``temperature``, and picks the strategy when ``strategy`` is None
+(``pick_strategy``: the default rule of docs/generation.md, from the objectives the model was trained with).
 """
 
 from __future__ import annotations
@@ -19,13 +20,45 @@ from dataclasses import dataclass
 
 from masklm.errors import InputError
 from masklm.generation.confidence import COMMITS, SCHEDULES
+from masklm.objectives.reading import READINGS, TrainedAs
 
-STRATEGIES = ("mask-predict", "confidence", "diffusion", "autoregressive")
-DEFAULT_TEMPERATURE = {"mask-predict": 0.0, "confidence": 0.0, "diffusion": 1.0, "autoregressive": 1.0}
+STRATEGIES = ("mask-predict", "confidence", "diffusion", "autoregressive", "threshold", "speculative")
+DEFAULT_TEMPERATURE = {"mask-predict": 0.0, "confidence": 0.0, "diffusion": 1.0, "autoregressive": 1.0,
+                       "threshold": 0.0, "speculative": 1.0}
 DEFAULT_LENGTH = 32
+DEFAULT_BLOCK = 8  # threshold: tokens per block when block_length is None
 # Fields a request to the server may set; the others are the caller's (module docstring).
 REQUEST_FIELDS = ("length", "strategy", "steps", "temperature", "top_k", "top_p", "seed", "stop_at_sep",
-                  "schedule", "commit", "choice_temperature", "block_length", "length_beam")
+                  "schedule", "commit", "choice_temperature", "block_length", "length_beam", "threshold",
+                  "draft_length", "no_repeat_ngram_size", "repetition_penalty")
+STEPLESS = ("threshold", "speculative")  # they decide per call how many tokens to commit
+
+
+def pick_strategy(objectives: Sequence[str] | None, templated: bool = False, steps: int | None = None,
+                  length_beam: int = 1, block_length: int | None = None) -> tuple[str, str]:
+    """The default strategy for a model trained with ``objectives`` -> (strategy, why, in one line).
+
+    The fastest strategy that keeps left-to-right quality on the model family (docs/generation.md,
+    "The default"): self-speculative decoding where the weights were trained with ``clm`` and a masked
+    objective (its samples have the left-to-right distribution), left to right after ``clm`` alone,
+    threshold commits in blocks otherwise; a template (infilling)
+    gets confidence decoding, which sees both sides of each gap; ``steps`` or ``length_beam`` ask for a
+    fixed number of passes, which is mask-predict.
+    """
+    trained = TrainedAs.from_names(objectives)
+    if steps is not None or length_beam > 1:
+        return "mask-predict", "steps or length_beam given: a fixed number of passes is mask-predict"
+    if templated:
+        return "confidence", "a template: infilling needs the text on both sides of each gap, which confidence sees"
+    masked = any(READINGS[name].masked for name in trained.objectives)
+    if trained.causal_decoding == "trained" and block_length is None:
+        if not masked:
+            return "autoregressive", (f"trained with {trained.describe()} only: no masked reading to draft with, "
+                                      "so left to right with the key/value cache")
+        return "speculative", (f"trained with {trained.describe()}, so masked-mode drafts can be verified causally: "
+                               "left-to-right sampling quality at several tokens per causal pass")
+    return "threshold", (f"trained with {trained.describe()}: no causal LM to verify drafts, so threshold commits "
+                         "in semi-autoregressive blocks with a prefix cache")
 
 
 def _whole(name: str, value: object) -> None:
@@ -38,7 +71,7 @@ class GenerationConfig:
     """Settings of one generate call; InputError on construction when one is out of range."""
 
     length: int | None = None               # tokens after each prompt (None: 32); a template sets its own
-    strategy: str = "mask-predict"
+    strategy: str | None = "mask-predict"   # None: ``pick_strategy`` from the objectives
     steps: int | None = None                # None: the strategy's default (``resolve``)
     temperature: float | None = None        # 0 = argmax; None: DEFAULT_TEMPERATURE[strategy]
     top_k: int | None = None
@@ -48,8 +81,12 @@ class GenerationConfig:
     schedule: str = "cosine"                # confidence: commit schedule (SCHEDULES)
     commit: str = "confidence"              # confidence: ranking rule (COMMITS)
     choice_temperature: float = 0.0         # confidence: annealed Gumbel noise on the ranking
-    block_length: int | None = None         # confidence: semi-autoregressive blocks
+    block_length: int | None = None         # confidence, threshold: semi-autoregressive blocks
     length_beam: int = 1                    # mask-predict: lengths tried around ``length``
+    threshold: float = 0.9                  # threshold: commit every masked position this confident
+    draft_length: int = 4                   # speculative: tokens drafted per round
+    no_repeat_ngram_size: int | None = None  # every strategy: no n-gram of this size twice in a row
+    repetition_penalty: float | None = None  # every strategy: HF's penalty on tokens already in the row
     cache: bool = True                      # autoregressive: key/value cache; diffusion: logits reuse
     eps: float = 1e-5                       # diffusion: the last time
     objectives: Sequence[str] | None = None  # how the weights were trained (None: unknown)
@@ -57,7 +94,7 @@ class GenerationConfig:
     trace: bool = False                     # keep every canvas the network sees (tests)
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
+        if self.strategy is not None and self.strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
         if self.length is not None:
             _whole("length", self.length)
@@ -73,11 +110,32 @@ class GenerationConfig:
             raise InputError(f"unknown commit rule {self.commit!r}; choose one of: {', '.join(COMMITS)}")
         if self.length_beam < 1:
             raise InputError(f"length_beam must be >= 1, got {self.length_beam}")
-        if self.block_length is not None and (self.strategy != "confidence" or self.block_length < 1):
-            raise InputError(f"block_length (>= 1) works with strategy confidence only, got {self.block_length} "
-                             f"with {self.strategy}")
+        if self.block_length is not None and (self.strategy not in ("confidence", "threshold", None)
+                                              or self.block_length < 1):
+            raise InputError(f"block_length (>= 1) works with strategy confidence or threshold only, got "
+                             f"{self.block_length} with {self.strategy}")
         if self.steps is not None:
             _whole("steps", self.steps)
+        self._check_new_fields()
+
+    def _check_new_fields(self) -> None:
+        """The threshold, speculative and repetition fields (InputError naming the field)."""
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not (
+                0.0 < self.threshold <= 1.0):
+            raise InputError(f"threshold must be in (0, 1] (the confidence that commits a token), got {self.threshold!r}")
+        _whole("draft_length", self.draft_length)
+        if self.no_repeat_ngram_size is not None:
+            _whole("no_repeat_ngram_size", self.no_repeat_ngram_size)
+        penalty = self.repetition_penalty
+        if penalty is not None and (isinstance(penalty, bool) or not isinstance(penalty, (int, float))
+                                    or not (0.0 < penalty and math.isfinite(penalty))):
+            raise InputError(f"repetition_penalty must be a number > 0 (1 = none, above 1 discourages repeats), "
+                             f"got {penalty!r}")
+        if self.strategy in STEPLESS and self.steps is not None:
+            raise InputError(f"steps does not apply to strategy {self.strategy}: it decides per call how many "
+                             "tokens to commit; leave steps out")
+        if self.strategy in STEPLESS and self.length_beam > 1:
+            raise InputError(f"length_beam works with strategy mask-predict only, not {self.strategy}")
 
     def resolve(self, template_length: int | None = None) -> GenerationConfig:
         """This config for one input -> a copy with ``length``, ``steps`` and ``temperature`` filled in.
@@ -86,6 +144,9 @@ class GenerationConfig:
         the input rules out (a length beam or stop_at_sep with a template, too many steps for the length).
         """
         templated = template_length is not None
+        if self.strategy is None:
+            strategy, _ = pick_strategy(self.objectives, templated, self.steps, self.length_beam, self.block_length)
+            return dataclasses.replace(self, strategy=strategy).resolve(template_length)
         if templated and self.length is not None:
             raise InputError("a template sets its own length through its [MASK]s; leave length out")
         length = template_length if templated else (self.length or DEFAULT_LENGTH)
@@ -97,10 +158,14 @@ class GenerationConfig:
         if self.stop_at_sep and templated:
             raise InputError("stop_at_sep ends a continuation; a template's length is fixed by its masks")
         temperature = DEFAULT_TEMPERATURE[self.strategy] if self.temperature is None else float(self.temperature)
-        return dataclasses.replace(self, length=length, steps=self._steps(length), temperature=temperature)
+        block = (self.block_length or DEFAULT_BLOCK) if self.strategy == "threshold" else self.block_length
+        return dataclasses.replace(self, length=length, steps=self._steps(length), temperature=temperature,
+                                   block_length=block)
 
-    def _steps(self, length: int) -> int:
+    def _steps(self, length: int) -> int | None:
         """``steps``, or the strategy's default; InputError when they do not fit ``length``."""
+        if self.strategy in STEPLESS:
+            return None
         block = self.block_length or length
         n_blocks = math.ceil(length / block)
         if self.steps is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from masklm.generation.canvas import Canvas
-from masklm.generation.sampling import Network, choose
+from masklm.generation.sampling import Network, widen
 
 
 def unmask_draw(masked: torch.Tensor, t: float, s: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -49,11 +49,10 @@ def diffusion_sample(net: Network, canvas: Canvas, mask_id: int, steps: int, eps
         unmask = unmask_draw(masked, times[i], times[i + 1], generator)
         if not unmask.any():
             continue
-        ids, _ = choose(logits[unmask], temperature, top_k, top_p, generator)
-        x[unmask] = ids
+        net.choose_and_write(canvas.ids, widen(unmask, lo), logits[unmask], temperature, top_k, top_p, generator)
         logits = None
     masked = gen & (x == mask_id)
     if masked.any():  # noise removal at t = eps
         if logits is None:
             logits = net.logits(canvas.ids, attention, lo)
-        x[masked] = logits[masked].argmax(-1)
+        net.choose_and_write(canvas.ids, widen(masked, lo), logits[masked])  # argmax

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from masklm.generation.canvas import Canvas
-from masklm.generation.sampling import Network, choose, ranks
+from masklm.generation.sampling import Network, ranks, widen
 
 
 def remask_count(n: torch.Tensor, t: int, steps: int) -> torch.Tensor:
@@ -51,7 +51,7 @@ def mask_predict(net: Network, canvas: Canvas, mask_id: int, steps: int, tempera
             where = gen & (ranks(scores, descending=False) < remask_count(n, t, steps)[:, None])
             x[where] = mask_id
         logits = net.logits(canvas.ids, attention, lo)  # [B, G, V]
-        ids, lp = choose(logits[where], temperature, top_k, top_p, generator)
-        x[where] = ids
+        _, lp = net.choose_and_write(canvas.ids, widen(where, lo), logits[where], temperature, top_k, top_p,
+                                     generator)
         logp[where] = lp
     return (logp * gen).sum(1) / n.clamp_min(1)

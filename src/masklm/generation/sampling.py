@@ -9,13 +9,20 @@ Token choice (``choose``) is argmax at temperature 0 and Gumbel-max sampling oth
 drawn in float64 (low-precision Gumbel-max skews samples; research/antlm_gmlm.md §C.4, LLaDA's
 ``generate.py``), after optional top-k and top-p filtering. The confidence of a choice is the model's own
 (untempered, unfiltered but special-token-free) probability of it.
+
+The repetition controls (``generation.repetition``) live here too, so every strategy gets them the same
+way: ``Network`` applies the repetition penalty to every logit it returns (``adjust``), and strategies
+write their choices through ``Network.write``, which enforces ``no_repeat_ngram_size``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+
+from masklm.generation.repetition import apply_penalty, place_without_repeats
 
 NEG_INF = float("-inf")
 
@@ -27,12 +34,19 @@ class Network:
     shift:  predictions for token j are read at position j - shift (0 or 1).
     banned: bool ``[V]``, tokens that are never emitted (their logits become -inf).
     trace:  keep a copy of every canvas the network is called on (``inputs``), for tests.
+    repetition_penalty, no_repeat_ngram_size, mask_id: the repetition controls (module docstring); the
+            n-gram rule needs ``mask_id`` to tell undecided positions.
     """
 
-    def __init__(self, model: torch.nn.Module, shift: int, banned: torch.Tensor, trace: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, shift: int, banned: torch.Tensor, trace: bool = False,
+                 repetition_penalty: float | None = None, no_repeat_ngram_size: int | None = None,
+                 mask_id: int | None = None) -> None:
         self.model = model
         self.shift = shift
         self.banned = banned
+        self.penalty = repetition_penalty if repetition_penalty not in (None, 1.0) else None
+        self.no_repeat = no_repeat_ngram_size
+        self.mask_id = mask_id
         self.calls = 0
         self.rows = 0  # sum of batch sizes over calls (a length beam of l grows it l-fold)
         self.trace = trace
@@ -51,18 +65,53 @@ class Network:
         self.record(x)
         hidden = self.model.encode(x, attention_mask=attention_mask)  # [B, W, D]
         W = x.shape[1]
-        return self.ban(self.model.predict(hidden[:, lo - self.shift:W - self.shift]).float())
+        return self.adjust(self.ban(self.model.predict(hidden[:, lo - self.shift:W - self.shift]).float()), x)
 
     def causal_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Uncached causal pass over x ``[B, p]`` -> logits ``[B, V]`` for the token at column p."""
         self.record(x)
         hidden = self.model.encode(x, causal=True)  # [B, p, D]
-        return self.ban(self.model.predict(hidden[:, -1]).float())
+        return self.adjust(self.ban(self.model.predict(hidden[:, -1]).float()), x)
 
     def ban(self, logits: torch.Tensor) -> torch.Tensor:
         """Set the banned tokens' logits ``[..., V]`` to -inf (in place)."""
         logits[..., self.banned] = NEG_INF
         return logits
+
+    def adjust(self, logits: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The repetition penalty (if any), in place: logits ``[B, ..., V]`` of positions in rows whose tokens
+        are ``context`` ``[B, W]`` (the canvas; undecided positions hold [MASK], which is banned anyway)."""
+        return apply_penalty(logits, context, self.penalty) if self.penalty else logits
+
+    def write(self, ids_full: torch.Tensor, where: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor,
+              pick: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``ids_full[where] = ids`` (canvas ``[B, W]``, where ``[B, W]`` bool, ids ``[M]`` row-major); with
+        ``no_repeat_ngram_size`` the positions are placed left to right and a token that would repeat an
+        n-gram is redrawn by ``pick`` from its logits (``[M, V]``, one row each) -> the ids written."""
+        if not self.no_repeat:
+            ids_full[where] = ids
+            return ids
+        known = ids_full != self.mask_id
+        return place_without_repeats(ids_full, known, where, ids, logits, self.no_repeat, pick)
+
+    def choose_and_write(self, ids_full: torch.Tensor, where: torch.Tensor, logits: torch.Tensor,
+                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``choose`` a token for each position of ``where`` (``[B, W]`` bool over the canvas ``ids_full``)
+        from its logits ``[M, V]`` and ``write`` it -> (ids ``[M]``, their log-probabilities ``[M]``)."""
+        def pick(lg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return choose(lg, temperature, top_k, top_p, generator)
+
+        ids, logp = pick(logits)
+        written = self.write(ids_full, where, ids, logits, pick)
+        if written is not ids:  # a token was redrawn: its own log-probability
+            logp = torch.log_softmax(logits, -1).gather(1, written[:, None]).squeeze(1)
+        return written, logp
+
+
+def widen(where: torch.Tensor, lo: int) -> torch.Tensor:
+    """A mask over canvas columns ``lo..W-1`` ``[B, G]`` -> the same mask over all columns ``[B, lo + G]``."""
+    return torch.cat([torch.zeros(where.shape[0], lo, dtype=torch.bool, device=where.device), where], 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:

@@ -115,7 +115,8 @@ class Pipeline:
                                max_length=self.max_length)
 
     def generate(self, prompt: str | list[str | None] | None = None, **kwargs: Any) -> Any:
-        """Generate text (``strategy`` = mask-predict, confidence, diffusion or autoregressive).
+        """Generate text (``strategy`` = one of ``masklm.generation.STRATEGIES``; None or left out: picked
+        from the model's objectives, ``why`` says how).
 
         One prompt (or None, or ``template="The [MASK]*5 of the king"``) gives one dict
         ``{text, generated, tokens, token_ids, network_calls, seconds, strategy, steps}``; a list gives a
@@ -124,6 +125,7 @@ class Pipeline:
         ``template`` and the fields of ``masklm.generation.GenerationConfig``.
         """
         template = kwargs.pop("template", None)
+        kwargs.setdefault("strategy", None)  # None: picked from the objectives (docs/generation.md, "The default")
         config = GenerationConfig(**{"objectives": self.objectives, "max_length": self.max_length, **kwargs})
         out = generate(self.model, self.tokenizer, prompt, config, template=template)
         shared = {k: out[k] for k in CALL_FIELDS}

@@ -49,6 +49,8 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limit
     _int("block_length", params.get("block_length"), limits.max_generate_length)
     _int("steps", params.get("steps"), limits.max_generate_steps)
     _int("length_beam", params.get("length_beam"), MAX_LENGTH_BEAM)
+    _int("draft_length", params.get("draft_length"), limits.max_generate_length)
+    _int("no_repeat_ngram_size", params.get("no_repeat_ngram_size"), limits.max_generate_length)
     template = params.get("template")
     if template is not None:
         if not isinstance(template, str):
@@ -62,6 +64,7 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limit
         params["prompt"] = prompt
     if params.get("seed") is None:
         params["seed"] = 0
+    params.setdefault("strategy", "mask-predict")  # the server's default stays what it was (and steps.py's)
     if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
         raise ServeError(f"parameters.seed must be an integer, got {params['seed']!r}")
     try:

@@ -1,0 +1,156 @@
+"""Self-speculative decoding for models trained with ``clm`` (GPT-BERT's ``mntp`` + ``clm``, AntLM).
+
+The same weights read two ways (research/ltg_bert.md §6): in masked mode (bidirectional attention,
+``[MASK]``s ahead) the outputs at p-1 .. p+k-2 (after ``mntp``; at p .. p+k-1 after AntLM's ``mlm``)
+predict k tokens at once; in causal mode they are an
+ordinary left-to-right LM. Each round drafts k tokens in one masked pass and checks them in one causal
+pass (Stern et al. 2018, blockwise parallel decoding; Leviathan et al. 2023, speculative decoding):
+
+- greedy (temperature 0): keep the drafts while each equals the causal argmax; the first that does not
+  is replaced by the causal argmax (the correction); when all k agree, the causal prediction after them
+  is free (the bonus). The output is greedy left-to-right decoding, token for token.
+- sampling: draft token d at a position is drawn from the masked-mode distribution q; it is kept with
+  probability min(1, p(d) / q(d)), p the causal distribution there (same temperature, top-k, top-p and
+  repetition controls on both); on the first rejection the token is drawn from norm(max(0, p - q)) and
+  the round ends (Leviathan et al. 2023, Algorithm 1). Each emitted token then has exactly the
+  left-to-right sampling distribution.
+
+Both passes go through one key/value cache (``kv_cache.WindowCache``) holding the verified prefix, which
+was computed causally; the draft window sees it and itself bidirectionally, the verification window
+sees it causally, and both windows' rows are dropped from the cache afterwards except the accepted ones.
+A batch shares one cache, so all rows advance by the fewest tokens any active row got this round
+(cutting a row's round short after a token it emitted keeps the rule exact: the cut does not depend on
+that row's later draws). ``stats`` reports the mean accepted drafts per row and round before that cut.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from masklm.generation.canvas import Canvas
+from masklm.generation.kv_cache import WindowCache
+from masklm.generation.repetition import banned_tokens
+from masklm.generation.sampling import NEG_INF, Network, filter_logits
+
+
+def distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """What ``sampling.choose`` samples from: logits ``[M, V]`` -> probabilities ``[M, V]`` (float64)."""
+    return torch.softmax(filter_logits(logits, top_k, top_p).double() / temperature, -1)
+
+
+def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.Tensor, decide: torch.Tensor,
+                 temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Verify one round. p_logits ``[B, k+1, V]`` (causal, the last one after every draft), q_logits
+    ``[B, k, V]`` (masked mode, what the drafts were drawn from), drafts ``[B, k]``, decide ``[B, k+1]``
+    bool (positions the rule applies to; others hold given tokens and are kept) -> (accepted drafts per row
+    ``[B]`` long in 0..k, the token after them ``[B]``: correction or bonus)."""
+    B, k = drafts.shape
+    if temperature == 0.0:
+        target = p_logits.argmax(-1)  # [B, k+1]
+        ok = (drafts == target[:, :k]) | ~decide[:, :k]
+    else:
+        p = distribution(p_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k + 1, -1)
+        q = distribution(q_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k, -1)
+        pd = p[:, :k].gather(2, drafts[..., None]).squeeze(2)  # [B, k]
+        qd = q.gather(2, drafts[..., None]).squeeze(2)
+        u = torch.rand(B, k, generator=generator, dtype=torch.float64, device=drafts.device)
+        ok = (u * qd <= pd) | ~decide[:, :k]  # u < min(1, p/q), with q > 0 for a drawn token
+    bad = (~ok).long()
+    accepted = torch.where(bad.any(1), bad.argmax(1), torch.full_like(bad[:, 0], k))  # [B]
+    rows = torch.arange(B, device=drafts.device)
+    if temperature == 0.0:
+        return accepted, target[rows, accepted]
+    after = p[rows, accepted]  # [B, V]: the bonus distribution, or p at the rejected position
+    rejected = accepted < k
+    residual = (p[rows, accepted.clamp(max=k - 1)] - q[rows, accepted.clamp(max=k - 1)]).clamp_min(0)
+    use = rejected[:, None] & (residual.sum(1, keepdim=True) > 0)
+    after = torch.where(use, residual, after)
+    token = torch.multinomial((after / after.sum(1, keepdim=True)).float(), 1, generator=generator).squeeze(1)
+    return accepted, token
+
+
+def _controls(net: Network, logits: torch.Tensor, x: torch.Tensor, col: int, gen: torch.Tensor) -> torch.Tensor:
+    """The repetition controls for column ``col`` of each row, given the canvas ``x`` ``[B, W]`` up to
+    ``col`` (later generated columns read as undecided) -> logits ``[B, V]`` (a new tensor)."""
+    logits = logits.clone()
+    if not net.penalty and not net.no_repeat:
+        return logits
+    context = x.clone()
+    later = gen.clone()
+    later[:, :col] = False
+    context[later] = net.mask_id
+    logits = net.adjust(logits, context)
+    if net.no_repeat:
+        known = (context != net.mask_id).tolist()
+        for b, row in enumerate(context.tolist()):
+            ban = banned_tokens(row, known[b], col, net.no_repeat)
+            if ban:
+                logits[b, sorted(ban)] = NEG_INF
+    return logits
+
+
+@torch.no_grad()
+def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length: int = 4,
+                       temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                       generator: torch.Generator | None = None, stop_id: int | None = None,
+                       draft_shift: int = 1) -> dict:
+    """Decode ``canvas`` in place -> stats ``{rounds, mean_accepted, tokens_per_round}``. ``draft_shift``:
+    where the masked reading predicts a mask at column j (j - 1 after ``mntp``, j after ``mlm``: AntLM)."""
+    x, gen = canvas.ids, canvas.gen  # [B, W]
+    B, W = x.shape
+    lo = canvas.lo
+    x[gen] = mask_id
+    store = WindowCache(net.model, canvas.attention.bool())
+    if lo > 1:  # the prompt, causally: the cache holds columns 0 .. p-2 before each round
+        net.record(x)  # traces hold the whole canvas before each call
+        store.feed(x[:, :lo - 1], torch.arange(1, lo))
+    stopped = torch.zeros(B, dtype=torch.bool, device=x.device)
+    remaining = gen.flip(1).cumsum(1).flip(1)  # [B, W]: generated positions at or after each column
+    p, rounds, accepted_sum, row_rounds, committed = lo, 0, 0, 0, 0
+    while p < W:
+        active = ~stopped & (remaining[:, p] > 0)
+        if not active.any():
+            break
+        k = min(draft_length, W - p)
+        decide = torch.zeros(B, k + 1, dtype=torch.bool, device=x.device)
+        decide[:, :k] = gen[:, p:p + k] & active[:, None]
+        if p + k < W:
+            decide[:, k] = gen[:, p + k] & active
+        # draft: the last verified token and k columns (masks where generated), bidirectionally
+        net.record(x)
+        hidden = store.feed(x[:, p - 1:p + k], torch.full((k + 1,), p + k))
+        store.truncate(p - 1)
+        d = 1 - draft_shift  # window row of column p's prediction
+        q_raw = net.ban(net.model.predict(hidden[:, d:d + k]).float())  # [B, k, V]: predicts columns p..p+k-1
+        q_logits = torch.empty_like(q_raw)
+        for i in range(k):  # drafts left to right, so the repetition controls see the earlier drafts
+            q_logits[:, i] = _controls(net, q_raw[:, i], x, p + i, gen)
+            where = torch.zeros_like(gen)
+            where[:, p + i] = decide[:, i]
+            net.choose_and_write(x, where, q_logits[decide[:, i], i], temperature, top_k, top_p, generator)
+        drafts = x[:, p:p + k].clone()
+        # verify: one causal pass over the last verified token and the drafts
+        net.record(x)
+        hidden = store.feed(x[:, p - 1:p + k], torch.arange(p, p + k + 1))
+        p_raw = net.ban(net.model.predict(hidden).float())  # [B, k+1, V]: predicts columns p..p+k
+        p_logits = torch.stack([_controls(net, p_raw[:, i], x, p + i, gen) if p + i < W else p_raw[:, i]
+                                for i in range(k + 1)], 1)
+        accepted, token = accept_round(p_logits, q_logits, drafts, decide, temperature, top_k, top_p, generator)
+        n = min(int(((accepted + 1).masked_fill(~active, k + 1)).min()), W - p)
+        fix = active & (accepted < n)  # rows whose correction (or bonus) lands inside the kept columns
+        cols = p + accepted.clamp(max=n - 1)
+        x[fix, cols[fix]] = torch.where(decide[fix, accepted[fix]], token[fix], x[fix, cols[fix]])
+        undo = gen.clone()
+        undo[:, :p + n] = False
+        x[undo] = mask_id  # drafts past the kept columns
+        if stop_id is not None:
+            stopped |= ((x[:, p:p + n] == stop_id) & gen[:, p:p + n]).any(1)
+        store.truncate(p + n - 1)
+        rounds += 1
+        accepted_sum += int(accepted[active].sum())
+        row_rounds += int(active.sum())
+        committed += n
+        p += n
+    return {"rounds": rounds, "mean_accepted": accepted_sum / max(row_rounds, 1),
+            "tokens_per_round": committed / max(rounds, 1)}
