@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.cli.score import read_texts
 from masklm.errors import InputError
 from masklm.files import atomic_file, check_out
@@ -28,14 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-tokens", type=int,
                    help="tokens per forward batch (default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_model_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: numpy and the model stack load only when this command runs
-    import numpy as np
-
-    from masklm.inference.pipeline import load
+    import numpy as np  # lazy: numpy loads only when this command runs
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".npy", ".jsonl"):
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(args.input, args.texts)
     if not texts:
         raise InputError("no texts given; pass them as arguments or with --input FILE")
-    pipe = load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     vectors = pipe.embed(texts, pooling=args.pooling, normalize=not args.no_normalize,
                          batch_tokens=args.batch_tokens)
     if out is None:

@@ -51,6 +51,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--heldout-fraction": ("heldout_fraction", float, "share of documents held out"),
     "--device": ("device", str, "cpu, cuda, cuda:N (default: cuda when available)"),
     "--time-limit": ("time_limit", float, "stop within this many minutes"),
+    "--precision": ("precision", str, "fp32 (default; TF32 matmuls on CUDA), bf16, or fp16 (with a loss scaler); "
+                                      "autocast with fp32 master weights"),
 }
 
 
@@ -63,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(flag, type=typ, help=text, default=None)
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest good checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow first steps)")
     p.set_defaults(func=run)
 
 
@@ -79,6 +82,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["resume"] = True
     if args.no_progress:
         overrides["progress"] = False
+    if args.compile:
+        overrides["compile"] = True
     if isinstance(overrides.get("warmup_steps"), float) and overrides["warmup_steps"] >= 1:
         overrides["warmup_steps"] = int(overrides["warmup_steps"])
     if args.config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from masklm.data.masking import STRATEGIES
 from masklm.errors import ConfigError
 from masklm.objectives import ObjectiveOptions, ObjectiveSchedule
 from masklm.training.optim import NO_DECAY_STYLES, OPTIMIZERS
+from masklm.training.precision import check_precision
 from masklm.training.progress import (
     LR_KINDS,
     SEQ_LEN_PRESETS,
@@ -74,6 +76,8 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     seed: int = 0
     time_limit: float | None = None  # minutes; the run (and its LR schedule) is shortened to fit
+    precision: str = "fp32"  # fp32, bf16 or fp16: autocast with fp32 master weights (training.precision)
+    compile: bool = False  # torch.compile the training forward
     # bookkeeping
     save_every: int = 0
     keep_last: int = 2
@@ -121,8 +125,16 @@ class TrainConfig:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ConfigError(f"time_limit must be > 0 minutes, got {self.time_limit}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_precision(self.precision)
+        # Non-finite or zero hyperparameters train a NaN model; refuse them before any work (issue #12).
+        for name, value, ok, want in (("lr", self.lr, self.lr > 0, "> 0"), ("eps", self.eps, self.eps > 0, "> 0"),
+                                      ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                                      ("clip_norm", self.clip_norm, self.clip_norm is None or self.clip_norm > 0,
+                                       "> 0 (or unset for no clipping)")):
+            if not ok or (value is not None and not math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number {want}, got {value}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0.0 <= self.heldout_fraction < 0.5:
             raise ConfigError(f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
         if isinstance(self.corpus, str):
