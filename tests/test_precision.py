@@ -331,11 +331,16 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 def test_compiled_training_and_inference_match_eager(tmp_path, setup, model_dir):
     if precision.compile_unavailable(torch.device("cpu")):
         pytest.skip(precision.compile_unavailable(torch.device("cpu")))
+    # No dropout: Inductor draws its own random numbers, so dropout masks differ between compiled and eager.
+    config = tmp_path / "no-dropout.toml"
+    config.write_text(TOML + "hidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\n", encoding="utf-8")
+    setup = setup | {"config": config}
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    assert train_cli(setup, eager, "--max-steps", "3", "--log-every", "1") == 0
-    assert train_cli(setup, compiled, "--max-steps", "3", "--log-every", "1", "--compile") == 0
+    # two steps: the first compiles for its masked-token count, the second recompiles with that size dynamic
+    assert train_cli(setup, eager, "--max-steps", "2", "--log-every", "1") == 0
+    assert train_cli(setup, compiled, "--max-steps", "2", "--log-every", "1", "--compile") == 0
     losses = {run.name: [r["loss"] for r in metrics(run) if r["objective"] == "mlm"] for run in (eager, compiled)}
-    assert len(losses["eager"]) == 3
+    assert len(losses["eager"]) == 2
     # fp32 both; compiled kernels fuse and reorder sums, so the same maths rounds differently
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
 
