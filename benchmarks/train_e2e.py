@@ -180,7 +180,8 @@ def hf_worker(args: argparse.Namespace) -> int:
 
     tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     blocks = hf_blocks(tok, args.corpus, args.seq_len)
-    dataset = [{"input_ids": b} for b in blocks]
+    special = set(tok.all_special_ids)  # run_mlm's return_special_tokens_mask: the collator's fast path
+    dataset = [{"input_ids": b, "special_tokens_mask": [int(t in special) for t in b]} for b in blocks]
     _, config = hf_config(args, len(tok))
     torch.manual_seed(0)
     model = BertForMaskedLM(config)
@@ -202,7 +203,7 @@ def hf_worker(args: argparse.Namespace) -> int:
         fp16=args.precision == "fp16", tf32=True if cuda and args.precision == "fp32" else None,
         use_cpu=not cuda, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, seed=0,
         logging_steps=args.steps, dataloader_drop_last=True, torch_compile=args.compile,
-        remove_unused_columns=False,
+        remove_unused_columns=False,  # keep special_tokens_mask for the collator (it pops it before the model)
     )
     collator = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
     trainer = Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collator, callbacks=[Clock()])
