@@ -9,16 +9,16 @@
 #   e2e-128      masklm train vs HF Trainer --bf16, BERT base, 32x128, 2 rounds  -> train_e2e_base_128.json
 #   e2e-512      the same at 512 tokens (batch 16)                              -> train_e2e_base_512.json
 #   precision    masklm train --precision fp32/bf16/fp16 on CUDA, 50 steps tiny -> precision_cuda.json
-#   compile      masklm train BERT small bf16 with and without --compile         -> compile_cuda.json
 #   inference    fill-mask --dtype float32/bfloat16, and bfloat16 --compile     -> inference_cuda.json
+#   compile      masklm train BERT small bf16 with and without --compile         -> compile_cuda.json
 # Other helpers may append steps below the last one (keep the budget: BUDGET_S in total).
 # SMOKE=1 runs every step on the CPU with tiny shapes and --compile forced to its eager fallback: it checks
 # this script, not the GPU (the HF side still needs transformers and accelerate).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
-PY=${PYTHON:-python}
-BUDGET_S=${BUDGET_S:-470}
+PY=${PYTHON:-$(command -v python || command -v python3)}
+BUDGET_S=${BUDGET_S:-460}
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -86,8 +86,8 @@ fi
 $PY -c 'import triton' 2>/dev/null || echo "triton is missing: --compile falls back to eager (the compile step says so)"
 
 E2E=(benchmarks/train_e2e.py --device "$DEVICE" --precision bf16 --work "$WORK" $HF_FLAG)
-step train_e2e_base_128 170 $PY "${E2E[@]}" "${SHAPE_128[@]}" --json-out "$OUT/train_e2e_base_128.json"
-step train_e2e_base_512 170 $PY "${E2E[@]}" "${SHAPE_512[@]}" --json-out "$OUT/train_e2e_base_512.json"
+step train_e2e_base_128 200 $PY "${E2E[@]}" "${SHAPE_128[@]}" --json-out "$OUT/train_e2e_base_128.json"
+step train_e2e_base_512 200 $PY "${E2E[@]}" "${SHAPE_512[@]}" --json-out "$OUT/train_e2e_base_512.json"
 
 # The tokenizer the e2e runs trained on kjv serves the checks below; train one if they were skipped.
 export TOK="$WORK/prep-$VOCAB/tokenizer"
@@ -113,27 +113,7 @@ print(json.dumps({"check": "precision_cuda", "steps": steps, "loss": loss, "rel_
 EOF
 }
 export -f precision_check
-step precision_cuda 100 bash -c precision_check
-
-compile_check() {
-  for c in eager compile; do
-    $PY -m masklm train --corpus kjv --tokenizer "$TOK" --size small --seq-len 128 --batch-size 32 \
-      --max-steps $((STEPS + 10)) --log-every 1 --precision bf16 --device "$DEVICE" --out "$WORK/comp-$c" --no-progress \
-      $([ $c = compile ] && echo --compile) || return 1
-  done
-  $PY - "$WORK" "$STEPS" <<'EOF'
-import json, sys
-from pathlib import Path
-sys.path.insert(0, "benchmarks")
-from train_e2e import masklm_rate
-work, warmup = Path(sys.argv[1]), min(20, int(sys.argv[2]) // 2)
-out = {c: masklm_rate(work / f"comp-{c}", warmup) for c in ("eager", "compile")}
-out["speedup"] = out["compile"]["tokens_per_s"] / out["eager"]["tokens_per_s"]
-print(json.dumps({"check": "compile_cuda", "size": "small", "batch": "32x128", "precision": "bf16", **out}))
-EOF
-}
-export -f compile_check
-step compile_cuda 150 bash -c compile_check
+step precision_cuda 80 bash -c precision_check
 
 inference_check() {
   local model="$WORK/prec-bf16/final" text="In the beginning God created the [MASK] and the earth."
@@ -153,9 +133,29 @@ print(json.dumps({"check": "inference_cuda", "top_k": top,
 EOF
 }
 export -f inference_check
-step inference_cuda 90 bash -c inference_check
+step inference_cuda 60 bash -c inference_check
 
-for name in precision_cuda compile_cuda inference_cuda; do
+compile_check() {
+  for c in eager compile; do
+    $PY -m masklm train --corpus kjv --tokenizer "$TOK" --size small --seq-len 128 --batch-size 32 \
+      --max-steps $((STEPS + 10)) --log-every 1 --precision bf16 --device "$DEVICE" --out "$WORK/comp-$c" --no-progress \
+      $([ $c = compile ] && echo --compile) || return 1
+  done
+  $PY - "$WORK" "$STEPS" <<'EOF'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from train_e2e import masklm_rate
+work, warmup = Path(sys.argv[1]), min(20, int(sys.argv[2]) // 2)
+out = {c: masklm_rate(work / f"comp-{c}", warmup) for c in ("eager", "compile")}
+out["speedup"] = out["compile"]["tokens_per_s"] / out["eager"]["tokens_per_s"]
+print(json.dumps({"check": "compile_cuda", "size": "small", "batch": "32x128", "precision": "bf16", **out}))
+EOF
+}
+export -f compile_check
+step compile_cuda 120 bash -c compile_check
+
+for name in precision_cuda inference_cuda compile_cuda; do
   [ -s "$OUT/$name.out" ] && tail -n 1 "$OUT/$name.out" >"$OUT/$name.json"
 done
 rm -rf "$WORK"

@@ -201,7 +201,7 @@ def hf_worker(args: argparse.Namespace) -> int:
         max_grad_norm=HPARAMS["clip"], warmup_steps=math.ceil(HPARAMS["warmup"] * args.steps),
         lr_scheduler_type="cosine", optim="adamw_torch_fused", bf16=args.precision == "bf16",
         fp16=args.precision == "fp16", tf32=True if cuda and args.precision == "fp32" else None,
-        use_cpu=not cuda, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, seed=0,
+        use_cpu=not cuda, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=0,
         logging_steps=args.steps, dataloader_drop_last=True, torch_compile=args.compile,
         remove_unused_columns=False,  # keep special_tokens_mask for the collator (it pops it before the model)
     )
