@@ -20,12 +20,13 @@ def build_model(config: ModelConfig):
     return _build(config)
 
 
-def load(path, device=None):
-    """Load a model folder into a pipeline (fill_mask, score, embed, generate)."""
+def load(path, device=None, dtype=None, compile=False):
+    """Load a model folder into a pipeline (fill_mask, score, embed, generate); ``dtype`` float32, bfloat16
+    or float16; ``compile`` torch.compile the model."""
     # lazy: the inference stack loads only when a model is loaded
     from masklm.inference.pipeline import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, dtype=dtype, compile=compile)
 
 
 def __getattr__(name: str):

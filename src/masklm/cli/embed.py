@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from masklm.cli.finetune import add_window_flags, report_windows, window_spec
+from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.cli.score import read_texts
 from masklm.errors import InputError
 from masklm.files import atomic_file, check_out
@@ -31,14 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     add_window_flags(p, "Default: a text over the maximum is an error. With windows each window is pooled "
                         "as --pooling says, then the windows' vectors are combined, then normalised.")
+    add_model_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: numpy and the model stack load only when this command runs
-    import numpy as np
-
-    from masklm.inference.pipeline import load
+    import numpy as np  # lazy: numpy loads only when this command runs
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".npy", ".jsonl"):
@@ -48,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     texts = read_texts(args.input, args.texts)
     if not texts:
         raise InputError("no texts given; pass them as arguments or with --input FILE")
-    pipe = load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     windows = window_spec(args)
     counts: list[int] = []
     vectors = pipe.embed(texts, pooling=args.pooling, normalize=not args.no_normalize,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from masklm.cli.model_flags import add_model_flags, load_pipeline
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fill-mask", help="predict the words hidden by [MASK]",
@@ -14,14 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="predictions per mask (default 5)")
     p.add_argument("--targets", nargs="+", help="only rank these words")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
-
-    pipe = load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     result = pipe.fill_mask(args.texts, top_k=args.top_k, targets=args.targets)
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.errors import InputError
 from masklm.generation.config import STRATEGIES
 
@@ -44,18 +45,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--length-beam", type=int, default=1, help="mask-predict: try this many lengths around --length")
     p.add_argument("--no-cache", action="store_true", help="autoregressive/diffusion: no key/value or logits cache")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print text, tokens, network calls and time as JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
-
     if args.num_samples < 1:
         raise InputError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.template and args.prompts:
         raise InputError("pass prompts or --template, not both")
-    pipe = load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     options = dict(strategy=args.strategy, length=args.length, steps=args.steps, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_at_sep=args.stop_at_sep,
                    schedule=args.schedule, commit=args.commit, choice_temperature=args.choice_temperature,

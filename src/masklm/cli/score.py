@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError, InputError
 from masklm.scoring.pll import METRICS
@@ -56,17 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-tokens", type=int,
                    help="tokens per forward batch (default 4096 on CPU, 65536 on GPU)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print a JSON list of {sentence, score[, tokens]}")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from masklm.inference.pipeline import load  # lazy: the model stack loads only when this command runs
-
     texts = read_texts(args.input, args.sentences)
     if not texts:
         raise InputError("no sentences given; pass them as arguments or with --input FILE")
-    pipe = load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     metric = pipe.resolve_metric(args.metric)
     if args.metric is None:
         print(f"masklm: scoring with {metric} (the default for this model)", file=sys.stderr)

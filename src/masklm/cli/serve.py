@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 
+from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.errors import ConfigError
 from masklm.serve.limits import Limits
 
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="require 'Authorization: Bearer KEY' on every route but /health and the page at / "
                         "(default: $MASKLM_API_KEY; prefer the variable, arguments show in ps)")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    add_model_flags(p)
     g = p.add_argument_group("limits")
     g.add_argument("--max-inputs", type=int, default=d.max_inputs, help=f"texts per request (default {d.max_inputs})")
     g.add_argument("--max-tokens", type=int, default=d.max_tokens,
@@ -93,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print("masklm: error: 'masklm serve' needs FastAPI and uvicorn; pip install 'masklm[serve]'",
               file=sys.stderr)
         return 2
-    # lazy: the model stack and the app (which needs fastapi) load only when this command runs
-    from masklm.inference.pipeline import load
+    # lazy: the app (which needs fastapi) loads only when this command runs
     from masklm.serve.app import create_app
     from masklm.serve.connections import timed_protocol
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--api-key is empty; pass a key or leave the flag out")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
-    pipe = load(args.model, device=args.device)
+    pipe = load_pipeline(args)
     try:
         app = create_app(pipe, limits, api_key=args.api_key)
     except ValueError as exc:

@@ -53,6 +53,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--heldout-fraction": ("heldout_fraction", float, "share of documents held out"),
     "--device": ("device", str, "cpu, cuda, cuda:N (default: cuda when available)"),
     "--time-limit": ("time_limit", float, "stop within this many minutes"),
+    "--precision": ("precision", str, "fp32 (default; TF32 matmuls on CUDA), bf16, or fp16 (with a loss scaler); "
+                                      "autocast with fp32 master weights"),
 }
 
 
@@ -66,13 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out as recorded in its training_args.json, from its latest good "
                         "checkpoint; only --max-steps, --epochs, --time-limit, --save-every, --eval-every, "
-                        "--log-every, --keep-last, --device and --no-progress may differ")
+                        "--log-every, --keep-last, --device, --compile and --no-progress may differ")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that already holds files, deleting them (never the corpus "
                         "or tokenizer the run reads)")
     p.add_argument("--rebuild-data", action="store_true",
                    help="with --resume: continue on corpus files that changed since the run started")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (slow first steps)")
     p.set_defaults(func=run)
 
 
@@ -95,7 +98,8 @@ def _given(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     if isinstance(given.get("warmup_steps"), float) and given["warmup_steps"] >= 1:
         given["warmup_steps"] = int(given["warmup_steps"])
     for flag, field, value in (("--resume", "resume", True), ("--overwrite", "overwrite", True),
-                               ("--rebuild-data", "rebuild_data", True), ("--no-progress", "progress", False)):
+                               ("--rebuild-data", "rebuild_data", True), ("--no-progress", "progress", False),
+                               ("--compile", "compile", True)):
         if getattr(args, flag[2:].replace("-", "_")):
             given[field], names[field] = value, flag
     return given, names

@@ -9,6 +9,10 @@ How the weights were trained (the folder's ``training_args.json``) decides how t
 (``masklm.objectives.reading``): a model trained with ``mntp`` (GPT-BERT's masked next-token prediction)
 predicts the token at j from position j - 1, so ``pipe.mask_shift`` is 1, ``fill_mask`` reads there, and
 ``score`` defaults to the ``mntp`` metric instead of ``pll``.
+
+``load(dir, dtype="bfloat16")`` casts the weights for inference (half the memory; faster on GPUs and on
+CPUs with bf16 arithmetic); the tasks upcast logits to fp32 before softmax, so scores stay comparable.
+``compile=True`` compiles the model's ``encode``/``predict`` with ``torch.compile`` (``training.precision``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,25 @@ from masklm.modeldir import read_masklm_version, read_objectives, save_model_dir
 from masklm.objectives.reading import TrainedAs
 from masklm.scoring.pll import score_sentences
 from masklm.training.distributed import pick_device
+from masklm.training.precision import compile_for_inference, resolve_dtype
 
 
-def load(path: str | Path, device: str | None = None) -> Pipeline:
-    """Load a model folder (as written by ``masklm train``, ``finetune`` or ``import-hf``) for inference."""
+def _log(message: str) -> None:
+    print(f"masklm: {message}", file=sys.stderr, flush=True)
+
+
+def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+         compile: bool = False) -> Pipeline:
+    """Load a model folder (as written by ``masklm train``, ``finetune`` or ``import-hf``) for inference.
+
+    dtype: ``float32`` (as saved), ``bfloat16`` or ``float16`` (or the torch dtype); compile: torch.compile
+    the model (the first call of each input shape compiles; an eager fallback says so on stderr)."""
+    torch_dtype = resolve_dtype(dtype)  # a bad name fails before the folder is read
     model, _, tokenizer = load_folder(path, device=str(pick_device(device)))
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    if compile:
+        compile_for_inference(model, next(model.parameters()).device, _log)
     return Pipeline(model, tokenizer, path=Path(path))
 
 
@@ -52,6 +70,10 @@ class Pipeline:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @property
     def max_length(self) -> int:

@@ -19,6 +19,7 @@ from masklm.data.masking import STRATEGIES
 from masklm.errors import ConfigError
 from masklm.objectives import ObjectiveOptions, ObjectiveSchedule
 from masklm.training.optim import NO_DECAY_STYLES, OPTIMIZERS
+from masklm.training.precision import check_precision
 from masklm.training.progress import (
     LR_KINDS,
     SEQ_LEN_PRESETS,
@@ -43,7 +44,7 @@ def _check_optimisation(cfg: TrainConfig) -> None:
     check_range("warmup_steps", cfg.warmup_steps, 0.0)
     check_range("min_lr_ratio", cfg.min_lr_ratio, 0.0, 1.0)
     if cfg.clip_norm is not None:
-        check_range("clip_norm", cfg.clip_norm, 0.0)
+        check_range("clip_norm", cfg.clip_norm, 0.0, low_open=True)  # 0 would zero every gradient
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"seed must be a whole number in [0, 2^63), got {cfg.seed}")
     for name in ("save_every", "eval_every"):
@@ -110,6 +111,8 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     seed: int = 0
     time_limit: float | None = None  # minutes; the run (and its LR schedule) is shortened to fit
+    precision: str = "fp32"  # fp32, bf16 or fp16: autocast with fp32 master weights (training.precision)
+    compile: bool = False  # torch.compile the training forward
     # bookkeeping
     save_every: int = 0
     keep_last: int = 2
@@ -159,10 +162,7 @@ class TrainConfig:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ConfigError(f"time_limit must be > 0 minutes, got {self.time_limit}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.heldout_fraction < 0.5:
-            raise ConfigError(f"heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
+        check_precision(self.precision)
         if isinstance(self.corpus, str):
             self.corpus = [self.corpus]
         if self.resume and self.overwrite:

@@ -37,7 +37,7 @@ RUN_KEYS = ("masklm_version", "corpus_files", "tokenizer_fingerprint", "resumes"
 # Fields a resume may change: the run's length (max_steps, epochs, time_limit), and how it is saved, logged,
 # shown and placed. None of them changes the steps already taken, the row order or the masks.
 RESUME_MAY_CHANGE = frozenset({"max_steps", "epochs", "time_limit", "save_every", "eval_every", "log_every",
-                               "keep_last", "progress", "device"})
+                               "keep_last", "progress", "device", "compile"})
 # How to start this invocation, not what the run is: never recorded, never compared.
 INVOCATION = ("resume", "overwrite", "rebuild_data")
 LENGTH_FIELDS = ("max_steps", "epochs", "time_limit")

@@ -56,9 +56,14 @@ from masklm.training.evaluate import evaluate_heldout, heldout_rows
 from masklm.training.metrics import LossWindow, MetricsLog, StepStats
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.plots import plot_metrics
+from masklm.training.precision import MixedPrecision, enable_tf32, finite, grad_norm, maybe_compile
 from masklm.training.row_order import RowOrder
 
 TIME_LIMIT_PROBE_STEPS = 5  # steps timed before a time limit fixes the run's length
+
+
+class TrainingStopped(MaskLMError):
+    """The loss or the gradients turned non-finite: the run stops before the update; its folder stays."""
 
 
 def _log_to_stderr(message: str) -> None:
@@ -72,9 +77,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = _log_to_stderr) -> Path
     created = not run_dir.exists()
     try:
         return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
-    except MaskLMError:
+    except MaskLMError as exc:
         # Bad input found before training wrote anything of value: leave nothing half-made behind.
-        if created and info.is_main and not ckpt.list_checkpoints(run_dir):
+        # A run that diverged keeps its folder: its metrics show what happened.
+        if created and info.is_main and not ckpt.list_checkpoints(run_dir) and not isinstance(exc, TrainingStopped):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
@@ -97,6 +103,7 @@ class Trainer:
     def run(self) -> Path:
         """Set up, train until ``total`` steps are done, then evaluate and save the final model."""
         self.setup()
+        self._setup_speed()
         step = self.start_step
         while step < self.total:
             step += 1
@@ -117,7 +124,8 @@ class Trainer:
     def train_step(self, step: int) -> StepStats:
         """Optimizer step number ``step`` (1-based; the schedules and the row order read ``step - 1``, the
         steps already taken): this rank's micro-batches, each loss scaled so the step's gradient is the
-        global per-objective token mean, backward (DDP syncs on the last micro-batch only), clip, update."""
+        global per-objective token mean, forward under autocast (``--precision``), backward (DDP syncs on
+        the last micro-batch only), then ``_update`` (clip, check, update)."""
         cfg, info = self.cfg, self.info
         done = step - 1
         lr = cfg.lr * self.lr_schedule(done, self.total)
@@ -133,21 +141,51 @@ class Trainer:
         for a, (mb, scale) in enumerate(zip(micro, scales)):
             sync = a == len(micro) - 1
             with (self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()):
-                out = self.step_model(mb.input_ids, attention_mask=mb.attention_mask, labels=mb.labels,
-                                      causal=mb.causal, document_ids=mb.document_ids)
-                part, _ = objective_loss(out.logits, mb)
+                with self.amp.autocast():
+                    out = self.step_model(mb.input_ids, attention_mask=mb.attention_mask, labels=mb.labels,
+                                          causal=mb.causal, document_ids=mb.document_ids)
+                part, _ = objective_loss(out.logits, mb)  # fp32 (the logits are upcast)
                 # DDP averages gradients over ranks; scale so the result is the global mean.
-                (part * (info.world_size * scale)).backward()
+                self.amp.backward(part * (info.world_size * scale))
             loss_sum += part.detach() * scale
-        if cfg.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._update(step, all_reduce_sum(loss_sum, info))
         tokens = int(counts[-1])
         self.tokens_seen += tokens
-        return StepStats(loss=all_reduce_sum(loss_sum, info).item(),
+        return StepStats(loss=loss,
                          objective="+".join(sorted({m.objective for m in micro})), tokens=tokens, lr=lr,
                          mask_rate=rate, masked=any(m.mask_rate is not None for m in micro), epoch=epoch)
+
+    def _update(self, step: int, loss_sum: torch.Tensor) -> float:
+        """Unscale (fp16), clip, check and apply the step's gradients -> the step's loss (summed over ranks).
+
+        A non-finite loss or gradient norm stops the run before the update (``TrainingStopped``), so no
+        checkpoint or model of bad weights is ever written. With fp16 an overflow is the loss scaler's
+        business: it skips the update and lowers the scale; only an overflow at a scale of 1 or less (the
+        forward itself is non-finite) stops the run. Loss and norm are read in one device sync."""
+        self.amp.unscale(self.optimizer)
+        norm = grad_norm(self.model, self.cfg.clip_norm)
+        loss, norm_value = torch.stack([loss_sum.float(), norm.float().to(loss_sum.device)]).tolist()
+        if self.amp.scaler is None and not finite(loss, norm_value):
+            self._stop(step, f"the training loss is {loss:g} and the gradient norm {norm_value:g}")
+        if self.amp.scaler is not None and not finite(norm_value):
+            scale = self.amp.scale
+            if scale <= 1.0:
+                self._stop(step, f"the fp16 gradients are non-finite even at loss scale {scale:g}")
+            self.log(f"step {step}: fp16 overflow, the loss scaler skipped this update (scale {scale:g} -> "
+                     f"{scale / 2:g})")
+        self.amp.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _stop(self, step: int, what: str) -> None:
+        """Stop the run at ``step`` with one line; the last checkpoint (if any) and metrics.jsonl stay."""
+        self.progress.close()
+        kept = ckpt.list_checkpoints(self.run_dir)
+        where = (f"the last checkpoint, {kept[-1]}, is kept (--resume continues from it)" if kept
+                 else "no checkpoint was written before it (--save-every N keeps some)")
+        fix = "use --precision bf16 or fp32, or lower --lr" if self.amp.scaler else "lower --lr or raise --warmup"
+        raise TrainingStopped(f"training stopped at step {step}: {what}; the weights were not updated, {where}; "
+                              f"{fix}")
 
     def _micro_batches(self, done: int, rate: float) -> tuple[list[ObjectiveBatch], int]:
         """This rank's micro-batches of the step after ``done`` steps, each made by the objective the
@@ -194,10 +232,11 @@ class Trainer:
             return None
         cfg = self.cfg
         trained_as = TrainedAs.from_names(self.objectives.names)
-        result = evaluate_heldout(self.model, self.heldout, self.tok, trained_as.evaluators,
-                                  batch_size=cfg.batch_size, max_batches=cfg.eval_batches, seed=cfg.seed,
-                                  diffusion_samples=cfg.eval_diffusion_samples, diffusion_eps=cfg.diffusion_eps,
-                                  shift=bool(trained_as.mask_shift))
+        with self.amp.autocast():
+            result = evaluate_heldout(self.model, self.heldout, self.tok, trained_as.evaluators,
+                                      batch_size=cfg.batch_size, max_batches=cfg.eval_batches, seed=cfg.seed,
+                                      diffusion_samples=cfg.eval_diffusion_samples,
+                                      diffusion_eps=cfg.diffusion_eps, shift=bool(trained_as.mask_shift))
         self.metrics.write({"step": step, "objective": "eval", **result})
         barrier(self.info)
         return result
@@ -207,7 +246,7 @@ class Trainer:
             ckpt.save_checkpoint(self.run_dir, step, self.model, self.optimizer, {
                 "step": step, "tokens_seen": self.tokens_seen, "schedule_total_steps": self.total,
                 "epoch": epoch, "config": self.cfg.to_dict(),
-            }, keep_last=self.cfg.keep_last)
+            } | self._scaler_state(), keep_last=self.cfg.keep_last)
 
     def finish(self) -> Path:
         """The final evaluation, the model folder ``final/``, and the loss plot."""
@@ -224,6 +263,26 @@ class Trainer:
             self.log(f"model saved to {self.run_dir / 'final'}")
         barrier(self.info)
         return self.run_dir
+
+    # ---- precision and compilation (training.precision) ------------------------------------------
+
+    def _setup_speed(self) -> None:
+        """After ``setup``: autocast and the fp16 loss scaler (its state restored on resume), TF32 matmuls on
+        CUDA, and ``--compile`` of the step's forward (with an eager fallback)."""
+        device = self.info.device
+        enable_tf32(device)
+        self.amp = MixedPrecision(self.cfg.precision, device)
+        if self.amp.scaler is not None and self.start_step:
+            state_file = self.run_dir / "checkpoints" / f"step-{self.start_step}" / "trainer_state.json"
+            saved = json.loads(state_file.read_text(encoding="utf-8")).get("grad_scaler")
+            if saved:
+                self.amp.scaler.load_state_dict(saved)
+        if self.cfg.compile:
+            self.step_model = maybe_compile(self.step_model, device, self.log, "the training forward")
+
+    def _scaler_state(self) -> dict:
+        """The fp16 loss scaler's state for the checkpoint (plain numbers), so a resume continues its scale."""
+        return {"grad_scaler": self.amp.scaler.state_dict()} if self.amp.scaler is not None else {}
 
     # ---- set-up -------------------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""Numeric precision and compilation, for training and inference alike.
+
+Mixed precision (Micikevicius et al., 2018, "Mixed Precision Training", arXiv:1710.03740): the forward and
+backward run under ``torch.autocast`` in bf16 or fp16 while the weights, their gradients and the optimizer
+state stay fp32 (the "master weights"). Autocast picks a dtype per op from torch's lists: matmuls and
+attention in the low dtype, reductions that lose accuracy (softmax, log-softmax, norms) in fp32. The
+training loss itself is taken in fp32 (``objectives.objective_log_probs`` upcasts the logits).
+
+fp16 has a 5-bit exponent, so small gradients underflow: ``torch.amp.GradScaler`` multiplies the loss by a
+scale (2^16 at first), unscales the gradients before clipping, and skips an update whose gradients
+overflowed, halving the scale (it doubles after 2000 clean steps). A skipped step is the scaler doing its
+job, not a failure. bf16 has fp32's 8-bit exponent and needs no scaler. torch >= 2.3 runs both on CPU
+(``torch.autocast("cpu", dtype=torch.float16)`` and ``GradScaler("cpu")``), so fp16 is allowed there too:
+it trains correctly, though few CPUs have fp16 arithmetic, so it is rarely faster than fp32 there.
+
+TF32: on NVIDIA Ampere and later GPUs, fp32 matmuls can run on tensor cores with a 10-bit mantissa
+(``torch.set_float32_matmul_precision("high")``); torch leaves that off by default. Training turns it on
+for CUDA, as Hugging Face's ``--tf32`` and most training recipes do; ``NVIDIA_TF32_OVERRIDE=0`` turns it
+off for the whole process. Inference keeps torch's default: ``--dtype`` is its explicit choice.
+
+Compilation: ``torch.compile`` (TorchDynamo captures graphs, Inductor generates C++/OpenMP code on CPU and
+Triton kernels on CUDA). Inductor needs a C++ compiler on CPU and Triton on CUDA; without them, or when a
+graph fails to compile, the code runs eagerly after one line saying so. The first call of each new shape
+compiles (tens of seconds); see docs/benchmarks.md for when it pays.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from masklm.errors import ConfigError
+
+# Training precisions (``--precision``) and inference dtypes (``--dtype``), each with its torch dtype.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FP16_INIT_SCALE = 2.0**16  # GradScaler's default first loss scale
+
+
+def check_precision(name: str) -> None:
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``--dtype`` name (or a torch dtype, or None for "as stored") -> torch dtype; ConfigError otherwise."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+class MixedPrecision:
+    """Autocast and, for fp16, the loss scaler of one run. ``scaler`` is None unless fp16."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        check_precision(precision)
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE) if precision == "fp16" else None
+
+    def autocast(self) -> AbstractContextManager:
+        """The context the forward runs in (a no-op for fp32)."""
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the loss scale (fp16), so clipping and the norm see the true gradients."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The update; with fp16 the scaler skips it when the gradients hold inf/NaN, and adjusts the scale."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    @property
+    def scale(self) -> float:
+        """The current loss scale (1.0 without a scaler)."""
+        return self.scaler.get_scale() if self.scaler is not None else 1.0
+
+
+def grad_norm(model: nn.Module, clip_norm: float | None) -> torch.Tensor:
+    """The global L2 norm of the gradients (0-dim), clipping them to ``clip_norm`` when given."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip_norm:
+        return torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
+def finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def enable_tf32(device: torch.device) -> None:
+    """TF32 tensor-core matmuls for fp32 on CUDA (see the module docstring); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+# ---- torch.compile with a fallback ---------------------------------------------------------------
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here, or None when it can."""
+    try:
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile does not support this Python version or platform"
+    except Exception as exc:  # noqa: BLE001 - any failure here means: do not compile
+        return f"torch.compile is not usable ({exc})"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton  # lazy: torch's private helper, only when compiling
+
+        return None if has_triton() else "Triton is not installed (pip install triton)"
+    cxx = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if cxx is None or shutil.which(cxx) is None:
+        return "no C++ compiler found (install g++ or set CXX)"
+    return None
+
+
+class CompiledOrEager:
+    """Calls ``torch.compile(fn)``; if compiling fails, says so in one line and calls ``fn`` from then on."""
+
+    def __init__(self, fn: Callable, log: Callable[[str], None], what: str) -> None:
+        self.fn = fn
+        self.compiled: Callable | None = torch.compile(fn)
+        self.log = log
+        self.what = what
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is None:
+            return self.fn(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            self.compiled = None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.log(f"--compile: compiling {self.what} failed ({reason[:200]}); running it eagerly")
+            return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. DDP's no_sync, a module's config
+        return getattr(self.__dict__["fn"], name)
+
+
+def maybe_compile(fn: Callable, device: torch.device, log: Callable[[str], None], what: str) -> Callable:
+    """``fn`` compiled (with the eager fallback), or ``fn`` itself after one line saying why not."""
+    reason = compile_unavailable(device)
+    if reason is not None:
+        log(f"--compile: {reason}; running {what} eagerly")
+        return fn
+    return CompiledOrEager(fn, log, what)
+
+
+def compile_for_inference(model: nn.Module, device: torch.device, log: Callable[[str], None]) -> None:
+    """Compile the methods inference calls (``encode``, ``predict``, ``forward``), in place on ``model``;
+    each compiles on its first call, so unused ones cost nothing."""
+    reason = compile_unavailable(device)
+    if reason is not None:
+        log(f"--compile: {reason}; running the model eagerly")
+        return
+    for name in ("encode", "predict", "forward"):
+        method = getattr(model, name, None)
+        if callable(method):
+            setattr(model, name, CompiledOrEager(method, log, f"the model's {name}"))
