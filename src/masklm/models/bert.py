@@ -319,8 +319,12 @@ class BertForMaskedLM(nn.Module):
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        selected: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]`` (the encoder's; see ``BertModel``)."""
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]`` (the encoder's; see ``BertModel``), or with
+        ``selected`` (flat positions ``[N]``) only there, ``[N, D]``, through the sparse last layer."""
+        if selected is not None:
+            return self.encode_at(input_ids, attention_mask, causal, document_ids, selected)
         return self.bert(input_ids, attention_mask, causal, document_ids, cache)
 
     def encode_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,

@@ -377,12 +377,16 @@ class LtgBertModel(nn.Module):
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        selected: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``LtgBertForMaskedLM.forward``.
 
         cache: causal decoding (``causal=True``, no padding or documents): input_ids are the T positions
         after the ``cache.length`` already fed; each layer appends its keys and values to the cache.
+        selected: flat positions ``[N]``: the hidden states only there, ``[N, D]`` (``encode_at``).
         """
+        if selected is not None:
+            return self.encode_at(input_ids, attention_mask, causal, document_ids, selected)
         x, relative = self.embedding(input_ids)
         return self.transformer(x, relative, attention_mask, causal, document_ids, cache)
 
