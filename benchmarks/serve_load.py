@@ -174,7 +174,7 @@ def hf_serve(model_dir: str, port: int) -> None:
         return {"status": "ok"}
 
     @app.post("/fill-mask")
-    def fill_mask(request: dict = Body(...)) -> list:  # {"inputs": text, "parameters": {"top_k": k}}
+    def fill_mask(request: dict = Body(...)) -> list:  # noqa: B008 - FastAPI idiom; {"inputs", "parameters"}
         return pipe(request["inputs"], top_k=int(request.get("parameters", {}).get("top_k", 5)))
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")

@@ -178,3 +178,22 @@ def test_packer_says_when_every_row_holds_one_document(tmp_path):
     assert bool(rows.batch([0, 1])["single_document"]) and bool(rows.batch([2])["single_document"])
     rows = PackedRows(Corpus(), [0, 1], seq_len=5, pad_id=0)  # row 1 holds d0's last token and d1's first
     assert not bool(rows.batch([0, 1])["single_document"]) and bool(rows.batch([0, 2])["single_document"])
+
+
+def test_flex_failure_falls_back_to_the_dense_mask(monkeypatch):
+    """FlexAttention that fails at run time (no compiler, unsupported device) warns once and the process
+    continues with the dense mask, with equal results."""
+    monkeypatch.setattr(attention_mod, "_FLEX_FAILED", [])
+
+    def broken(device_type):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(attention_mod, "_flex_attention", broken)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, T, 4) for _ in range(3))
+    attn = build_attention_mask(_PAD, _MULTI_PADDED, True, forms=("flex", "dense"))
+    assert attn.form == "flex"
+    with pytest.warns(RuntimeWarning, match="FlexAttention failed"):
+        out = attend(q, k, v, attn)
+    assert close(out, attend(q, k, v, _dense_reference(_PAD, _MULTI_PADDED, True, T)), n=T)
+    assert build_attention_mask(_PAD, _MULTI_PADDED, True, forms=("flex", "dense")).form == "dense"  # not retried

@@ -33,8 +33,16 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, InputError
-from masklm.models.attention import (AttentionMask, KVCache, LayerCache, attend, build_attention_mask,
-                                    document_forms, dropout, query_rows)
+from masklm.models.attention import (
+    AttentionMask,
+    KVCache,
+    LayerCache,
+    attend,
+    build_attention_mask,
+    document_forms,
+    dropout,
+    query_rows,
+)
 from masklm.models.heads import cross_entropy, masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 

@@ -43,8 +43,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
-from masklm.models.attention import (AttentionMask, KVCache, LayerCache, attend_segments, build_attention_mask,
-                                    document_forms, dropout, query_rows)
+from masklm.models.attention import (
+    AttentionMask,
+    KVCache,
+    LayerCache,
+    attend_segments,
+    build_attention_mask,
+    document_forms,
+    dropout,
+    query_rows,
+)
 from masklm.models.heads import masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 

@@ -12,7 +12,9 @@ as that module with the masklm definitions it uses copied in ahead of it.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +74,13 @@ class AttentionMask:
             return "causal" if self.is_causal else "none"
         return "padding" if self.mask.shape[2] == 1 else "dense"
 
+    def dense(self, T: int) -> AttentionMask:
+        """The same attention as a dense mask (``split`` and ``flex`` forms; others are returned as they are)."""
+        if self.documents is None:
+            return self
+        ids, valid, causal, dtype = self.documents
+        return _with_keep_rows(_dense_mask(valid, ids, causal, T), dtype)
+
     def rows(self, at: torch.Tensor, T: int) -> AttentionMask:
         """The mask of the query rows ``at`` ``[B, M]`` (positions) over keys at all T positions, in the
         dense form (or none): for a sparse last layer, whose M rows are few."""
@@ -125,8 +134,12 @@ def build_attention_mask(
         return _with_keep_rows(_dense_mask(attention_mask, None, causal, T), dtype)
     documents = (document_ids, attention_mask, causal, dtype)
     for form in forms:
-        if form == "flex":
-            return AttentionMask(block_mask=_block_mask(document_ids, attention_mask, causal), documents=documents)
+        if form == "flex" and not _FLEX_FAILED:
+            try:
+                return AttentionMask(block_mask=_block_mask(document_ids, attention_mask, causal),
+                                     documents=documents)
+            except Exception as error:  # noqa: BLE001 - any failure: this process uses the next form
+                _flex_failed(error)
         if form == "split":
             segments = document_runs(document_ids, attention_mask)
             if segments is not None:
@@ -198,16 +211,24 @@ def document_runs(document_ids: torch.Tensor,
     return tuple(out)
 
 
+_FLEX_FAILED: list[str] = []  # why FlexAttention failed in this process, if it did (then never tried again)
+
+
+def _flex_failed(error: Exception) -> None:
+    """Fall back from FlexAttention for the rest of the process (a missing compiler, an unsupported GPU)."""
+    if not _FLEX_FAILED:
+        warnings.warn(f"FlexAttention failed ({type(error).__name__}: {error}); using the next document form",
+                      RuntimeWarning, stacklevel=3)
+    _FLEX_FAILED.append(f"{type(error).__name__}: {error}")
+
+
 @functools.cache
 def flex_available() -> bool:
-    """FlexAttention can be imported and compiled here (CUDA and a torch that has it)."""
+    """FlexAttention is in this torch and there is a CUDA device (whether it compiles is found out at
+    the first call: a failure falls back to the next form for the rest of the process)."""
     if not torch.cuda.is_available():
         return False
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # lazy: optional, CUDA
-    except ImportError:
-        return False
-    return callable(create_block_mask) and callable(flex_attention)
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
 def _block_mask(document_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool) -> Any:
