@@ -197,3 +197,38 @@ def test_flex_failure_falls_back_to_the_dense_mask(monkeypatch):
         out = attend(q, k, v, attn)
     assert close(out, attend(q, k, v, _dense_reference(_PAD, _MULTI_PADDED, True, T)), n=T)
     assert build_attention_mask(_PAD, _MULTI_PADDED, True, forms=("flex", "dense")).form == "dense"  # not retried
+
+
+def test_trainer_passes_no_document_ids_for_rows_of_one_document(tmp_path, monkeypatch):
+    """``masklm train``'s step: batches whose rows each hold one document reach attention without document
+    ids (the packer says so on the host); batches with a shared row still carry them."""
+    import random
+
+    from masklm.tokenizer import train_tokenizer
+    from masklm.training.config import TrainConfig
+    from masklm.training.trainer import train
+
+    rng = random.Random(0)
+    words = "the a cat dog bird sat ran flew on under over mat tree house and then".split()
+    docs = [" ".join(rng.choice(words) for _ in range(rng.choice([6, 40]))) + " ." for _ in range(30)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    train_tokenizer(docs, kind="wordpiece", vocab_size=80, min_frequency=1).save(tmp_path / "tok")
+    seen = []
+    original = bert_mod.build_attention_mask
+
+    def recording(attention_mask, document_ids, *args, **kw):
+        if torch.is_grad_enabled():  # training steps (evaluation runs without gradients)
+            seen.append(None if document_ids is None else int(document_ids.amax(1).max()))
+        return original(attention_mask, document_ids, *args, **kw)
+
+    monkeypatch.setattr(bert_mod, "build_attention_mask", recording)
+    cfg = TrainConfig(out=str(tmp_path / "run"), corpus=[str(corpus)], tokenizer=str(tmp_path / "tok"),
+                      model={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                             "intermediate_size": 32}, seq_len=16, batch_size=2, max_steps=12, lr=1e-3,
+                      warmup_steps=1, log_every=4, progress=False, heldout_fraction=0.1, eval_batches=1)
+    train(cfg)
+    assert len(seen) == 12
+    assert None in seen  # some batches had one document per row: no document ids, no document mask
+    assert all(top is None or top >= 1 for top in seen)  # ids only where a row holds two documents
+    assert any(top is not None for top in seen)
