@@ -303,17 +303,26 @@ def query_rows(selected: torch.Tensor, B: int, T: int) -> tuple[torch.Tensor, to
 
 
 def attend_segments(q: torch.Tensor, segments: tuple[tuple[tuple[int, int], ...], ...],
-                    one: Callable[[int, int, int], torch.Tensor]) -> torch.Tensor:
-    """The split form: ``one(b, start, end)`` -> ``[1, H, end - start, d]`` for every run; laid back into
-    ``[B, H, T, d]`` (q's shape) with zeros between runs. Concatenation, so backward only splits."""
+                    one: Callable[[Any, int, int], torch.Tensor]) -> torch.Tensor:
+    """The split form: ``one(rows, start, end)`` -> ``[len(rows), H, end - start, d]`` for every run (rows: a
+    slice of one row, or a list of the rows that are one run from 0 to T, batched in a single call); laid
+    back into ``[B, H, T, d]`` (q's shape) with zeros between runs. Concatenation, so backward only splits."""
     B, H, T, d = q.shape
+    whole = [b for b, runs in enumerate(segments) if runs == ((0, T),)]
+    if len(whole) == B:
+        return one(slice(0, B), 0, T)
+    whole_out = one(whole, 0, T) if whole else None
     rows = []
     for b, runs in enumerate(segments):
+        if whole_out is not None and runs == ((0, T),):
+            i = whole.index(b)
+            rows.append(whole_out[i:i + 1])
+            continue
         pieces, at = [], 0
         for s, e in runs:
             if s > at:
                 pieces.append(q.new_zeros(1, H, s - at, d))
-            pieces.append(one(b, s, e))
+            pieces.append(one(slice(b, b + 1), s, e))
             at = e
         if at < T:
             pieces.append(q.new_zeros(1, H, T - at, d))
@@ -350,7 +359,7 @@ def attend(
     if attn.segments is not None:
         one = AttentionMask(is_causal=attn.is_causal)
         return attend_segments(q, attn.segments, lambda b, s, e: attend(
-            q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e], one, dropout_p, scale))
+            q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], one, dropout_p, scale))
     if attn.block_mask is not None and not _FLEX_FAILED:
         try:
             return _flex_attention(q.device.type)(q, k, v, block_mask=attn.block_mask, scale=scale)

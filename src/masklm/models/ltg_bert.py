@@ -175,8 +175,8 @@ class Attention(nn.Module):
         bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
         if attn.segments is not None:  # split form: each document run attends as its own sequence
             y = attend_segments(q, attn.segments, lambda b, s, e: F.scaled_dot_product_attention(
-                q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e], dropout_p=p, scale=self.scale,
-                attn_mask=_run_bias(bias[b:b + 1, :, s:e, s:e], attn.is_causal).to(q.dtype)))
+                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], dropout_p=p, scale=self.scale,
+                attn_mask=_run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype)))
         else:
             if mask is not None:
                 bias = bias + mask

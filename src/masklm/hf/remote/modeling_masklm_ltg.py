@@ -249,17 +249,26 @@ def _block_mask(document_ids: torch.Tensor, attention_mask: torch.Tensor | None,
 
 
 def attend_segments(q: torch.Tensor, segments: tuple[tuple[tuple[int, int], ...], ...],
-                    one: Callable[[int, int, int], torch.Tensor]) -> torch.Tensor:
-    """The split form: ``one(b, start, end)`` -> ``[1, H, end - start, d]`` for every run; laid back into
-    ``[B, H, T, d]`` (q's shape) with zeros between runs. Concatenation, so backward only splits."""
+                    one: Callable[[Any, int, int], torch.Tensor]) -> torch.Tensor:
+    """The split form: ``one(rows, start, end)`` -> ``[len(rows), H, end - start, d]`` for every run (rows: a
+    slice of one row, or a list of the rows that are one run from 0 to T, batched in a single call); laid
+    back into ``[B, H, T, d]`` (q's shape) with zeros between runs. Concatenation, so backward only splits."""
     B, H, T, d = q.shape
+    whole = [b for b, runs in enumerate(segments) if runs == ((0, T),)]
+    if len(whole) == B:
+        return one(slice(0, B), 0, T)
+    whole_out = one(whole, 0, T) if whole else None
     rows = []
     for b, runs in enumerate(segments):
+        if whole_out is not None and runs == ((0, T),):
+            i = whole.index(b)
+            rows.append(whole_out[i:i + 1])
+            continue
         pieces, at = [], 0
         for s, e in runs:
             if s > at:
                 pieces.append(q.new_zeros(1, H, s - at, d))
-            pieces.append(one(b, s, e))
+            pieces.append(one(slice(b, b + 1), s, e))
             at = e
         if at < T:
             pieces.append(q.new_zeros(1, H, T - at, d))
@@ -476,8 +485,8 @@ class Attention(nn.Module):
         bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
         if attn.segments is not None:  # split form: each document run attends as its own sequence
             y = attend_segments(q, attn.segments, lambda b, s, e: F.scaled_dot_product_attention(
-                q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e], dropout_p=p, scale=self.scale,
-                attn_mask=_run_bias(bias[b:b + 1, :, s:e, s:e], attn.is_causal).to(q.dtype)))
+                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], dropout_p=p, scale=self.scale,
+                attn_mask=_run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype)))
         else:
             if mask is not None:
                 bias = bias + mask
