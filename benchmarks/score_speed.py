@@ -6,7 +6,11 @@
 - ``sparse_head_per_sentence`` (attribution only): the same one batch per sentence, but the MLM head
   runs only at the masked position of each copy.
 - masklm: ``pipe.score(sentences, metric="pll")``: the copies of all sentences sorted by length and
-  packed into batches of at most ``--batch-tokens`` tokens (default 4096 on CPU, 65536 on GPU), the head only at the scored positions.
+  packed into batches of at most ``--batch-tokens`` tokens (default 4096 on CPU, 65536 on GPU), the last
+  layer and the head only at the scored position of each copy.
+- minicons (when installed; skipped with a message otherwise): ``scorer.MaskedLMScorer`` on the same
+  weights exported as a Hugging Face folder (``masklm export-hf``), ``sequence_score`` with the original
+  PLL metric, ``--minicons-batch`` sentences per call (default 32): what a user of minicons writes.
 
 The model is a BERT with hidden 256, 4 layers, 4 heads, FFN 1024 and a vocabulary of 8192 (a WordPiece
 trained on the built-in KJV corpus); weights are untrained (speed does not depend on them). Sentences
@@ -16,6 +20,9 @@ that all approaches give the same scores and prints one JSON object.
     python benchmarks/score_speed.py                 # 1,000 sentences, CPU, a few minutes on 2 cores
     python benchmarks/score_speed.py --n 100         # quick look
     python benchmarks/score_speed.py --device cuda   # GPU (names the card in the JSON)
+
+It prints one JSON line per round (seconds per approach, the ratios to masklm, the load average) and then
+the summary object.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import argparse
 import json
 import platform
 import re
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -73,6 +82,28 @@ def _load_average() -> float | None:
         return None
 
 
+def minicons_scorer(model, tokenizer, folder, device: torch.device):
+    """minicons' MaskedLMScorer over ``model`` exported as a Hugging Face folder; None when not installed."""
+    try:
+        from minicons import scorer
+    except ImportError:
+        print("minicons is not installed: its anchor is skipped (pip install minicons to add it)")
+        return None
+    from masklm.hf.bert import export_bert
+    from masklm.modeldir import save_model_dir
+
+    hf_dir = export_bert(save_model_dir(folder / "masklm", model, tokenizer), folder / "hf")
+    return scorer.MaskedLMScorer(str(hf_dir), str(device))
+
+
+def minicons_scores(mlm, sentences: list[str], batch: int) -> list[float]:
+    out: list[float] = []
+    for lo in range(0, len(sentences), batch):
+        out += mlm.sequence_score(sentences[lo:lo + batch], reduction=lambda x: x.sum(0).item(),
+                                  PLL_metric="original")
+    return [float(x) for x in out]
+
+
 def timed(fn, arg, device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -81,6 +112,28 @@ def timed(fn, arg, device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return result, time.perf_counter() - t0
+
+
+def run_rounds(approaches: dict, sentences: list[str], rounds: int, device: torch.device):
+    """Every approach scores each of ``rounds`` chunks, in an order that rotates per round, so drift in
+    machine load (other processes, clocks) hits all alike; one JSON line per round -> (scores, seconds)."""
+    scores = {k: [] for k in approaches}
+    seconds = dict.fromkeys(approaches, 0.0)
+    size = -(-len(sentences) // rounds)
+    for r, lo in enumerate(range(0, len(sentences), size)):
+        names = list(approaches)
+        names = names[r % len(names):] + names[:r % len(names)]
+        spent = {}
+        for name in names:
+            out, spent[name] = timed(approaches[name], sentences[lo:lo + size], device)
+            scores[name] += out
+            seconds[name] += spent[name]
+        print(json.dumps({"round": r + 1, "sentences": len(sentences[lo:lo + size]),
+                          "seconds": {k: round(v, 4) for k, v in spent.items()},
+                          "ratio_to_masklm": {k: round(v / spent["masklm"], 2) for k, v in spent.items()
+                                              if k != "masklm"},
+                          "load_average_1min": _load_average()}), flush=True)
+    return scores, seconds
 
 
 def main() -> None:
@@ -92,6 +145,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved chunks (default 4)")
     ap.add_argument("--skip-attribution", action="store_true", help="do not time the sparse-head-only variant")
+    ap.add_argument("--minicons-batch", type=int, default=32, help="sentences per minicons call (default 32)")
+    ap.add_argument("--hidden", type=int, default=256, help="model width (default 256; 4 layers, FFN 4x)")
     args = ap.parse_args()
 
     from masklm.config import ModelConfig
@@ -105,8 +160,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(iter_documents(["kjv"]), kind="wordpiece", vocab_size=8192)
     torch.manual_seed(0)
-    config = ModelConfig(arch="bert", vocab_size=8192, hidden_size=256, num_hidden_layers=4,
-                         num_attention_heads=4, intermediate_size=1024, max_position_embeddings=512)
+    config = ModelConfig(arch="bert", vocab_size=8192, hidden_size=args.hidden, num_hidden_layers=4,
+                         num_attention_heads=4, intermediate_size=4 * args.hidden, max_position_embeddings=512)
     model = build_model(config).to(device).eval()
     pipe = Pipeline(model, tokenizer)
     sentences = load_sentences(tokenizer, args.n)
@@ -119,37 +174,36 @@ def main() -> None:
 
     budget = args.batch_tokens or default_batch_tokens(device)
 
-    # The sentences go in --rounds chunks; in each, every approach scores the chunk, in an order that
-    # rotates, so drift in machine load (other processes, clocks) hits all approaches alike.
     approaches = {
         "straightforward": lambda chunk: straightforward(model, tokenizer, chunk),
         "masklm": lambda chunk: pipe.score(chunk, metric="pll", batch_tokens=args.batch_tokens),
     }
     if not args.skip_attribution:
         approaches["sparse_head_per_sentence"] = lambda chunk: straightforward(model, tokenizer, chunk, True)
-    scores = {k: [] for k in approaches}
-    seconds = dict.fromkeys(approaches, 0.0)
-    size = -(-len(sentences) // args.rounds)
-    for r, lo in enumerate(range(0, len(sentences), size)):
-        names = list(approaches)
-        names = names[r % len(names):] + names[:r % len(names)]
-        for name in names:
-            out, t = timed(approaches[name], sentences[lo:lo + size], device)
-            scores[name] += out
-            seconds[name] += t
+    with tempfile.TemporaryDirectory() as tmp:
+        mlm = minicons_scorer(model, tokenizer, Path(tmp), device)
+        if mlm is not None:
+            minicons_scores(mlm, sentences[:20], args.minicons_batch)  # warm-up
+            approaches["minicons"] = lambda chunk: minicons_scores(mlm, chunk, args.minicons_batch)
+        scores, seconds = run_rounds(approaches, sentences, args.rounds, device)
     n = len(sentences)
     result = {
         "benchmark": "pll_score_speed",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "load_average_1min": _load_average(),
-        "model": "bert hidden 256, 4 layers, 4 heads, ffn 1024, vocab 8192 (untrained)",
+        "model": f"bert hidden {args.hidden}, 4 layers, 4 heads, ffn {4 * args.hidden}, vocab 8192 (untrained)",
         "sentences": n, "scored_tokens": n_tokens, "batch_tokens": budget, "rounds": args.rounds,
         "straightforward_sentences_per_s": round(n / seconds["straightforward"], 2),
         "masklm_sentences_per_s": round(n / seconds["masklm"], 2),
         "speedup": round(seconds["straightforward"] / seconds["masklm"], 2),
         "max_abs_score_diff": max(abs(a - b) for a, b in zip(scores["straightforward"], scores["masklm"])),
     }
+    if "minicons" in approaches:
+        result["minicons_sentences_per_s"] = round(n / seconds["minicons"], 2)
+        result["speedup_vs_minicons"] = round(seconds["minicons"] / seconds["masklm"], 2)
+        result["max_abs_score_diff_minicons"] = max(
+            abs(a - b) for a, b in zip(scores["minicons"], scores["masklm"]))
     if not args.skip_attribution:
         result["sparse_head_per_sentence_sentences_per_s"] = round(n / seconds["sparse_head_per_sentence"], 2)
         result["max_abs_score_diff_sparse"] = max(

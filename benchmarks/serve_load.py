@@ -1,18 +1,22 @@
 """Load test for ``masklm serve``: fill-mask requests at a fixed concurrency, beside HF's pipeline.
 
-Starts ``python -m masklm serve`` on a free 127.0.0.1 port (loopback only), sends ``--requests``
-single-text fill-mask requests from ``--concurrency`` keep-alive connections, then calls
-``transformers.pipeline("fill-mask")`` once per request on the same model folder in this process (the
-server is idle meanwhile) and checks that both gave the same best candidate for every text. Both phases
-stop at ``--time-limit`` seconds. Prints JSON: requests/s, p50/p99 latency and errors for each, the
-answers that differ, and the ratio.
+Starts ``python -m masklm serve`` on a free 127.0.0.1 port (loopback only) and, as the anchor a user
+would write, a FastAPI app around ``transformers.pipeline("fill-mask")`` under uvicorn in a subprocess
+(this script with ``--hf-serve DIR``: one ``POST /fill-mask`` route, a plain ``def`` handler that
+FastAPI runs in its thread pool). Each round sends ``--requests`` single-text fill-mask requests from
+``--concurrency`` keep-alive connections to each server in turn (the other idles), then calls the
+pipeline once per request in this process (today's in-process figure); the order rotates per round.
+Every answer's best candidate is checked against masklm's. Each phase stops at ``--time-limit`` seconds.
+Prints one JSON line per round (requests/s, p50/p99 latency and errors per phase, the ratios, the load
+average), then the summary JSON.
 
 The load generator is a small asyncio HTTP/1.1 client (one request in flight per connection, like
 ``wrk``); it shares the machine with the server, so it must cost little: its CPU seconds are reported.
 (An httpx client spent about 2.1 ms of CPU per request here, more than the pipeline call it is compared with.)
 
     python benchmarks/serve_load.py                       # builds a tiny BERT folder in a temp dir
-    python benchmarks/serve_load.py --model DIR --requests 2000 --concurrency 32 --out serve.json
+    python benchmarks/serve_load.py --model DIR --requests 2000 --concurrency 32 --rounds 3 --out serve.json
+    python benchmarks/serve_load.py --requests 40 --concurrency 4 --rounds 1   # quick end-to-end check
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -155,6 +160,51 @@ def hf_pipeline(model_dir: Path, items: list[str], time_limit: float, top_k: int
         "transformers": transformers.__version__, "server_answers_differing": differ}
 
 
+def hf_serve(model_dir: str, port: int) -> None:
+    """The anchor server: what a user who wraps the transformers pipeline in FastAPI writes."""
+    import uvicorn
+    from fastapi import Body, FastAPI
+    from transformers import pipeline
+
+    pipe = pipeline("fill-mask", model=model_dir, tokenizer=model_dir, device="cpu")
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/fill-mask")
+    def fill_mask(request: dict = Body(...)) -> list:  # noqa: B008 - FastAPI idiom; {"inputs", "parameters"}
+        return pipe(request["inputs"], top_k=int(request.get("parameters", {}).get("top_k", 5)))
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_hf_server(model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--hf-serve", str(model_dir), "--port", str(port)],
+                            stderr=open(log, "w"), stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the FastAPI + pipeline server did not start: {log.read_text()}")
+
+
 def start_server(model_dir: Path, log: Path, flags: list[str]) -> tuple[subprocess.Popen, str]:
     import httpx
 
@@ -175,45 +225,88 @@ def start_server(model_dir: Path, log: Path, flags: list[str]) -> tuple[subproce
     raise SystemExit(f"server did not start: {log.read_text()}")
 
 
+def _load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def run_round(r: int, urls: dict, model_dir: Path, items: list[str], args) -> dict:
+    """One round: each server under load, then the in-process pipeline, in an order rotating with r."""
+    phases = ["masklm_server", "hf_server"] + ([] if args.skip_hf else ["hf_pipeline"])
+    phases = phases[r % len(phases):] + phases[:r % len(phases)]
+    out, answers = {}, {}
+    for phase in phases:
+        if phase == "hf_pipeline":
+            continue  # needs masklm's answers to compare: after the servers
+        out[phase], answers[phase] = asyncio.run(load(urls[phase], items, args.concurrency, args.time_limit,
+                                                      args.top_k))
+    out["hf_server"]["answers_differing_from_masklm"] = sum(
+        not same_best(a, answers["masklm_server"][i]) for i, a in answers["hf_server"].items()
+        if i in answers["masklm_server"])
+    if not args.skip_hf:
+        out["hf_pipeline"] = hf_pipeline(model_dir, items, args.time_limit, args.top_k, answers["masklm_server"])
+    ours = out["masklm_server"]["requests_per_s"] or 0.0
+    line = {"round": r + 1, "order": phases, **out, "load_average_1min": _load_average(),
+            "ratio_vs_hf_server": round(ours / out["hf_server"]["requests_per_s"], 2)}
+    if not args.skip_hf:
+        line["ratio_vs_hf_pipeline_in_process"] = round(ours / out["hf_pipeline"]["requests_per_s"], 2)
+    print(json.dumps(line), flush=True)
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="model folder (default: build a tiny BERT in a temp dir)")
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per phase and round")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--top-k", type=int, default=5)
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per phase at most")
     ap.add_argument("--server-flag", action="append", default=[], help="extra 'masklm serve' flag (repeat)")
-    ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--skip-hf", action="store_true", help="skip the in-process pipeline phase")
+    ap.add_argument("--out", help="also write the summary JSON here")
+    ap.add_argument("--hf-serve", metavar="DIR", help=argparse.SUPPRESS)  # internal: run the anchor server
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256:
-        raise SystemExit("--requests must be 1..100000 and --concurrency 1..256")
+    if args.hf_serve:
+        return hf_serve(args.hf_serve, args.port)
+    if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256 or not 1 <= args.rounds <= 20:
+        raise SystemExit("--requests must be 1..100000, --concurrency 1..256 and --rounds 1..20")
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else tiny_model(Path(tmp) / "model")
         items = texts(args.requests)
-        proc, url = start_server(model_dir, Path(tmp) / "server.log", args.server_flag)
+        procs = []
         try:
-            asyncio.run(load(url, items[:100], min(args.concurrency, 8), 30, args.top_k))  # warm-up
-            server, answers = asyncio.run(load(url, items, args.concurrency, args.time_limit, args.top_k))
+            proc, ours = start_server(model_dir, Path(tmp) / "server.log", args.server_flag)
+            procs.append(proc)
+            proc, theirs = start_hf_server(model_dir, Path(tmp) / "hf_server.log")
+            procs.append(proc)
+            urls = {"masklm_server": ours, "hf_server": theirs}
+            for url in urls.values():  # warm-up
+                asyncio.run(load(url, items[:100], min(args.concurrency, 8), 30, args.top_k))
+            rounds = [run_round(r, urls, model_dir, items, args) for r in range(args.rounds)]
             import httpx
 
-            metrics = httpx.get(url + "/metrics").text
+            metrics = httpx.get(ours + "/metrics").text
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
         batches = re.search(r"masklm_batch_requests_count (\d+)", metrics)
+        best = {k: max(rounds, key=lambda line: line[k]["requests_per_s"] or 0)[k]
+                for k in rounds[0] if isinstance(rounds[0][k], dict)}
         result = {
             "model": "tiny BERT (hidden 64, 2 layers, vocab 200)" if not args.model else str(args.model),
             "requests": args.requests, "concurrency": args.concurrency, "top_k": args.top_k,
-            "cpus": os.cpu_count(), "load_average_before_hf": os.getloadavg(),
-            "server": server | {"model_calls_incl_warmup": int(batches.group(1)) if batches else None},
+            "rounds": args.rounds, "cpus": os.cpu_count(), "load_average_after": os.getloadavg(),
+            "server": best["masklm_server"] | {"model_calls_incl_warmup": int(batches.group(1)) if batches else None},
+            "hf_server": best["hf_server"],
+            "ratio_vs_hf_server_per_round": [line["ratio_vs_hf_server"] for line in rounds],
         }
         if not args.skip_hf:
-            hf = hf_pipeline(model_dir, items, args.time_limit, args.top_k, answers)
-            result["hf_pipeline"] = hf
-            result["ratio_requests_per_s"] = round(server["requests_per_s"] / hf["requests_per_s"], 2)
-        result["load_average_after"] = os.getloadavg()
+            result["hf_pipeline"] = best["hf_pipeline"]
+            result["ratio_requests_per_s"] = round(result["server"]["requests_per_s"]
+                                                   / best["hf_pipeline"]["requests_per_s"], 2)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

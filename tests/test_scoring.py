@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import approx, forward_terms, tolerance
@@ -21,6 +22,7 @@ from masklm.inference.pipeline import Pipeline
 from masklm.modeldir import save_model_dir
 from masklm.models import build_model
 from masklm.scoring import METRICS
+from masklm.scoring.pll import token_logprobs
 from masklm.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
 # Long words and a small vocabulary, so many words split into several pieces (pll-word-l2r matters).
@@ -261,3 +263,27 @@ def test_cli(model_dir, tmp_path, capsys):
         assert main(["score", "--model", str(model_dir), "--input", str(jsonl)]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("arch", ["bert", "ltg-bert", "gpt-bert"])
+@pytest.mark.parametrize("metric", ["pll", "pll-word-l2r", "mntp"])
+def test_last_layer_only_at_scored_positions_equals_the_full_computation(tokenizer, arch, metric):
+    """PLL runs the last layer (and the head) only at the read position of each masked copy (encode_at):
+    scores equal the full encoder's within 1e-4 nats, and the last layer's FFN saw one row per copy."""
+    pipe = _pipe(arch, tokenizer)
+    model = pipe.model
+    last = model.bert.encoder.layer[-1].intermediate if arch == "bert" else model.transformer.layers[-1].mlp
+    rows = []
+    handle = last.register_forward_hook(lambda m, args, out: rows.append(tuple(args[0].shape[:2])))
+    try:
+        _, sparse = token_logprobs(model, tokenizer, SENTENCES, metric, batch_tokens=64)
+        copies = sum(b for b, _ in rows)
+        assert rows and all(m == 1 for _, m in rows)  # [B, 1, D]: one query row per masked copy
+        rows.clear()
+        _, full = token_logprobs(model, tokenizer, SENTENCES, metric, batch_tokens=64, sparse=False)
+        assert all(m > 1 for _, m in rows) and sum(b for b, _ in rows) == copies
+    finally:
+        handle.remove()
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(sparse, full)]
+    assert max(diffs) <= 1e-4
+    assert max(float(np.abs(b).max()) for b in full) > 1.0  # far from zero: a wrong row would show

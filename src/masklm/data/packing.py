@@ -3,7 +3,8 @@
 Packing lays the selected documents end to end in one virtual stream and cuts it every ``seq_len``
 tokens. A long document continues in the next row, several short ones share a row, and only the
 very last row is padded, so no text is dropped and almost no compute goes to padding. Each row
-carries per-token document ids so attention can be made block-diagonal.
+carries per-token document ids so attention can be made block-diagonal, and each batch says whether
+every row holds one document (then attention needs no document mask at all: ``models.attention``).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class PackedRows:
 
         ``input_ids`` long (pad_id at pads), ``attention_mask`` long (1 token, 0 pad),
         ``document_ids`` long (0, 1, 2, ... per document segment within the row; -1 at pads),
-        ``word_starts`` bool, and ``num_tokens`` (0-dim long): the number of non-pad tokens.
+        ``word_starts`` bool, ``num_tokens`` (0-dim long): the number of non-pad tokens, and
+        ``single_document`` (0-dim bool): every row holds (part of) one document only, so attention needs
+        no document mask; known here from the arrays, it spares the model a device sync to find out.
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
@@ -83,4 +86,5 @@ class PackedRows:
             "document_ids": torch.from_numpy(document_ids),
             "word_starts": torch.from_numpy(starts),
             "num_tokens": torch.tensor(int(valid.sum()), dtype=torch.long),
+            "single_document": torch.tensor(bool((document_ids <= 0).all())),
         }

@@ -16,7 +16,8 @@ What makes training fast, without changing the maths:
   and FFN run only at those rows too;
 - a cross-entropy whose backward is one pass over ``[N, V]`` (``models.heads.cross_entropy``);
 - one fused QKV matmul per layer (the three HF-named weights are concatenated inside forward);
-- ``scaled_dot_product_attention``, with no mask at all when nothing is masked;
+- ``scaled_dot_product_attention``, with no mask at all when nothing is masked, and packed rows of several
+  documents in the cheapest exact form (``models.attention``: split runs, FlexAttention, or a dense mask);
 - positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
   instead of two ``[B, T, D]`` gathers.
 
@@ -32,7 +33,16 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, InputError
-from masklm.models.attention import AttentionMask, KVCache, LayerCache, attend, build_attention_mask, dropout
+from masklm.models.attention import (
+    AttentionMask,
+    KVCache,
+    LayerCache,
+    attend,
+    build_attention_mask,
+    document_forms,
+    dropout,
+    query_rows,
+)
 from masklm.models.heads import cross_entropy, masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 
@@ -177,18 +187,6 @@ class BertEncoder(nn.Module):
         return x
 
 
-def _rows_of(attn: AttentionMask, at: torch.Tensor, T: int) -> AttentionMask:
-    """The attention mask of the query rows ``at`` ``[B, M]`` (positions), for keys at all T positions."""
-    mask, keep = attn.mask, attn.keep_rows
-    if attn.is_causal:  # SDPA's is_causal assumes queries 0..M-1; spell the triangle out for these rows
-        mask = torch.arange(T, device=at.device)[None, None, None, :] <= at[:, None, :, None]  # [B, 1, M, T]
-    elif mask is not None and mask.shape[2] != 1:
-        mask = mask.gather(2, at[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))  # [B, 1, M, T]
-    if keep is not None and keep.shape[2] != 1:
-        keep = keep.gather(2, at[:, None, :, None])  # [B, 1, M, 1]
-    return AttentionMask(mask=mask, is_causal=False, keep_rows=keep)
-
-
 class BertModel(nn.Module):
     """The encoder: embeddings + layers (HF's BertModel without the pooler), ``[B, T]`` -> ``[B, T, D]``."""
 
@@ -213,7 +211,9 @@ class BertModel(nn.Module):
             )
         x = self.embeddings(input_ids, start)
         if cache is None:
-            return x, build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+            drops = self.training and self.config.attention_probs_dropout_prob > 0
+            forms = document_forms(x.device.type, dropout=drops, flex=True)
+            return x, build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype, forms=forms)
         return x, cache.causal_mask(T, causal, attention_mask, document_ids)
 
     def forward(
@@ -247,13 +247,9 @@ class BertModel(nn.Module):
         *early, last = self.encoder.layer
         for block in early:
             x = block(x, attn)
-        rows, cols = selected // T, selected % T  # [N]
-        counts = torch.bincount(rows, minlength=B)
-        slot = torch.arange(selected.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
-        at = torch.zeros(B, int(counts.max()), dtype=torch.long, device=x.device)  # [B, M] positions
-        at[rows, slot] = cols
+        at, rows, slot = query_rows(selected, B, T)  # at: [B, M] positions
         queries = x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))  # [B, M, D]
-        out = last(x, _rows_of(attn, at, T), queries)  # [B, M, D]
+        out = last(x, attn.rows(at, T), queries)  # [B, M, D]
         return out[rows, slot]
 
 
@@ -331,9 +327,19 @@ class BertForMaskedLM(nn.Module):
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        selected: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]`` (the encoder's; see ``BertModel``)."""
+        """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]`` (the encoder's; see ``BertModel``), or with
+        ``selected`` (flat positions ``[N]``) only there, ``[N, D]``, through the sparse last layer."""
+        if selected is not None:
+            return self.encode_at(input_ids, attention_mask, causal, document_ids, selected)
         return self.bert(input_ids, attention_mask, causal, document_ids, cache)
+
+    def encode_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,
+                  document_ids: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
+        """Final hidden states only at the flat positions ``selected`` ``[N]`` -> ``[N, D]`` (the sparse last
+        layer, ``BertModel.forward_at``)."""
+        return self.bert.forward_at(input_ids, attention_mask, causal, document_ids, selected)
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """MLM head: hidden ``[..., D]`` -> logits ``[..., V]`` (decoder tied to the word embeddings)."""

@@ -43,7 +43,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from masklm.config import ModelConfig
-from masklm.models.attention import AttentionMask, KVCache, LayerCache, build_attention_mask, dropout
+from masklm.models.attention import (
+    AttentionMask,
+    KVCache,
+    LayerCache,
+    attend_segments,
+    build_attention_mask,
+    document_forms,
+    dropout,
+    query_rows,
+)
 from masklm.models.heads import masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 
@@ -123,19 +132,28 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(D, D)
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, position_indices: torch.Tensor,
-                mask: torch.Tensor | None, keep_rows: torch.Tensor | None,
-                cache: LayerCache | None = None) -> torch.Tensor:
-        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[T, S]`` (long, in [0, R)),
-        mask additive ``[B|1, 1, T|1, S]`` (0 or -inf) or None, keep_rows ``[B, 1, T, 1]`` or None.
+                mask: torch.Tensor | None, attn: AttentionMask, cache: LayerCache | None = None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[Q, S]`` or ``[B, Q, S]`` (long, in
+        [0, R)), mask additive ``[B|1, 1, Q|1, S]`` (0 or -inf) or None, attn: the form of the Q query rows
+        (its ``keep_rows`` ``[B, 1, Q, 1]`` and, for ``split``, its ``segments``) -> ``[B, Q, D]``.
+        Q = T, or with ``at`` ``[B, M]`` only those query rows (keys and values still from all of x).
         S = T, or with ``cache`` (x = the next T positions of a causal decode) all positions so far:
         the new keys and values are appended to the cache and attention runs over all of them."""
         B, T, D = x.shape
         H, d = self.num_heads, self.head_size
         p = self.dropout_p if self.training else 0.0
         h = _layer_norm(x, self.eps)
-        q, k = self.in_proj_qk(h).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        if at is None:
+            q, k = self.in_proj_qk(h).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        else:  # queries only at the rows asked for: [B, H, M, d]; keys everywhere
+            w, b = self.in_proj_qk.weight, self.in_proj_qk.bias
+            q = F.linear(_rows(h, at), w[:D], b[:D]).view(B, -1, H, d).transpose(1, 2)
+            k = F.linear(h, w[D:], b[D:]).view(B, T, H, d).transpose(1, 2)
+        Q = q.shape[2]
         if self.gated:
             v, gate = self.in_proj_vg(h).chunk(2, dim=-1)
+            gate = gate if at is None else _rows(gate, at)  # [B, Q, D]
         else:
             v = self.in_proj_v(h)
         v = v.view(B, T, H, d).transpose(1, 2)  # [B, H, T, d]
@@ -151,21 +169,40 @@ class Attention(nn.Module):
         else:  # same cut as the content Q and K
             q_pos, k_pos = pos.view(R, 2, H, d).unbind(1)
         # content-to-position against the R-row table, then pick row d_ij for each (i, j)
-        c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, T, R]
+        c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, Q, R]
         p2c = torch.matmul(q_pos.transpose(0, 1), k.transpose(-1, -2))  # [B, H, R, S]
-        index = position_indices.expand(B, H, T, S)
-        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, T, S]
-        if mask is not None:
-            bias = bias + mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
-        if keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
-            y = y * keep_rows
-        y = y.transpose(1, 2).reshape(B, T, D)
+        index = (position_indices if position_indices.dim() == 2 else position_indices[:, None]).expand(B, H, Q, S)
+        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
+        if attn.segments is not None:  # split form: each document run attends as its own sequence
+            y = attend_segments(q, attn.segments, lambda b, s, e: F.scaled_dot_product_attention(
+                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], dropout_p=p, scale=self.scale,
+                attn_mask=_run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype)))
+        else:
+            if mask is not None:
+                bias = bias + mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
+        if attn.keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
+            y = y * attn.keep_rows
+        y = y.transpose(1, 2).reshape(B, Q, D)
         if self.gated:  # GPT-BERT: gate, then a parameter-free LN, then the output projection
             y = self.out_proj(_layer_norm(y * F.gelu(gate), self.eps))
         else:  # LTG-BERT: output projection, then an affine LN
             y = self.post_layer_norm(self.out_proj(y))
         return dropout(y, p, self.training)
+
+
+def _rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """The rows ``at`` ``[B, M]`` of x ``[B, T, C]`` -> ``[B, M, C]``."""
+    return x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+def _run_bias(bias: torch.Tensor, causal: bool) -> torch.Tensor:
+    """One document run's position bias ``[1, H, L, L]``, with -inf above the diagonal when causal."""
+    if not causal:
+        return bias
+    L = bias.shape[-1]
+    upper = torch.ones(L, L, dtype=torch.bool, device=bias.device).triu(1)
+    return bias.masked_fill(upper, float("-inf"))
 
 
 class FeedForward(nn.Module):
@@ -209,6 +246,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.bucket_size = config.position_bucket_size
+        self.attention_dropout = config.attention_probs_dropout_prob
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         # DWA: attention and FFN are separate blocks j = 0..2L-1; block j mixes j+2 stored states
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
@@ -217,16 +255,20 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                layer_outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+                layer_outputs: list[torch.Tensor] | None = None, at: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[B, T, D]`` (embedding output), relative ``[R, D]`` -> final hidden states ``[B, T, D]``.
 
         Masks as in ``LtgBertForMaskedLM.forward``; ``cache`` as in ``LtgBertModel.encode``.
         layer_outputs: a list to append each layer's output ``[B, T, D]`` to (transformers'
         ``output_hidden_states``).
+        at: ``[B, M]`` positions: the last layer runs only there (its queries, attention output and FFN;
+        keys and values from all positions) -> ``[B, M, D]``.
         """
         T = x.shape[1]
         if cache is None:
-            attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+            drops = self.training and self.attention_dropout > 0
+            forms = document_forms(x.device.type, dropout=drops, flex=False)  # the bias rules FlexAttention out
+            attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype, forms=forms)
             indices = relative_position_indices(T, self.bucket_size, x.device)  # [T, T]
         else:
             start = cache.length
@@ -234,16 +276,31 @@ class Encoder(nn.Module):
             table = cache.memo("relative_indices",
                                lambda: relative_position_indices(cache.max_len, self.bucket_size, x.device))
             indices = table[start:start + T, :start + T]  # [T, S]
-        mask = _additive_mask(attn, T, x)
+        mask = None if attn.segments is not None else _additive_mask(attn, T, x)
         states = [x]  # DWA's s_0, s_1, ...: the un-mixed output of every block
         for i, layer in enumerate(self.layers):
-            x = x + layer.attention(x, relative, indices, mask, attn.keep_rows, None if cache is None else cache[i])
+            if at is not None and i == len(self.layers) - 1:
+                return self._last_at(i, x, relative, indices, attn, states, at)
+            x = x + layer.attention(x, relative, indices, mask, attn, None if cache is None else cache[i])
             x = self._mix(2 * i, states, x)
             x = x + layer.mlp(x)
             x = self._mix(2 * i + 1, states, x)
             if layer_outputs is not None:
                 layer_outputs.append(x)
-        return x
+        return x if at is None else _rows(x, at)
+
+    def _last_at(self, i: int, x: torch.Tensor, relative: torch.Tensor, indices: torch.Tensor,
+                 attn: AttentionMask, states: list[torch.Tensor], at: torch.Tensor) -> torch.Tensor:
+        """The last layer ``i`` only at the query rows ``at`` ``[B, M]`` -> ``[B, M, D]``: the same sums as the
+        full layer, restricted to those rows (the relative bias row of query t is row t of ``indices``)."""
+        layer, T = self.layers[i], x.shape[1]
+        rows = attn.rows(at, T)
+        if self.dwa_alphas is not None:
+            states[:] = [_rows(s, at) for s in states]
+        y = _rows(x, at) + layer.attention(x, relative, indices[at], _additive_mask(rows, T, x), rows, at=at)
+        y = self._mix(2 * i, states, y)
+        y = y + layer.mlp(y)
+        return self._mix(2 * i + 1, states, y)
 
     def _mix(self, block: int, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """DWA: store this block's output and return sum_m alpha_block[m] * s_m (identity without DWA)."""
@@ -328,14 +385,28 @@ class LtgBertModel(nn.Module):
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        selected: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids ``[B, T]`` -> final hidden states ``[B, T, D]``. Masks as in ``LtgBertForMaskedLM.forward``.
 
         cache: causal decoding (``causal=True``, no padding or documents): input_ids are the T positions
         after the ``cache.length`` already fed; each layer appends its keys and values to the cache.
+        selected: flat positions ``[N]``: the hidden states only there, ``[N, D]`` (``encode_at``).
         """
+        if selected is not None:
+            return self.encode_at(input_ids, attention_mask, causal, document_ids, selected)
         x, relative = self.embedding(input_ids)
         return self.transformer(x, relative, attention_mask, causal, document_ids, cache)
+
+    def encode_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool,
+                  document_ids: torch.Tensor | None, selected: torch.Tensor) -> torch.Tensor:
+        """Final hidden states only at the flat positions ``selected`` ``[N]`` (row-major, sorted, N >= 1)
+        -> ``[N, D]``, equal to ``encode(...).flatten(0, 1)[selected]``: the last layer runs only at those
+        query rows (``Encoder._last_at``), as BERT's ``forward_at`` does."""
+        B, T = input_ids.shape
+        x, relative = self.embedding(input_ids)
+        at, rows, slot = query_rows(selected, B, T)
+        return self.transformer(x, relative, attention_mask, causal, document_ids, at=at)[rows, slot]
 
     def forward(
         self,
@@ -379,5 +450,7 @@ class LtgBertForMaskedLM(LtgBertModel):
         document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
         Without labels, logits are ``[B, T, V]`` and loss is None.
         """
+        # The full encoder, then a gather (``encode_at`` serves scoring; training keeps the full last layer:
+        # hidden_states are then a gather of the same tensor as without labels, which tests pin exactly).
         return masked_lm_forward(self.classifier, self.embedding.word_embedding.weight, labels,
                                  encode=lambda: self.encode(input_ids, attention_mask, causal, document_ids))

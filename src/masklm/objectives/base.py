@@ -31,7 +31,8 @@ class ObjectiveBatch:
     """What an objective hands to the model and the loss.
 
     input_ids [B, T], labels [B, T] (-100 = not predicted), attention_mask [B, T] (1 = token),
-    document_ids [B, T] (-1 at pads), causal: attention mode.
+    document_ids [B, T] (-1 at pads), or None when every row holds one document (the trainer drops them
+    then, so attention needs no document mask), causal: attention mode.
     weights [N]: per-target loss weights in the row-major order of ``labels != -100``; None = all 1.
     loss_denominator: what the loss sum is divided by; None = the number of targets N.
     excluded_token_id: a token whose logit is set to -inf before the softmax (MDLM's "zero masking
@@ -43,7 +44,7 @@ class ObjectiveBatch:
     input_ids: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor
-    document_ids: torch.Tensor
+    document_ids: torch.Tensor | None
     causal: bool = False
     weights: torch.Tensor | None = None
     loss_denominator: float | None = None

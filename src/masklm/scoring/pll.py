@@ -16,9 +16,11 @@ only in what the model sees and where the score is read:
 Work plan (DESIGN.md §3: no wasted work, Python out of the hot loop): every *copy* (a masked row) of
 every sentence goes into one list, sorted by length, and is cut into batches of at most
 ``batch_tokens`` tokens (rows x longest row), so short sentences share batches and equal lengths
-need no padding. The encoder runs on a batch ``[B, T]``, the hidden state of each scored position is
-gathered (``[R, D]``) and only those go through the MLM head (``[R, V]``): one position per copy
-instead of ``T``.
+need no padding. The encoder runs on a batch ``[B, T]``; every layer but the last runs on all tokens,
+the last one only at the scored position of each masked copy (its queries, attention output and FFN;
+keys and values still from every position: ``encode_at``, BERT's and LTG-BERT's sparse last layer), and
+only those ``[R, D]`` rows go through the MLM head (``[R, V]``): one position per copy instead of ``T``,
+in the last layer and the head.
 """
 
 from __future__ import annotations
@@ -126,12 +128,16 @@ def token_logprobs(
     metric: str = "pll",
     batch_tokens: int | None = None,
     max_length: int | None = None,
+    sparse: bool = True,
 ) -> tuple[Encoded, list[np.ndarray]]:
     """Log-probability (natural log) of every scored token -> ``(encoded, [ [n_s] float64 per sentence ])``.
 
     ``model`` has ``encode(ids [B, T], attention_mask, causal) -> [B, T, D]`` and
     ``predict([R, D]) -> [R, V]``; ``max_length`` defaults to ``model.config.max_position_embeddings``;
     ``batch_tokens`` None means ``batching.DEFAULT_BATCH_TOKENS`` for the model's device.
+    ``sparse``: with a model that has ``encode_at`` (and ``encode(..., selected=flat positions [R]) -> [R, D]``
+    through it), the last layer runs only at the read position of each masked copy (all but
+    ``causal``, which reads every position of its row); False runs the full encoder (the reference).
     """
     check_metric(metric)
     device = next(model.parameters()).device
@@ -161,12 +167,17 @@ def token_logprobs(
                 input_ids[later] = mask_id
             input_ids[rows, mask] = mask_id
         attention_mask = mask_or_none(valid.long(), device)
-        hidden = model.encode(input_ids.to(device), attention_mask=attention_mask,
-                              causal=metric == "causal")                               # [B, T, D]
         r0, r1 = plan["row_start"][lo], plan["row_start"][hi]
         read_row = torch.from_numpy(plan["row"][r0:r1] - lo).to(device)
         read_pos = torch.from_numpy(plan["pos"][r0:r1]).to(device)
-        picked = hidden[read_row, read_pos]                                            # [R, D]
+        if sparse and metric != "causal" and hasattr(model, "encode_at"):
+            # one read per row, rows in order: flat positions are sorted, as encode_at asks
+            picked = model.encode(input_ids.to(device), attention_mask=attention_mask, causal=False,
+                                  selected=read_row * width + read_pos)                # [R, D]
+        else:
+            hidden = model.encode(input_ids.to(device), attention_mask=attention_mask,
+                                  causal=metric == "causal")                           # [B, T, D]
+            picked = hidden[read_row, read_pos]                                        # [R, D]
         logits = model.predict(picked).float()                                         # [R, V]
         target = torch.from_numpy(plan["target"][r0:r1]).to(device)
         logprob = logits.log_softmax(-1).gather(1, target[:, None]).squeeze(1)         # [R]

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -198,10 +199,14 @@ class Trainer:
         for a in range(cfg.grad_accum):
             lo = (a * info.world_size + info.rank) * batch_size
             rows = global_rows[lo:lo + batch_size]
-            batch = {k: v.to(info.device) for k, v in rows_source.batch(rows).items()}
+            host = rows_source.batch(rows)
+            single = bool(host.pop("single_document"))  # read on the host: no device sync
+            batch = {k: v.to(info.device) for k, v in host.items()}
             micro_index = done * cfg.grad_accum + a
             objective = self.objectives.objective_at(done, micro_index, epoch_float, self.tokens_seen)
-            micro.append(objective(batch, rows.tolist(), epoch, rate=rate))
+            made = objective(batch, rows.tolist(), epoch, rate=rate)
+            # one document per row: the model gets no document ids, so attention needs no document mask
+            micro.append(replace(made, document_ids=None) if single else made)
         return micro, epoch
 
     def _announce_phase(self, done: int, epoch_float: float) -> None:

@@ -11,11 +11,15 @@ as that module with the masklm definitions it uses copied in ahead of it.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,19 +34,67 @@ ModelConfig = MaskLMLtgConfig  # the name masklm's code below gives it
 # ---- from masklm/models/attention.py ---------------------------------------------------------
 
 
+# The exact forms that may mask rows of several documents, per device type, in order of preference; the
+# first that can run is used (flex: CUDA, a caller that supports it, no dropout; split: every document one
+# contiguous run; dense: always). Flip the CPU entry after measuring with benchmarks/attention_forms.py.
+DOCUMENT_FORMS: dict[str, tuple[str, ...]] = {"cpu": ("split", "dense"), "cuda": ("flex", "split", "dense")}
+
+
 @dataclass
 class AttentionMask:
     """What every attention layer of one forward pass needs; built once, reused by all layers.
 
     mask:      bool, True = may attend; ``[B, 1, 1, T]`` or ``[B, 1, T, T]``; None = attend to all.
-    is_causal: pass ``is_causal=True`` to SDPA (only when ``mask`` is None).
+    is_causal: causal attention without a mask: pass ``is_causal=True`` to SDPA (within each run of
+               ``segments`` when those are set).
     keep_rows: float ``[B, 1, T, 1]`` (or ``[B, 1, 1, 1]``) with 0 at query rows that may attend to
                nothing; multiply the attention output by it. None = every row has a key.
+    segments:  the ``split`` form: per row, the ``(start, end)`` runs of one document each; every run
+               attends as its own sequence, positions outside the runs (padding) give 0.
+    block_mask: the ``flex`` form: a FlexAttention ``BlockMask`` (causality and padding included).
+    documents: for ``split`` and ``flex``, ``(document_ids [B, T], attention_mask [B, T] or None, causal,
+               dtype of keep_rows)``, from which ``rows`` builds the dense mask of a few query rows.
     """
 
     mask: torch.Tensor | None = None
     is_causal: bool = False
     keep_rows: torch.Tensor | None = None
+    segments: tuple[tuple[tuple[int, int], ...], ...] | None = None
+    block_mask: Any = None
+    documents: tuple[torch.Tensor, torch.Tensor | None, bool, torch.dtype] | None = None
+
+    @property
+    def form(self) -> str:
+        """The form's name: none, causal, padding, dense, split or flex (for benchmarks and tests)."""
+        if self.block_mask is not None:
+            return "flex"
+        if self.segments is not None:
+            return "split"
+        if self.mask is None:
+            return "causal" if self.is_causal else "none"
+        return "padding" if self.mask.shape[2] == 1 else "dense"
+
+    def dense(self, T: int) -> AttentionMask:
+        """The same attention as a dense mask (``split`` and ``flex`` forms; others are returned as they are)."""
+        if self.documents is None:
+            return self
+        ids, valid, causal, dtype = self.documents
+        return _with_keep_rows(_dense_mask(valid, ids, causal, T), dtype)
+
+    def rows(self, at: torch.Tensor, T: int) -> AttentionMask:
+        """The mask of the query rows ``at`` ``[B, M]`` (positions) over keys at all T positions, in the
+        dense form (or none): for a sparse last layer, whose M rows are few."""
+        mask, keep = self.mask, self.keep_rows
+        if self.documents is not None:
+            ids, valid, causal, dtype = self.documents
+            return _with_keep_rows(_dense_mask(valid, ids, causal, T, at), dtype)
+        if self.is_causal:  # SDPA's is_causal assumes queries 0..M-1; spell the triangle out for these rows
+            mask = torch.arange(T, device=at.device)[None, None, None, :] <= at[:, None, :, None]  # [B, 1, M, T]
+        elif mask is not None and mask.shape[2] != 1:
+            mask = mask.gather(2, at[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))  # [B, 1, M, T]
+        if keep is not None and keep.shape[2] != 1:
+            keep = keep.gather(2, at[:, None, :, None])  # [B, 1, M, 1]
+        return AttentionMask(mask=mask, is_causal=False, keep_rows=keep)
 
 
 def build_attention_mask(
@@ -51,37 +103,177 @@ def build_attention_mask(
     causal: bool = False,
     seq_len: int | None = None,
     dtype: torch.dtype = torch.float32,
+    forms: tuple[str, ...] = ("dense",),
 ) -> AttentionMask:
-    """Combine padding, document boundaries and causality into one SDPA mask.
+    """Combine padding, document boundaries and causality into the cheapest exact form (module docstring).
 
     attention_mask: ``[B, T]``, 1 (or True) = real token, 0 = padding; padded keys are never attended.
     document_ids:   ``[B, T]``, positions attend only to keys with the same id (packed rows).
     causal:         queries attend only to keys at the same or earlier positions.
     seq_len:        T; needed only for ``causal`` when both tensors are None.
     dtype:          dtype of ``keep_rows`` (the model's activation dtype).
+    forms:          the document forms the caller's attention can run, in order of preference
+                    (``document_forms`` picks them for a model); ``dense`` is the fallback of every list.
     """
-    # An all-ones padding mask masks nothing; dropping it keeps the fast mask-free kernels.
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None
+    padding_at_end = True
+    if attention_mask is not None:
+        valid = attention_mask.bool()
+        # one host sync for both facts: no padding at all, and padding only at the end of rows
+        full, padding_at_end = torch.stack([valid.all(), (valid[:, 1:] <= valid[:, :-1]).all()]).tolist()
+        if full:  # an all-ones padding mask masks nothing; dropping it keeps the fast mask-free kernels
+            attention_mask = None
+    if (document_ids is not None and attention_mask is None and document_ids.device.type == "cpu"
+            and bool((document_ids == document_ids[:, :1]).all())):
+        document_ids = None  # one document per row and no padding: nothing is masked
     if attention_mask is None and document_ids is None:
         return AttentionMask(is_causal=causal)
+    T = (attention_mask if attention_mask is not None else document_ids).shape[1] if seq_len is None else seq_len
+    if document_ids is None:
+        if causal and padding_at_end:  # a real query's earlier keys are all real
+            return AttentionMask(is_causal=True)
+        return _with_keep_rows(_dense_mask(attention_mask, None, causal, T), dtype)
+    documents = (document_ids, attention_mask, causal, dtype)
+    for form in forms:
+        if form == "flex" and not _FLEX_FAILED:
+            try:
+                return AttentionMask(block_mask=_block_mask(document_ids, attention_mask, causal),
+                                     documents=documents)
+            except Exception as error:  # noqa: BLE001 - any failure: this process uses the next form
+                _flex_failed(error)
+        if form == "split":
+            segments = document_runs(document_ids, attention_mask)
+            if segments is not None:
+                return AttentionMask(is_causal=causal, segments=segments, documents=documents)
+        if form == "dense":
+            break
+    return _with_keep_rows(_dense_mask(attention_mask, document_ids, causal, T), dtype)
 
-    ref = attention_mask if attention_mask is not None else document_ids
-    T = ref.shape[1] if seq_len is None else seq_len
+
+def document_forms(device_type: str, dropout: bool, flex: bool) -> tuple[str, ...]:
+    """The document forms to try on ``device_type`` (``DOCUMENT_FORMS``), less flex when the caller cannot
+    run it (``flex`` False: e.g. an attention with its own float bias), drops attention probabilities
+    (FlexAttention has no dropout) or flex is not available here."""
+    usable = flex and not dropout and flex_available()
+    return tuple(f for f in DOCUMENT_FORMS.get(device_type, ("dense",)) if f != "flex" or usable)
+
+
+def _dense_mask(attention_mask: torch.Tensor | None, document_ids: torch.Tensor | None, causal: bool, T: int,
+                at: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The bool mask (True = may attend) of query rows ``at`` ``[B, M]`` (default: all T) over T keys:
+    ``[B, 1, M, T]``, or ``[B, 1, 1, T]`` for padding alone; None when nothing is masked."""
     mask: torch.Tensor | None = None
+    ref = attention_mask if attention_mask is not None else document_ids
+    device = ref.device if ref is not None else (at.device if at is not None else None)
     if attention_mask is not None:
         mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
     if document_ids is not None:
-        same_doc = (document_ids[:, :, None] == document_ids[:, None, :])[:, None]  # [B, 1, T, T]
+        queries = document_ids if at is None else document_ids.gather(1, at)  # [B, M]
+        same_doc = (queries[:, :, None] == document_ids[:, None, :])[:, None]  # [B, 1, M, T]
         mask = same_doc if mask is None else mask & same_doc
     if causal:
-        lower = torch.ones(T, T, dtype=torch.bool, device=ref.device).tril()
-        mask = mask & lower
+        rows = torch.arange(T, device=device)[:, None] if at is None else at[:, None, :, None]
+        lower = torch.arange(T, device=device) <= rows  # [T, T] or [B, 1, M, T]
+        mask = lower if mask is None else mask & lower
+    if mask is not None and mask.dim() == 2:
+        mask = mask[None, None]
+    return mask
 
+
+def _with_keep_rows(mask: torch.Tensor | None, dtype: torch.dtype) -> AttentionMask:
+    """A dense mask -> AttentionMask; rows that may attend to nothing attend everywhere, then are zeroed."""
+    if mask is None:
+        return AttentionMask()
     row_has_key = mask.any(dim=-1, keepdim=True)  # [B, 1, T or 1, 1]
     if bool(row_has_key.all()):
         return AttentionMask(mask=mask)
     return AttentionMask(mask=mask | ~row_has_key, keep_rows=row_has_key.to(dtype))
+
+
+def document_runs(document_ids: torch.Tensor,
+                  attention_mask: torch.Tensor | None) -> tuple[tuple[tuple[int, int], ...], ...] | None:
+    """Per row, the ``(start, end)`` runs of real tokens of one document id; None when some id occurs in
+    two runs of a row (the split form would cut that document in two). One host copy of ``[B, T]``."""
+    ids = document_ids.detach().cpu().numpy().astype(np.int64)
+    real = np.ones(ids.shape, dtype=bool) if attention_mask is None else attention_mask.detach().cpu().numpy() != 0
+    B, T = ids.shape
+    # a run starts where the id or realness changes
+    change = np.ones((B, T), dtype=bool)
+    change[:, 1:] = (ids[:, 1:] != ids[:, :-1]) | (real[:, 1:] != real[:, :-1])
+    out = []
+    for b in range(B):
+        starts = np.flatnonzero(change[b])
+        ends = np.append(starts[1:], T)
+        keep = real[b, starts]
+        starts, ends = starts[keep], ends[keep]
+        if len(set(ids[b, starts].tolist())) != len(starts):
+            return None
+        out.append(tuple(zip(starts.tolist(), ends.tolist())))
+    return tuple(out)
+
+
+_FLEX_FAILED: list[str] = []  # why FlexAttention failed in this process, if it did (then never tried again)
+
+
+def _flex_failed(error: Exception) -> None:
+    """Fall back from FlexAttention for the rest of the process (a missing compiler, an unsupported GPU)."""
+    if not _FLEX_FAILED:
+        warnings.warn(f"FlexAttention failed ({type(error).__name__}: {error}); using the next document form",
+                      RuntimeWarning, stacklevel=3)
+    _FLEX_FAILED.append(f"{type(error).__name__}: {error}")
+
+
+@functools.cache
+def flex_available() -> bool:
+    """FlexAttention is in this torch and there is a CUDA device (whether it compiles is found out at
+    the first call: a failure falls back to the next form for the rest of the process)."""
+    if not torch.cuda.is_available():
+        return False
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+def _block_mask(document_ids: torch.Tensor, attention_mask: torch.Tensor | None, causal: bool) -> Any:
+    """A FlexAttention BlockMask: same document, real key, and (causal) not later; ``[B, T]`` inputs."""
+    from torch.nn.attention.flex_attention import create_block_mask  # lazy: optional, CUDA only
+    B, T = document_ids.shape
+    valid = None if attention_mask is None else attention_mask.bool()
+
+    def mask_mod(b, h, q, k):
+        ok = document_ids[b, q] == document_ids[b, k]
+        if valid is not None:
+            ok = ok & valid[b, k]
+        if causal:
+            ok = ok & (k <= q)
+        return ok
+
+    return create_block_mask(mask_mod, B, None, T, T, device=document_ids.device)
+
+
+def attend_segments(q: torch.Tensor, segments: tuple[tuple[tuple[int, int], ...], ...],
+                    one: Callable[[Any, int, int], torch.Tensor]) -> torch.Tensor:
+    """The split form: ``one(rows, start, end)`` -> ``[len(rows), H, end - start, d]`` for every run (rows: a
+    slice of one row, or a list of the rows that are one run from 0 to T, batched in a single call); laid
+    back into ``[B, H, T, d]`` (q's shape) with zeros between runs. Concatenation, so backward only splits."""
+    B, H, T, d = q.shape
+    whole = [b for b, runs in enumerate(segments) if runs == ((0, T),)]
+    if len(whole) == B:
+        return one(slice(0, B), 0, T)
+    whole_out = one(whole, 0, T) if whole else None
+    rows = []
+    for b, runs in enumerate(segments):
+        if whole_out is not None and runs == ((0, T),):
+            i = whole.index(b)
+            rows.append(whole_out[i:i + 1])
+            continue
+        pieces, at = [], 0
+        for s, e in runs:
+            if s > at:
+                pieces.append(q.new_zeros(1, H, s - at, d))
+            pieces.append(one(slice(b, b + 1), s, e))
+            at = e
+        if at < T:
+            pieces.append(q.new_zeros(1, H, T - at, d))
+        rows.append(torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0])
+    return torch.cat(rows, dim=0)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -250,19 +442,28 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(D, D)
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, position_indices: torch.Tensor,
-                mask: torch.Tensor | None, keep_rows: torch.Tensor | None,
-                cache: LayerCache | None = None) -> torch.Tensor:
-        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[T, S]`` (long, in [0, R)),
-        mask additive ``[B|1, 1, T|1, S]`` (0 or -inf) or None, keep_rows ``[B, 1, T, 1]`` or None.
+                mask: torch.Tensor | None, attn: AttentionMask, cache: LayerCache | None = None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, T, D]``, relative ``[R, D]``, position_indices ``[Q, S]`` or ``[B, Q, S]`` (long, in
+        [0, R)), mask additive ``[B|1, 1, Q|1, S]`` (0 or -inf) or None, attn: the form of the Q query rows
+        (its ``keep_rows`` ``[B, 1, Q, 1]`` and, for ``split``, its ``segments``) -> ``[B, Q, D]``.
+        Q = T, or with ``at`` ``[B, M]`` only those query rows (keys and values still from all of x).
         S = T, or with ``cache`` (x = the next T positions of a causal decode) all positions so far:
         the new keys and values are appended to the cache and attention runs over all of them."""
         B, T, D = x.shape
         H, d = self.num_heads, self.head_size
         p = self.dropout_p if self.training else 0.0
         h = _layer_norm(x, self.eps)
-        q, k = self.in_proj_qk(h).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        if at is None:
+            q, k = self.in_proj_qk(h).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        else:  # queries only at the rows asked for: [B, H, M, d]; keys everywhere
+            w, b = self.in_proj_qk.weight, self.in_proj_qk.bias
+            q = F.linear(_rows(h, at), w[:D], b[:D]).view(B, -1, H, d).transpose(1, 2)
+            k = F.linear(h, w[D:], b[D:]).view(B, T, H, d).transpose(1, 2)
+        Q = q.shape[2]
         if self.gated:
             v, gate = self.in_proj_vg(h).chunk(2, dim=-1)
+            gate = gate if at is None else _rows(gate, at)  # [B, Q, D]
         else:
             v = self.in_proj_v(h)
         v = v.view(B, T, H, d).transpose(1, 2)  # [B, H, T, d]
@@ -278,21 +479,40 @@ class Attention(nn.Module):
         else:  # same cut as the content Q and K
             q_pos, k_pos = pos.view(R, 2, H, d).unbind(1)
         # content-to-position against the R-row table, then pick row d_ij for each (i, j)
-        c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, T, R]
+        c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, Q, R]
         p2c = torch.matmul(q_pos.transpose(0, 1), k.transpose(-1, -2))  # [B, H, R, S]
-        index = position_indices.expand(B, H, T, S)
-        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, T, S]
-        if mask is not None:
-            bias = bias + mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
-        if keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
-            y = y * keep_rows
-        y = y.transpose(1, 2).reshape(B, T, D)
+        index = (position_indices if position_indices.dim() == 2 else position_indices[:, None]).expand(B, H, Q, S)
+        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
+        if attn.segments is not None:  # split form: each document run attends as its own sequence
+            y = attend_segments(q, attn.segments, lambda b, s, e: F.scaled_dot_product_attention(
+                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], dropout_p=p, scale=self.scale,
+                attn_mask=_run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype)))
+        else:
+            if mask is not None:
+                bias = bias + mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
+        if attn.keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
+            y = y * attn.keep_rows
+        y = y.transpose(1, 2).reshape(B, Q, D)
         if self.gated:  # GPT-BERT: gate, then a parameter-free LN, then the output projection
             y = self.out_proj(_layer_norm(y * F.gelu(gate), self.eps))
         else:  # LTG-BERT: output projection, then an affine LN
             y = self.post_layer_norm(self.out_proj(y))
         return dropout(y, p, self.training)
+
+
+def _rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """The rows ``at`` ``[B, M]`` of x ``[B, T, C]`` -> ``[B, M, C]``."""
+    return x.gather(1, at[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+def _run_bias(bias: torch.Tensor, causal: bool) -> torch.Tensor:
+    """One document run's position bias ``[1, H, L, L]``, with -inf above the diagonal when causal."""
+    if not causal:
+        return bias
+    L = bias.shape[-1]
+    upper = torch.ones(L, L, dtype=torch.bool, device=bias.device).triu(1)
+    return bias.masked_fill(upper, float("-inf"))
 
 
 class FeedForward(nn.Module):
@@ -336,6 +556,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.bucket_size = config.position_bucket_size
+        self.attention_dropout = config.attention_probs_dropout_prob
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         # DWA: attention and FFN are separate blocks j = 0..2L-1; block j mixes j+2 stored states
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
@@ -344,16 +565,20 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                layer_outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+                layer_outputs: list[torch.Tensor] | None = None, at: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[B, T, D]`` (embedding output), relative ``[R, D]`` -> final hidden states ``[B, T, D]``.
 
         Masks as in ``LtgBertForMaskedLM.forward``; ``cache`` as in ``LtgBertModel.encode``.
         layer_outputs: a list to append each layer's output ``[B, T, D]`` to (transformers'
         ``output_hidden_states``).
+        at: ``[B, M]`` positions: the last layer runs only there (its queries, attention output and FFN;
+        keys and values from all positions) -> ``[B, M, D]``.
         """
         T = x.shape[1]
         if cache is None:
-            attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype)
+            drops = self.training and self.attention_dropout > 0
+            forms = document_forms(x.device.type, dropout=drops, flex=False)  # the bias rules FlexAttention out
+            attn = build_attention_mask(attention_mask, document_ids, causal, T, dtype=x.dtype, forms=forms)
             indices = relative_position_indices(T, self.bucket_size, x.device)  # [T, T]
         else:
             start = cache.length
@@ -361,16 +586,31 @@ class Encoder(nn.Module):
             table = cache.memo("relative_indices",
                                lambda: relative_position_indices(cache.max_len, self.bucket_size, x.device))
             indices = table[start:start + T, :start + T]  # [T, S]
-        mask = _additive_mask(attn, T, x)
+        mask = None if attn.segments is not None else _additive_mask(attn, T, x)
         states = [x]  # DWA's s_0, s_1, ...: the un-mixed output of every block
         for i, layer in enumerate(self.layers):
-            x = x + layer.attention(x, relative, indices, mask, attn.keep_rows, None if cache is None else cache[i])
+            if at is not None and i == len(self.layers) - 1:
+                return self._last_at(i, x, relative, indices, attn, states, at)
+            x = x + layer.attention(x, relative, indices, mask, attn, None if cache is None else cache[i])
             x = self._mix(2 * i, states, x)
             x = x + layer.mlp(x)
             x = self._mix(2 * i + 1, states, x)
             if layer_outputs is not None:
                 layer_outputs.append(x)
-        return x
+        return x if at is None else _rows(x, at)
+
+    def _last_at(self, i: int, x: torch.Tensor, relative: torch.Tensor, indices: torch.Tensor,
+                 attn: AttentionMask, states: list[torch.Tensor], at: torch.Tensor) -> torch.Tensor:
+        """The last layer ``i`` only at the query rows ``at`` ``[B, M]`` -> ``[B, M, D]``: the same sums as the
+        full layer, restricted to those rows (the relative bias row of query t is row t of ``indices``)."""
+        layer, T = self.layers[i], x.shape[1]
+        rows = attn.rows(at, T)
+        if self.dwa_alphas is not None:
+            states[:] = [_rows(s, at) for s in states]
+        y = _rows(x, at) + layer.attention(x, relative, indices[at], _additive_mask(rows, T, x), rows, at=at)
+        y = self._mix(2 * i, states, y)
+        y = y + layer.mlp(y)
+        return self._mix(2 * i + 1, states, y)
 
     def _mix(self, block: int, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """DWA: store this block's output and return sum_m alpha_block[m] * s_m (identity without DWA)."""
