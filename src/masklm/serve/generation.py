@@ -74,7 +74,9 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limit
         raise ServeError(str(exc)) from None
     except TypeError as exc:  # a value of the wrong type, e.g. a string for temperature
         raise ServeError(f"a generation parameter has the wrong type ({exc})") from None
-    check_cost("this generation", resolved.length * resolved.steps * resolved.length_beam,
+    # threshold and speculative decoding run no fixed number of steps; at worst each call commits one token
+    steps = resolved.steps if resolved.steps is not None else resolved.length
+    check_cost("this generation", resolved.length * steps * resolved.length_beam,
                "length x steps x length_beam", limits.max_generate_cost, "--max-generate-cost",
                "ask for fewer tokens, steps or lengths")
     return params
