@@ -93,7 +93,12 @@ def minicons_scorer(model, tokenizer, folder, device: torch.device):
     from masklm.modeldir import save_model_dir
 
     hf_dir = export_bert(save_model_dir(folder / "masklm", model, tokenizer), folder / "hf")
-    return scorer.MaskedLMScorer(str(hf_dir), str(device))
+    mlm = scorer.MaskedLMScorer(str(hf_dir), str(device))
+    if not hasattr(mlm.tokenizer, "batch_encode_plus"):
+        # transformers 5 dropped batch_encode_plus, which minicons (0.3.39) still calls; its __call__ takes
+        # the same arguments and returns the same encoding, so minicons runs unchanged otherwise
+        mlm.tokenizer.batch_encode_plus = mlm.tokenizer.__call__
+    return mlm
 
 
 def minicons_scores(mlm, sentences: list[str], batch: int) -> list[float]:

@@ -449,3 +449,26 @@ def test_mixed_family_config_and_schedule_length_notes(tmp_path, corpus, tokeniz
     err = capsys.readouterr().err
     assert "the objective schedule covers 6 steps (6 steps) but the run has 4 steps; it is cut short" in err
     assert err.index("cut short") < err.index("held-out masked-token accuracy")
+
+
+def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, capsys, corpus, tokenizer_dir, monkeypatch):
+    """An allocation that fails (review case 332: --seq-len 100000) is one line naming the flags that size
+    it, exit 2, and the run folder this call made is gone; any other RuntimeError stays a bug (traceback)."""
+    from masklm.training.trainer import Trainer
+
+    def fail(self, step):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 400000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(Trainer, "train_step", fail)
+    out = tmp_path / "run"
+    args = ["train", "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--size", "tiny", "--seq-len", "32",
+            "--batch-size", "4", "--max-steps", "2", "--out", str(out), "--no-progress"]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masklm: error")]
+    assert len(err) == 1 and "out of memory with --batch-size 4 x --seq-len 32" in err[0], err
+    assert not out.exists()
+
+    monkeypatch.setattr(Trainer, "train_step", lambda self, step: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(args)

@@ -26,3 +26,14 @@ class ModelDirError(MaskLMError):
 
 class InputError(MaskLMError):
     """A request that cannot be served: no [MASK], too long, bad parameter."""
+
+
+def out_of_memory(exc: BaseException, batch_size: int, seq_len: int, device: str | None) -> ConfigError | None:
+    """The one-line error for an allocation that failed (CUDA's OutOfMemoryError, or the CPU allocator's
+    RuntimeError), naming the settings that size it; None for any other error (a bug keeps its traceback)."""
+    text = str(exc)
+    if "can't allocate memory" not in text and "out of memory" not in text.lower():  # CPU allocator / CUDA
+        return None
+    return ConfigError(f"out of memory with --batch-size {batch_size} x --seq-len {seq_len} tokens "
+                       f"on {device or 'the default device'} ({text.splitlines()[0][:120]}); lower --batch-size "
+                       "or --seq-len (raise --grad-accum to keep the rows per step)")

@@ -27,9 +27,11 @@ cheaply (one comparison over ``[B, T]`` ints, free there); on a GPU it does not 
 cost more than the document form saves) and takes the document form. With ``document_ids``, a padding
 query attends to nothing and gives exactly 0 in every form (the split form leaves it out of every run).
 
-The CPU default is ``split``: in principle the cheapest (less arithmetic than a full ``T x T`` product and
-no mask traffic), at the price of one kernel call per document run. ``benchmarks/attention_forms.py``
-measures dense, split and flex; to flip the default, change ``DOCUMENT_FORMS["cpu"]``.
+The CPU default is ``dense``. ``split`` does less arithmetic (sum of L_i^2 instead of T^2, no mask traffic)
+but pays one kernel call per document run, and measured 2.0-2.6x slower than ``dense`` for the attention
+calls and 1.4-1.6x for a whole BERT step (``benchmarks/attention_forms.py``: 16 x 512, 4 documents per row,
+forward and backward, 2-core CPU; docs/benchmarks.md). On CUDA ``flex`` comes first and ``dense`` is its
+fallback; ``split`` stays available (``forms=``) for callers that measure it faster on their shapes.
 
 A query row that may attend to nothing (e.g. a padding position whose document id matches no real key)
 would make softmax divide by zero and turn into NaN, in the forward pass and in every gradient that
@@ -68,8 +70,8 @@ import torch.nn.functional as F
 
 # The exact forms that may mask rows of several documents, per device type, in order of preference; the
 # first that can run is used (flex: CUDA, a caller that supports it, no dropout; split: every document one
-# contiguous run; dense: always). Flip the CPU entry after measuring with benchmarks/attention_forms.py.
-DOCUMENT_FORMS: dict[str, tuple[str, ...]] = {"cpu": ("split", "dense"), "cuda": ("flex", "split", "dense")}
+# contiguous run; dense: always). Measured with benchmarks/attention_forms.py (module docstring).
+DOCUMENT_FORMS: dict[str, tuple[str, ...]] = {"cpu": ("dense",), "cuda": ("flex", "dense")}
 FORMS = ("flex", "split", "dense")
 
 

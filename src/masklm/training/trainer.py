@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, is_shard_folder, prepare_shards
-from masklm.errors import ConfigError, MaskLMError
+from masklm.errors import ConfigError, MaskLMError, out_of_memory
 from masklm.files import check_out, remove_dir
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
@@ -77,7 +77,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = _log_to_stderr) -> Path
     run_dir = Path(cfg.out)
     created = not run_dir.exists()
     try:
-        return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
+        try:
+            return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one too; any other is a bug, with its traceback
+            raise (out_of_memory(exc, cfg.batch_size, cfg.max_seq_len, cfg.device) or exc) from None
     except MaskLMError as exc:
         # Bad input found before training wrote anything of value: leave nothing half-made behind.
         # A run that diverged keeps its folder: its metrics show what happened.

@@ -36,8 +36,8 @@ ModelConfig = MaskLMLtgConfig  # the name masklm's code below gives it
 
 # The exact forms that may mask rows of several documents, per device type, in order of preference; the
 # first that can run is used (flex: CUDA, a caller that supports it, no dropout; split: every document one
-# contiguous run; dense: always). Flip the CPU entry after measuring with benchmarks/attention_forms.py.
-DOCUMENT_FORMS: dict[str, tuple[str, ...]] = {"cpu": ("split", "dense"), "cuda": ("flex", "split", "dense")}
+# contiguous run; dense: always). Measured with benchmarks/attention_forms.py (module docstring).
+DOCUMENT_FORMS: dict[str, tuple[str, ...]] = {"cpu": ("dense",), "cuda": ("flex", "dense")}
 
 
 @dataclass
