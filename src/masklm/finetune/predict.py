@@ -81,17 +81,6 @@ def word_tags(logits: torch.Tensor, first: list[int], labels: list[str]) -> tupl
     return tags, scores
 
 
-def _need(model: torch.nn.Module, kinds: tuple[str, ...], what: str) -> dict[str, Any]:
-    task = getattr(model, "task", None)
-    if task is None:
-        raise InputError(f"this folder has no task head, so it cannot {what}; fine-tune it first with "
-                         "'masklm finetune'")
-    if task["type"] not in kinds:
-        use = "tag" if task["type"] == "tagging" else "classify"
-        raise InputError(f"this folder is a fine-tuned {task['type']} model, which cannot {what}; use {use}")
-    return task
-
-
 def task_windows(task: dict[str, Any], windows: WindowSpec | dict | bool | None) -> WindowSpec | None:
     """The windows to read inputs with: ``windows`` when given (False: none), else the folder's own
     (``task["windows"]``, set when it was fine-tuned on windows; question answering always has them)."""
