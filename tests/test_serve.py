@@ -21,6 +21,7 @@ import torch
 from conftest import approx, close, forward_terms
 
 import masklm
+from masklm.inference.batching import WindowSpec
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -224,6 +225,19 @@ def test_score_embed_openai_tokenize(url, pipe):
     vecs = np.array(post(url, "/embed", {"inputs": sents}).json())
     terms = forward_terms(pipe.config)
     assert close(vecs, pipe.embed(sents), n=terms)
+
+    # An input longer than the model reads (and than --max-tokens 24) is refused, or read in windows on request,
+    # giving the vector the pipeline gives with windows; mean and max pooling differ.
+    long = " ".join(["the cat sat on the mat , and a dog ran"] * 8)
+    assert len(pipe.tokenizer.encode(long)) > pipe.max_length
+    r = post(url, "/embed", {"inputs": long})
+    assert r.status_code == 413 and "24" in r.json()["error"]
+    for pool in ("mean", "max"):
+        got = np.array(post(url, "/embed", {"inputs": [long, "a dog ran"], "windows": True,
+                                            "window_pool": pool}).json())
+        ref = pipe.embed([long, "a dog ran"], windows=WindowSpec(pool=pool))
+        assert close(got, ref, n=terms), pool
+    assert not close(ref[0], pipe.embed(long, windows=WindowSpec(pool="mean")), n=terms)
     cls = np.array(post(url, "/embed", {"inputs": "a dog", "pooling": "cls", "normalize": False}).json())
     assert close(cls[0], pipe.embed("a dog", pooling="cls", normalize=False), n=terms)
 

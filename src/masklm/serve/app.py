@@ -118,13 +118,17 @@ class ModelRoutes:
                 out.append({"score": r})
         return json_response(out)
 
-    async def _embed(self, texts: list[str], pooling: str, normalize: bool) -> tuple[Any, int]:
+    async def _embed(self, texts: list[str], pooling: str, normalize: bool, window_pool: str | None = None
+                     ) -> tuple[Any, int]:
+        """Vectors of ``texts``; ``window_pool`` (mean or max) reads long inputs in windows, None refuses them."""
         check_count(texts, self.limits)
-        job = Job("embed", (pooling, normalize), texts, {"pooling": pooling, "normalize": normalize})
+        params = {"pooling": pooling, "normalize": normalize, "window_pool": window_pool}
+        job = Job("embed", (pooling, normalize, window_pool), texts, params)
         return await self.batcher.submit(job), sum(map(len, job.ids))
 
     async def embed(self, body: EmbedRequest) -> Response:
-        vectors, _ = await self._embed(as_list(body.inputs), body.pooling, body.normalize)
+        pool = body.window_pool if body.windows else None
+        vectors, _ = await self._embed(as_list(body.inputs), body.pooling, body.normalize, pool)
         return json_response(vectors)
 
     async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> Response:

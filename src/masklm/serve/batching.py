@@ -29,11 +29,11 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from masklm.errors import MaskLMError
-from masklm.inference.batching import budget_cuts
+from masklm.inference.batching import WindowSpec, budget_cuts
 from masklm.serve.limits import Limits, ServeError, check_cost, check_encoded
 from masklm.serve.metrics import Metrics
 from masklm.serve.steps import generate_with_steps
@@ -114,7 +114,10 @@ class Runner:
             if job.kind in BATCHABLE:
                 rows = [next(encodings).ids for _ in job.texts]
                 try:
-                    job.ids = check_encoded(rows, job.texts, self.limits)
+                    # an embedding read in windows may be as long as one model call's token budget
+                    windowed = job.kind == "embed" and job.params.get("window_pool") is not None
+                    limits = replace(self.limits, max_tokens=self.limits.max_batch_tokens) if windowed else self.limits
+                    job.ids = check_encoded(rows, job.texts, limits)
                     if job.kind == "fill_mask":
                         self._check_fill_mask(job, tok)
                 except ServeError as exc:
@@ -218,8 +221,10 @@ class Runner:
     def embed(self, jobs: list[Job]) -> list[Any]:
         p = jobs[0].params
         texts = [t for job in jobs for t in job.texts]
+        pool = p.get("window_pool")
         vectors = self.pipe.embed(texts, pooling=p["pooling"], normalize=p["normalize"],
-                                  batch_tokens=self.limits.max_batch_tokens)
+                                  batch_tokens=self.limits.max_batch_tokens,
+                                  windows=WindowSpec(pool=pool) if pool is not None else None)
         return self._split(jobs, vectors)
 
     def generate(self, jobs: list[Job]) -> list[Any]:

@@ -53,6 +53,10 @@ class EmbedRequest(_Strict):
     inputs: Texts = Field(..., examples=["the cat sat on the mat ."])
     normalize: bool = True
     pooling: Literal["mean", "cls"] = "mean"
+    # Inputs longer than the model reads are read in overlapping windows (a quarter of a window shared) and
+    # their vectors combined by ``window_pool``; each input may then hold up to --max-batch-tokens tokens.
+    windows: bool = False
+    window_pool: Literal["mean", "max"] = "mean"
 
 
 class OpenAIEmbeddingRequest(_Strict):
