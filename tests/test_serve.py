@@ -233,9 +233,10 @@ def test_score_embed_openai_tokenize(url, pipe):
     r = post(url, "/embed", {"inputs": long})
     assert r.status_code == 413 and "24" in r.json()["error"]
     for pool in ("mean", "max"):
-        got = np.array(post(url, "/embed", {"inputs": [long, "a dog ran"], "windows": True,
-                                            "window_pool": pool}).json())
-        ref = pipe.embed([long, "a dog ran"], windows=WindowSpec(pool=pool))
+        r = post(url, "/embed", {"inputs": [long, "a dog ran"], "windows": True, "window_pool": pool})
+        got, used = np.array(r.json()), []
+        ref = pipe.embed([long, "a dog ran"], windows=WindowSpec(pool=pool), windows_used=used)
+        assert r.headers["x-windows"] == f"{used[0]},1" and used[0] > 1  # counted and reported
         assert close(got, ref, n=terms), pool
     assert not close(ref[0], pipe.embed(long, windows=WindowSpec(pool="mean")), n=terms)
     cls = np.array(post(url, "/embed", {"inputs": "a dog", "pooling": "cls", "normalize": False}).json())

@@ -128,8 +128,11 @@ class ModelRoutes:
 
     async def embed(self, body: EmbedRequest) -> Response:
         pool = body.window_pool if body.windows else None
-        vectors, _ = await self._embed(as_list(body.inputs), body.pooling, body.normalize, pool)
-        return json_response(vectors)
+        result, _ = await self._embed(as_list(body.inputs), body.pooling, body.normalize, pool)
+        if pool is None:
+            return json_response(result)
+        vectors, windows = result  # the body keeps TEI's schema; the windows read per input go in a header
+        return json_response(vectors, headers={"X-Windows": ",".join(map(str, windows))})
 
     async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> Response:
         hidden_size = self.pipe.config.hidden_size

@@ -222,10 +222,12 @@ class Runner:
         p = jobs[0].params
         texts = [t for job in jobs for t in job.texts]
         pool = p.get("window_pool")
+        used: list[int] = []  # windows per text, when read in windows
         vectors = self.pipe.embed(texts, pooling=p["pooling"], normalize=p["normalize"],
                                   batch_tokens=self.limits.max_batch_tokens,
-                                  windows=WindowSpec(pool=pool) if pool is not None else None)
-        return self._split(jobs, vectors)
+                                  windows=WindowSpec(pool=pool) if pool is not None else None, windows_used=used)
+        parts = self._split(jobs, vectors)
+        return parts if pool is None else list(zip(parts, self._split(jobs, used)))
 
     def generate(self, jobs: list[Job]) -> list[Any]:
         return [self.pipe.generate(**job.params) for job in jobs]
