@@ -123,3 +123,12 @@ def close(actual, expected, *, dtype=torch.float32, n: int = 1, scale: float | N
     diff = float((a - b).abs().max()) if a.numel() else 0.0
     return Closeness(diff, tolerance(scale, dtype=dtype, n=n))
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    run faster on one thread, and far faster on a shared, busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,12 +30,7 @@ CODES = "alpha bravo delta echo golf hotel india kilo lima mike oscar papa romeo
 QUESTION = "what is the code ?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 # ---- SQuAD's metrics against hand-computed values ------------------------------------------------------
