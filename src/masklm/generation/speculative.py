@@ -18,9 +18,14 @@ pass (Stern et al. 2018, blockwise parallel decoding; Leviathan et al. 2023, spe
 Both passes go through one key/value cache (``kv_cache.WindowCache``) holding the verified prefix, which
 was computed causally; the draft window sees it and itself bidirectionally, the verification window
 sees it causally, and both windows' rows are dropped from the cache afterwards except the accepted ones.
-A batch shares one cache, so all rows advance by the fewest tokens any active row got this round
-(cutting a row's round short after a token it emitted keeps the rule exact: the cut does not depend on
-that row's later draws). ``stats`` reports the mean accepted drafts per row and round before that cut.
+A batch shares one cache, so the cache advances by the fewest tokens any active row got this round.
+A row that got more keeps them: its extra tokens are carried into the next window as given tokens
+(neither drafted nor checked again; only their keys and values are recomputed), so each row moves at its
+own acceptance rate, up to ``draft_length`` + 1 tokens ahead of the slowest. This keeps the rule exact:
+what a row keeps is exactly what speculative sampling accepted for that row alone, and which rows are
+slow does not depend on its draws. ``stats`` reports ``rounds``, ``mean_accepted`` (drafts accepted per
+row and round, carried tokens not counted), ``tokens_per_round`` (the cache's advance per round) and
+``carried`` (tokens kept ahead of the slowest row, summed over rows and rounds).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
                        temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                        generator: torch.Generator | None = None, stop_id: int | None = None,
                        draft_shift: int = 1) -> dict:
-    """Decode ``canvas`` in place -> stats ``{rounds, mean_accepted, tokens_per_round}``. ``draft_shift``:
+    """Decode ``canvas`` in place -> stats ``{rounds, mean_accepted, tokens_per_round, carried}``. ``draft_shift``:
     where the masked reading predicts a mask at column j (j - 1 after ``mntp``, j after ``mlm``: AntLM)."""
     x, gen = canvas.ids, canvas.gen  # [B, W]
     B, W = x.shape
@@ -106,18 +111,21 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
         net.record(x)  # traces hold the whole canvas before each call
         store.feed(x[:, :lo - 1], torch.arange(1, lo))
     stopped = torch.zeros(B, dtype=torch.bool, device=x.device)
+    carry = torch.zeros(B, dtype=torch.long, device=x.device)  # kept tokens of each row at p, p+1, ...
     remaining = gen.flip(1).cumsum(1).flip(1)  # [B, W]: generated positions at or after each column
-    p, rounds, accepted_sum, row_rounds, committed = lo, 0, 0, 0, 0
+    p, rounds, accepted_sum, row_rounds, committed, carried = lo, 0, 0, 0, 0, 0
     while p < W:
         active = ~stopped & (remaining[:, p] > 0)
         if not active.any():
             break
         k = min(draft_length, W - p)
+        given = carry  # [B]: columns p .. p+given-1 of each row were kept last round
+        cols = torch.arange(k + 1, device=x.device)
         decide = torch.zeros(B, k + 1, dtype=torch.bool, device=x.device)
-        decide[:, :k] = gen[:, p:p + k] & active[:, None]
+        decide[:, :k] = gen[:, p:p + k] & active[:, None] & (cols[None, :k] >= given[:, None])
         if p + k < W:
             decide[:, k] = gen[:, p + k] & active
-        # draft: the last verified token and k columns (masks where generated), bidirectionally
+        # draft: the last cached token, the carried tokens and masks for the rest, bidirectionally
         net.record(x)
         hidden = store.feed(x[:, p - 1:p + k], torch.full((k + 1,), p + k))
         store.truncate(p - 1)
@@ -130,27 +138,32 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
             where[:, p + i] = decide[:, i]
             net.choose_and_write(x, where, q_logits[decide[:, i], i], temperature, top_k, top_p, generator)
         drafts = x[:, p:p + k].clone()
-        # verify: one causal pass over the last verified token and the drafts
+        # verify: one causal pass over the last cached token, the carried tokens and the drafts
         net.record(x)
         hidden = store.feed(x[:, p - 1:p + k], torch.arange(p, p + k + 1))
         p_raw = net.ban(net.model.predict(hidden).float())  # [B, k+1, V]: predicts columns p..p+k
         p_logits = torch.stack([_controls(net, p_raw[:, i], x, p + i, gen) if p + i < W else p_raw[:, i]
                                 for i in range(k + 1)], 1)
         accepted, token = accept_round(p_logits, q_logits, drafts, decide, temperature, top_k, top_p, generator)
-        n = min(int(((accepted + 1).masked_fill(~active, k + 1)).min()), W - p)
-        fix = active & (accepted < n)  # rows whose correction (or bonus) lands inside the kept columns
-        cols = p + accepted.clamp(max=n - 1)
-        x[fix, cols[fix]] = torch.where(decide[fix, accepted[fix]], token[fix], x[fix, cols[fix]])
-        undo = gen.clone()
-        undo[:, :p + n] = False
-        x[undo] = mask_id  # drafts past the kept columns
+        # each active row keeps its accepted columns and the correction or bonus after them
+        keep = torch.where(active, (accepted + 1).clamp(max=W - p), torch.zeros_like(accepted))  # [B]
+        fix = active & (p + accepted < W)
+        at = (p + accepted).clamp(max=W - 1)
+        x[fix, at[fix]] = torch.where(decide[fix, accepted[fix]], token[fix], x[fix, at[fix]])
+        later = gen & active[:, None] & (torch.arange(W, device=x.device)[None, :] >= p + keep[:, None])
+        x[later] = mask_id  # drafts past each row's kept columns
         if stop_id is not None:
-            stopped |= ((x[:, p:p + n] == stop_id) & gen[:, p:p + n]).any(1)
+            span = min(k + 1, W - p)
+            upto = cols[None, :span] < keep[:, None]
+            stopped |= ((x[:, p:p + span] == stop_id) & gen[:, p:p + span] & upto).any(1)
+        n = int(keep.masked_fill(~active, k + 1).min())  # the cache advances by the slowest active row
+        carry = (keep - n).clamp_min(0)
         store.truncate(p + n - 1)
         rounds += 1
-        accepted_sum += int(accepted[active].sum())
+        accepted_sum += int((accepted - given)[active].clamp_min(0).sum())
         row_rounds += int(active.sum())
+        carried += int(carry.sum())
         committed += n
         p += n
     return {"rounds": rounds, "mean_accepted": accepted_sum / max(row_rounds, 1),
-            "tokens_per_round": committed / max(rounds, 1)}
+            "tokens_per_round": committed / max(rounds, 1), "carried": carried}
