@@ -12,13 +12,14 @@
   weights exported as a Hugging Face folder (``masklm export-hf``), ``sequence_score`` with the original
   PLL metric, ``--minicons-batch`` sentences per call (default 32): what a user of minicons writes.
 
-The model is a BERT with hidden 256, 4 layers, 4 heads, FFN 1024 and a vocabulary of 8192 (a WordPiece
-trained on the built-in KJV corpus); weights are untrained (speed does not depend on them). Sentences
+The model is masklm's BERT of ``--size`` (default small: hidden 256, 4 layers, 4 heads, FFN 1024; tiny:
+hidden 128, 2 layers) with a vocabulary of 8192 (a WordPiece trained on the built-in KJV corpus); weights are untrained (speed does not depend on them). Sentences
 are KJV sentences of 10-30 tokens. Every approach tokenizes inside its timed region. The script checks
 that all approaches give the same scores and prints one JSON object.
 
     python benchmarks/score_speed.py                 # 1,000 sentences, CPU, a few minutes on 2 cores
     python benchmarks/score_speed.py --n 100         # quick look
+    python benchmarks/score_speed.py --size tiny     # BERT tiny (the issue #17 figure)
     python benchmarks/score_speed.py --device cuda   # GPU (names the card in the JSON)
 
 It prints one JSON line per round (seconds per approach, the ratios to masklm, the load average) and then
@@ -151,7 +152,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="interleaved chunks (default 4)")
     ap.add_argument("--skip-attribution", action="store_true", help="do not time the sparse-head-only variant")
     ap.add_argument("--minicons-batch", type=int, default=32, help="sentences per minicons call (default 32)")
-    ap.add_argument("--hidden", type=int, default=256, help="model width (default 256; 4 layers, FFN 4x)")
+    ap.add_argument("--size", default="small", choices=("tiny", "small", "base"),
+                    help="BERT size preset (default small: hidden 256, 4 layers, 4 heads, FFN 1024; tiny: hidden "
+                         "128, 2 layers, 2 heads, FFN 512)")
     args = ap.parse_args()
 
     from masklm.config import ModelConfig
@@ -165,8 +168,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(iter_documents(["kjv"]), kind="wordpiece", vocab_size=8192)
     torch.manual_seed(0)
-    config = ModelConfig(arch="bert", vocab_size=8192, hidden_size=args.hidden, num_hidden_layers=4,
-                         num_attention_heads=4, intermediate_size=4 * args.hidden, max_position_embeddings=512)
+    config = ModelConfig.from_preset("bert", args.size, vocab_size=8192, max_position_embeddings=512)
     model = build_model(config).to(device).eval()
     pipe = Pipeline(model, tokenizer)
     sentences = load_sentences(tokenizer, args.n)
@@ -197,7 +199,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "load_average_1min": _load_average(),
-        "model": f"bert hidden {args.hidden}, 4 layers, 4 heads, ffn {4 * args.hidden}, vocab 8192 (untrained)",
+        "model": (f"bert {args.size}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, "
+                  f"{config.num_attention_heads} heads, ffn {config.intermediate_size}, vocab 8192 (untrained)"),
         "sentences": n, "scored_tokens": n_tokens, "batch_tokens": budget, "rounds": args.rounds,
         "straightforward_sentences_per_s": round(n / seconds["straightforward"], 2),
         "masklm_sentences_per_s": round(n / seconds["masklm"], 2),

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -38,12 +37,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import torch
+from common import Experiment
 
 from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, prepare_shards
-from masklm.errors import ConfigError, MaskLMError
+from masklm.errors import MaskLMError
 from masklm.modeldir import load_model_dir
 from masklm.tokenizer import Tokenizer, train_tokenizer
 from masklm.training.config import TrainConfig
@@ -213,16 +212,8 @@ def plot(rows: list[dict[str, Any]], out_png: Path) -> Path:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate every run; write results.json, results.md and the plot; return the table rows."""
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} already exists and is not empty; pass another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f}s] {message}", file=sys.stderr, flush=True)
+    run = Experiment("antlm_vs_mlm.py", args.out, argv, args.threads)
+    out, log = run.out, run.log
 
     # One tokenizer and one shard folder for every run: same vocabulary, same rows, same held-out split.
     if args.tokenizer:
@@ -278,20 +269,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"(K={row['diffusion_samples']}); train {train_seconds:.0f}s")
         shutil.rmtree(run_dir / "data")  # the shared copy in OUT/data stays
 
-    wall = time.perf_counter() - t0
-    table = markdown_table(results)
-    meta = {"command": "python experiments/antlm_vs_mlm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "wall_seconds": wall, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "python": platform.python_version(),
-            "heldout_rows": results[0]["heldout_rows"], "steps_per_epoch": steps_per_epoch}
     for r in results:
         r.pop("heldout_docs")
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(table, encoding="utf-8")
+    meta = run.finish(results, markdown_table(results), heldout_rows=results[0]["heldout_rows"] if results else None,
+                      steps_per_epoch=steps_per_epoch)
     png = plot(results, out / "antlm_vs_mlm.png")
-    print(table)
-    print(f"held-out rows: {meta['heldout_rows']} x {args.seq_len} tokens; wall time {wall:.0f}s "
-          f"({wall / 60:.1f} min); table {out / 'results.md'}, plot {png}")
+    print(f"held-out rows: {meta['heldout_rows']} x {args.seq_len} tokens; plot {png}")
     return results
 
 

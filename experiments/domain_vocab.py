@@ -26,20 +26,18 @@ hold the models.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import sys
-import time
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import Experiment
 
 from masklm.data.corpus import iter_documents
-from masklm.errors import ConfigError, MaskLMError
+from masklm.errors import MaskLMError
 from masklm.modeldir import load_model_dir
 from masklm.tokenizer import Tokenizer, train_tokenizer, word_starts
 from masklm.training.config import TrainConfig
@@ -163,16 +161,8 @@ def whole_word_accuracy(model_dir: Path, texts: list[str], terms: set[str], *, r
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} already exists and is not empty; pass another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f}s] {message}", file=sys.stderr, flush=True)
+    experiment = Experiment("domain_vocab.py", args.out, argv, args.threads)
+    out, log = experiment.out, experiment.log
 
     notes = clinical_corpus(args.notes + args.heldout_notes, args.seed)
     train_notes, heldout = notes[:args.notes], notes[args.notes:]
@@ -213,18 +203,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"(domain words {scores['term_accuracy']:.1%} of {scores['term_words']})")
     if len({tuple(r.pop("word_counts")) for r in rows}) != 1:
         raise RuntimeError("the models split the held-out notes into different words; the scores would not compare")
-    table = markdown_table(rows)
-    wall = time.perf_counter() - t0
-    meta = {"command": "python experiments/domain_vocab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "wall_seconds": wall, "torch": torch.__version__, "python": platform.python_version(),
-            "words_added": report["words_added"], "tokens_added": report["tokens_added"],
-            "top_words": [w["word"] for w in report["top"]],
-            "pieces_per_word_before_after": [report["heldout_before"]["pieces_per_word"],
-                                             report["heldout_after"]["pieces_per_word"]], "args": vars(args)}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(table, encoding="utf-8")
-    print(table)
-    print(f"wall time {wall:.0f}s; table {out / 'results.md'}")
+    experiment.finish(rows, markdown_table(rows), words_added=report["words_added"],
+                      tokens_added=report["tokens_added"], top_words=[w["word"] for w in report["top"]],
+                      pieces_per_word_before_after=[report["heldout_before"]["pieces_per_word"],
+                                                    report["heldout_after"]["pieces_per_word"]], args=vars(args))
     return rows
 
 

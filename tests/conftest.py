@@ -132,3 +132,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- generation tests (test_generation.py, test_generation_parallel.py) ----------------------------------
+
+@pytest.fixture(scope="module")
+def tok(request):
+    """The WordPiece tokenizer the generation tests decode with."""
+    return request.getfixturevalue("wordpiece_tokenizer")
+
+
+def tiny(arch: str, tok, seed: int = 0) -> torch.nn.Module:
+    """An untrained tiny model of ``arch`` for ``tok``'s vocabulary, in eval mode."""
+    from masklm.config import ModelConfig  # lazy: only the model tests need the models
+    from masklm.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(ModelConfig.from_preset(arch, "tiny", vocab_size=tok.vocab_size,
+                                               max_position_embeddings=128)).eval()
+
+
+def generate(model, tok, prompt=None, template=None, **settings) -> dict:
+    """``masklm.generation.generate`` with the settings as keywords, as ``Pipeline.generate`` takes them."""
+    from masklm.generation import GenerationConfig
+    from masklm.generation import generate as generate_with
+
+    return generate_with(model, tok, prompt, GenerationConfig(**settings), template=template)
+

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -15,6 +16,10 @@ WORDS = "the a cat dog bird sat ran flew on under over mat tree house and then q
 
 
 def load_script():
+    """The script as ``python experiments/antlm_vs_mlm.py`` runs it: its folder first on the path (for
+    ``experiments/common.py``)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("antlm_vs_mlm", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,14 +9,12 @@ import math
 
 import pytest
 import torch
-from conftest import close, forward_terms
+from conftest import close, forward_terms, generate, tiny
 
 import masklm
 from masklm.cli import main
-from masklm.config import ModelConfig
 from masklm.errors import InputError
 from masklm.generation import REQUEST_FIELDS, GenerationConfig
-from masklm.generation import generate as generate_with
 from masklm.generation.canvas import build_canvas, prompt_rows
 from masklm.generation.confidence import still_masked
 from masklm.generation.diffusion import unmask_draw
@@ -24,18 +22,6 @@ from masklm.generation.kv_cache import CausalStepper
 from masklm.generation.mask_predict import mask_predict, remask_count
 from masklm.generation.sampling import Network
 from masklm.modeldir import save_model_dir
-from masklm.models import build_model
-
-
-def tiny(arch: str, tok, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig.from_preset(arch, "tiny", vocab_size=tok.vocab_size,
-                                               max_position_embeddings=128)).eval()
-
-
-@pytest.fixture(scope="module")
-def tok(request):
-    return request.getfixturevalue("wordpiece_tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +29,6 @@ def bert(tok):
     return tiny("bert", tok)
 
 
-def generate(model, tok, prompt=None, template=None, **settings) -> dict:
-    """``masklm.generation.generate`` with the settings as keywords, as ``Pipeline.generate`` takes them."""
-    return generate_with(model, tok, prompt, GenerationConfig(**settings), template=template)
 
 
 def masks(x: torch.Tensor, tok) -> torch.Tensor:

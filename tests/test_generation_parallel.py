@@ -7,20 +7,18 @@ import json
 
 import pytest
 import torch
+from conftest import generate, tiny
 
 import masklm
 from masklm.cli import main
-from masklm.config import ModelConfig
 from masklm.errors import InputError
 from masklm.generation import REQUEST_FIELDS, GenerationConfig
-from masklm.generation import generate as generate_with
 from masklm.generation.canvas import build_canvas, prompt_rows
 from masklm.generation.config import pick_strategy
 from masklm.generation.repetition import apply_penalty
 from masklm.generation.speculative import accept_round
 from masklm.generation.threshold import commit_mask
 from masklm.modeldir import save_model_dir
-from masklm.models import build_model
 from masklm.serve.generation import check_generate
 from masklm.serve.limits import Limits
 
@@ -28,19 +26,10 @@ HYBRID = ["mntp", "clm"]
 PROMPTS = ["the river of", "hello", None]  # different lengths: the rows are padded
 
 
-def tiny(arch: str, tok, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig.from_preset(arch, "tiny", vocab_size=tok.vocab_size,
-                                               max_position_embeddings=128)).eval()
 
 
-@pytest.fixture(scope="module")
-def tok(request):
-    return request.getfixturevalue("wordpiece_tokenizer")
 
 
-def generate(model, tok, prompt=None, template=None, **settings) -> dict:
-    return generate_with(model, tok, prompt, GenerationConfig(**settings), template=template)
 
 
 def ids(out: dict) -> list[list[int]]:

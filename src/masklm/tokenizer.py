@@ -35,6 +35,7 @@ import numpy as np
 from tokenizers import Encoding, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
 
+from masklm.config import read_json_object
 from masklm.errors import ConfigError, ModelDirError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -216,12 +217,7 @@ def _read_tokenizer_config(path: Path) -> tuple[list[str], int]:
     specials, max_length = list(SPECIAL_TOKENS), _DEFAULT_MAX_LENGTH
     if not path.is_file():
         return specials, max_length
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
-    if not isinstance(config, dict):
-        raise ModelDirError(f"{path} must hold a JSON object, not {type(config).__name__}; fix or delete it")
+    config = read_json_object(path, ModelDirError, "fix or delete it")
     for i, key in enumerate(_SPECIAL_KEYS):
         value = config.get(key)
         if isinstance(value, dict):  # transformers' serialized AddedToken

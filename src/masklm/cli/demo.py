@@ -48,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # lazy: torch, the models and the trainer load only when the demo runs, not for `masklm --help`
     from masklm.inference.pipeline import load
-    from masklm.training.config import TrainConfig
     from masklm.training.trainer import train
 
     if args.minutes <= 0:
@@ -56,15 +55,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; pass another --out or remove it")
-    # LTG-BERT's layer (pre-norm with NormFormer norms, relative positions), which GPT-BERT keeps, leaves the
-    # unigram plateau within a few hundred steps on this corpus; a post-LN BERT of the same size needs
-    # thousands (measured: 29% vs 11% held-out accuracy after 300 steps), which a laptop demo cannot afford.
-    cfg = TrainConfig(
-        arch="gpt-bert", size="tiny", corpus=[args.corpus], out=str(out), vocab_size=4096, seq_len=64,
-        batch_size=32, lr=2e-3, warmup_steps=0.05, max_steps=args.max_steps, time_limit=args.minutes,
-        objective=OBJECTIVE, heldout_fraction=0.02, eval_batches=16, log_every=10, seed=args.seed,
-        progress=not args.no_progress, model={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-    )
+    cfg = demo_config(out, args.corpus, args.minutes, args.max_steps, args.seed, progress=not args.no_progress)
     print(f"masklm demo: training a tiny GPT-BERT hybrid ({OBJECTIVE}) on {args.corpus!r} for about "
           f"{args.minutes:g} min (run folder {out})", file=sys.stderr)
     train(cfg)
@@ -82,6 +73,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"  python -c \"import masklm; print(masklm.load('{out / 'final'}').fill_mask('Let there be [MASK].'))\"")
     print(f"  (in transformers: AutoModelForMaskedLM.from_pretrained('{out / 'final'}', trust_remote_code=True))")
     return 0
+
+
+def demo_config(out: Path, corpus: str, minutes: float, max_steps: int, seed: int, progress: bool = True,
+                objective: str = OBJECTIVE, arch: str = "gpt-bert"):
+    """The demo's training run (``experiments/demo_objective.py`` varies ``objective`` and ``arch``)."""
+    from masklm.training.config import TrainConfig  # lazy: with the trainer
+
+    # LTG-BERT's layer (pre-norm with NormFormer norms, relative positions), which GPT-BERT keeps, leaves the
+    # unigram plateau within a few hundred steps on this corpus; a post-LN BERT of the same size needs
+    # thousands (measured: 29% vs 11% held-out accuracy after 300 steps), which a laptop demo cannot afford.
+    return TrainConfig(
+        arch=arch, size="tiny", corpus=[corpus], out=str(out), vocab_size=4096, seq_len=64,
+        batch_size=32, lr=2e-3, warmup_steps=0.05, max_steps=max_steps, time_limit=minutes,
+        objective=objective, heldout_fraction=0.02, eval_batches=16, log_every=10, seed=seed,
+        progress=progress, model={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    )
 
 
 def show_fill_mask(pipe) -> None:
@@ -112,6 +119,16 @@ def show_generation(pipe, seed: int, length: int = 32) -> None:
 
 def show_accuracy(pipe, cfg) -> None:
     """Held-out masked-token accuracy, read where the model was trained to predict, vs the unigram baseline."""
+    result = heldout_accuracy(pipe, cfg)
+    print(f"\nheld-out masked-token accuracy (15% masked, {result['eval_tokens']} tokens): "
+          f"{result['eval_accuracy']:.1%}")
+    print(f"unigram baseline (always {result['baseline_token']!r}): {result['baseline_accuracy']:.1%}")
+
+
+def heldout_accuracy(pipe, cfg, mask_seeds: tuple[int, ...] = (0,)) -> dict:
+    """Masked-token accuracy on the run's held-out rows (15% masked, read where the model predicts: one to
+    the left after ``mntp``), pooled over one masking per seed in ``mask_seeds`` -> {eval_accuracy,
+    eval_tokens, baseline_accuracy, baseline_token}."""
     # lazy: torch-backed evaluation, loaded with the rest of the demo
     from masklm.data.packing import split_documents
     from masklm.data.shards import ShardedCorpus
@@ -122,13 +139,16 @@ def show_accuracy(pipe, cfg) -> None:
     baseline_id = most_frequent_token(corpus, train_docs, pipe.tokenizer.special_ids)
     heldout = heldout_rows(corpus, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed, seq_len=cfg.seq_len,
                            pad_id=pipe.tokenizer.pad_id)
-    result = evaluate_mlm(pipe.model, heldout, pipe.tokenizer, batch_size=cfg.batch_size,
-                          max_batches=cfg.eval_batches, seed=cfg.seed, baseline_id=baseline_id,
-                          shift=bool(pipe.mask_shift))
-    print(f"\nheld-out masked-token accuracy (15% masked, {result['eval_tokens']} tokens): "
-          f"{result['eval_accuracy']:.1%}")
-    print(f"unigram baseline (always {pipe.tokenizer.id_to_token(baseline_id)!r}): "
-          f"{result['baseline_accuracy']:.1%}")
+    right, base, tokens = 0.0, 0.0, 0
+    for seed in mask_seeds:
+        result = evaluate_mlm(pipe.model, heldout, pipe.tokenizer, batch_size=cfg.batch_size,
+                              max_batches=cfg.eval_batches, seed=cfg.seed + seed, baseline_id=baseline_id,
+                              shift=bool(pipe.mask_shift))
+        right += result["eval_accuracy"] * result["eval_tokens"]
+        base += result["baseline_accuracy"] * result["eval_tokens"]
+        tokens += int(result["eval_tokens"])
+    return {"eval_accuracy": right / max(tokens, 1), "eval_tokens": tokens,
+            "baseline_accuracy": base / max(tokens, 1), "baseline_token": pipe.tokenizer.id_to_token(baseline_id)}
 
 
 def most_frequent_token(corpus, doc_indices, special_ids) -> int:

@@ -35,7 +35,7 @@ import torch
 from masklm.generation.canvas import Canvas
 from masklm.generation.kv_cache import WindowCache
 from masklm.generation.repetition import banned_tokens
-from masklm.generation.sampling import NEG_INF, Network, filter_logits
+from masklm.generation.sampling import NEG_INF, Network, filter_logits, gumbel
 
 
 def distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -71,7 +71,7 @@ def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.T
     residual = (p[rows, accepted.clamp(max=k - 1)] - q[rows, accepted.clamp(max=k - 1)]).clamp_min(0)
     use = rejected[:, None] & (residual.sum(1, keepdim=True) > 0)
     after = torch.where(use, residual, after)
-    token = torch.multinomial((after / after.sum(1, keepdim=True)).float(), 1, generator=generator).squeeze(1)
+    token = (after.log() + gumbel(tuple(after.shape), generator, after.device)).argmax(-1)  # a draw from after
     return accepted, token
 
 
@@ -79,8 +79,6 @@ def _controls(net: Network, logits: torch.Tensor, x: torch.Tensor, col: int, gen
     """The repetition controls for column ``col`` of each row, given the canvas ``x`` ``[B, W]`` up to
     ``col`` (later generated columns read as undecided) -> logits ``[B, V]`` (a new tensor)."""
     logits = logits.clone()
-    if not net.penalty and not net.no_repeat:
-        return logits
     context = x.clone()
     later = gen.clone()
     later[:, :col] = False
@@ -110,6 +108,7 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
     if lo > 1:  # the prompt, causally: the cache holds columns 0 .. p-2 before each round
         net.record(x)  # traces hold the whole canvas before each call
         store.feed(x[:, :lo - 1], torch.arange(1, lo))
+    controls = bool(net.penalty or net.no_repeat)
     stopped = torch.zeros(B, dtype=torch.bool, device=x.device)
     carry = torch.zeros(B, dtype=torch.long, device=x.device)  # kept tokens of each row at p, p+1, ...
     remaining = gen.flip(1).cumsum(1).flip(1)  # [B, W]: generated positions at or after each column
@@ -131,19 +130,25 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
         store.truncate(p - 1)
         d = 1 - draft_shift  # window row of column p's prediction
         q_raw = net.ban(net.model.predict(hidden[:, d:d + k]).float())  # [B, k, V]: predicts columns p..p+k-1
-        q_logits = torch.empty_like(q_raw)
-        for i in range(k):  # drafts left to right, so the repetition controls see the earlier drafts
-            q_logits[:, i] = _controls(net, q_raw[:, i], x, p + i, gen)
+        if controls:
+            q_logits = torch.empty_like(q_raw)
+            for i in range(k):  # drafts left to right, so the repetition controls see the earlier drafts
+                q_logits[:, i] = _controls(net, q_raw[:, i], x, p + i, gen)
+                where = torch.zeros_like(gen)
+                where[:, p + i] = decide[:, i]
+                net.choose_and_write(x, where, q_logits[decide[:, i], i], temperature, top_k, top_p, generator)
+        else:  # no controls: every draft of the window in one draw (row-major, as the canvas is indexed)
+            q_logits = q_raw
             where = torch.zeros_like(gen)
-            where[:, p + i] = decide[:, i]
-            net.choose_and_write(x, where, q_logits[decide[:, i], i], temperature, top_k, top_p, generator)
+            where[:, p:p + k] = decide[:, :k]
+            net.choose_and_write(x, where, q_raw[decide[:, :k]], temperature, top_k, top_p, generator)
         drafts = x[:, p:p + k].clone()
         # verify: one causal pass over the last cached token, the carried tokens and the drafts
         net.record(x)
         hidden = store.feed(x[:, p - 1:p + k], torch.arange(p, p + k + 1))
         p_raw = net.ban(net.model.predict(hidden).float())  # [B, k+1, V]: predicts columns p..p+k
         p_logits = torch.stack([_controls(net, p_raw[:, i], x, p + i, gen) if p + i < W else p_raw[:, i]
-                                for i in range(k + 1)], 1)
+                                for i in range(k + 1)], 1) if controls else p_raw
         accepted, token = accept_round(p_logits, q_logits, drafts, decide, temperature, top_k, top_p, generator)
         # each active row keeps its accepted columns and the correction or bonus after them
         keep = torch.where(active, (accepted + 1).clamp(max=W - p), torch.zeros_like(accepted))  # [B]
