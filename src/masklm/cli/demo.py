@@ -21,6 +21,9 @@ from masklm.errors import ConfigError
 OBJECTIVE = "mntp=3,clm=1"
 MINIMAL_PAIR = ("The LORD is my shepherd.", "The LORD are my shepherd.")
 PROMPT = "And God said,"
+# Held-out rows are few (2% of the documents, about 2,500 masked tokens per masking: +-0.9 points of standard
+# error); the accuracy printed pools this many different 15% maskings of them.
+MASKINGS = 5
 
 EXAMPLES = [
     "In the beginning God created the [MASK] and the earth.",
@@ -119,8 +122,8 @@ def show_generation(pipe, seed: int, length: int = 32) -> None:
 
 def show_accuracy(pipe, cfg) -> None:
     """Held-out masked-token accuracy, read where the model was trained to predict, vs the unigram baseline."""
-    result = heldout_accuracy(pipe, cfg)
-    print(f"\nheld-out masked-token accuracy (15% masked, {result['eval_tokens']} tokens): "
+    result = heldout_accuracy(pipe, cfg, tuple(range(MASKINGS)))
+    print(f"\nheld-out masked-token accuracy (15% masked, {MASKINGS} maskings, {result['eval_tokens']:,} tokens): "
           f"{result['eval_accuracy']:.1%}")
     print(f"unigram baseline (always {result['baseline_token']!r}): {result['baseline_accuracy']:.1%}")
 
