@@ -25,6 +25,10 @@ import numpy as np
 import pytest
 import torch
 
+from masklm.config import ModelConfig
+from masklm.generation import GenerationConfig
+from masklm.generation import generate as generate_with
+from masklm.models import build_model
 from masklm.tokenizer import train_tokenizer
 
 # Few distinct stems with long words, so a small vocabulary must split words into several pieces.
@@ -144,9 +148,6 @@ def tok(request):
 
 def tiny(arch: str, tok, seed: int = 0) -> torch.nn.Module:
     """An untrained tiny model of ``arch`` for ``tok``'s vocabulary, in eval mode."""
-    from masklm.config import ModelConfig  # lazy: only the model tests need the models
-    from masklm.models import build_model
-
     torch.manual_seed(seed)
     return build_model(ModelConfig.from_preset(arch, "tiny", vocab_size=tok.vocab_size,
                                                max_position_embeddings=128)).eval()
@@ -154,8 +155,5 @@ def tiny(arch: str, tok, seed: int = 0) -> torch.nn.Module:
 
 def generate(model, tok, prompt=None, template=None, **settings) -> dict:
     """``masklm.generation.generate`` with the settings as keywords, as ``Pipeline.generate`` takes them."""
-    from masklm.generation import GenerationConfig
-    from masklm.generation import generate as generate_with
-
     return generate_with(model, tok, prompt, GenerationConfig(**settings), template=template)
 
