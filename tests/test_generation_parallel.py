@@ -16,6 +16,7 @@ from masklm.generation import REQUEST_FIELDS, GenerationConfig
 from masklm.generation.canvas import build_canvas, prompt_rows
 from masklm.generation.config import pick_strategy
 from masklm.generation.repetition import apply_penalty
+from masklm.generation.sampling import draw
 from masklm.generation.speculative import accept_round
 from masklm.generation.threshold import commit_mask
 from masklm.modeldir import save_model_dir
@@ -158,6 +159,23 @@ def test_accept_round_emits_the_target_distribution():
     assert _chi2_pvalue(torch.bincount(second, minlength=V), p[1].softmax(-1)) > 1e-3
     # the test can fail: the drafts alone are far from the target
     assert _chi2_pvalue(torch.bincount(drafts[:, 0], minlength=V), p[0].softmax(-1)) < 1e-6
+
+
+def test_draw_samples_each_row_and_never_a_zero_probability_token():
+    """The float64 inverse-CDF sampler every strategy uses: unnormalised rows, zeros at both ends and inside."""
+    g = torch.Generator().manual_seed(3)
+    probs = torch.tensor([[0.0, 2.0, 0.0, 1.0, 1.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.0, 1.5]], dtype=torch.float64)
+    N = 20000
+    ids = draw(probs.repeat(N, 1), g).view(N, 2)
+    for r in range(2):
+        counts = torch.bincount(ids[:, r], minlength=6)
+        assert counts[probs[r] == 0].sum() == 0
+        assert _chi2_pvalue(counts[probs[r] > 0], probs[r][probs[r] > 0] / probs[r].sum()) > 1e-3
+    uniform = torch.ones(4, dtype=torch.float64) / 4
+    assert _chi2_pvalue(torch.bincount(ids[:, 0], minlength=6)[[0, 1, 3, 4]], uniform) < 1e-6  # it can fail
+    one_hot = torch.zeros(3, 5, dtype=torch.float64)
+    one_hot[[0, 1, 2], [0, 4, 2]] = 1e-300  # a single tiny positive entry is the only choice
+    assert draw(one_hot, g).tolist() == [0, 4, 2]
 
 
 def test_sampled_speculative_first_token_matches_left_to_right_sampling(tok):

@@ -9,7 +9,7 @@ How many to commit (per row, N = the block's generated positions, r = (i + 1) / 
   none after the last step.
 - ``linear`` (LLaDA): k_i = N // S + (1 if i < N % S), the remainder going to the earliest steps.
 
-Tokens are the argmax at temperature 0, else Gumbel-max samples (float64). ``choice_temperature`` adds
+Tokens are the argmax at temperature 0, else float64 samples (``sampling.draw``). ``choice_temperature`` adds
 MaskGIT's annealed Gumbel noise to the ranking: confidence = log p + tau (1 - r) g.
 
 Semi-autoregressive blocks (``block_length``): the generated positions of a row, in order, are cut into

@@ -35,12 +35,14 @@ import torch
 from masklm.generation.canvas import Canvas
 from masklm.generation.kv_cache import WindowCache
 from masklm.generation.repetition import banned_tokens
-from masklm.generation.sampling import NEG_INF, Network, filter_logits, gumbel
+from masklm.generation.sampling import NEG_INF, Network, draw, filter_logits
 
 
-def distribution(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """What ``sampling.choose`` samples from: logits ``[M, V]`` -> probabilities ``[M, V]`` (float64)."""
-    return torch.softmax(filter_logits(logits, top_k, top_p).double() / temperature, -1)
+def _scaled(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """What ``sampling.choose`` samples from, as scores: logits ``[M, V]`` -> filtered logits / temperature."""
+    if top_k is not None or top_p is not None:
+        logits = filter_logits(logits, top_k, top_p)
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.Tensor, decide: torch.Tensor,
@@ -49,16 +51,20 @@ def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.T
     """Verify one round. p_logits ``[B, k+1, V]`` (causal, the last one after every draft), q_logits
     ``[B, k, V]`` (masked mode, what the drafts were drawn from), drafts ``[B, k]``, decide ``[B, k+1]``
     bool (positions the rule applies to; others hold given tokens and are kept) -> (accepted drafts per row
-    ``[B]`` long in 0..k, the token after them ``[B]``: correction or bonus)."""
+    ``[B]`` long in 0..k, the token after them ``[B]``: correction or bonus).
+
+    Sampling reads p and q at the drafts through each row's log-normaliser, and builds whole float64
+    distributions only for the one position per row where the round ends (the residual or the bonus)."""
     B, k = drafts.shape
     if temperature == 0.0:
         target = p_logits.argmax(-1)  # [B, k+1]
         ok = (drafts == target[:, :k]) | ~decide[:, :k]
     else:
-        p = distribution(p_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k + 1, -1)
-        q = distribution(q_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k, -1)
-        pd = p[:, :k].gather(2, drafts[..., None]).squeeze(2)  # [B, k]
-        qd = q.gather(2, drafts[..., None]).squeeze(2)
+        sp = _scaled(p_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k + 1, -1)
+        sq = _scaled(q_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k, -1)
+        at = drafts[..., None]
+        pd = (sp[:, :k].gather(2, at).squeeze(2) - torch.logsumexp(sp[:, :k], -1)).double().exp()  # [B, k]
+        qd = (sq.gather(2, at).squeeze(2) - torch.logsumexp(sq, -1)).double().exp()
         u = torch.rand(B, k, generator=generator, dtype=torch.float64, device=drafts.device)
         ok = (u * qd <= pd) | ~decide[:, :k]  # u < min(1, p/q), with q > 0 for a drawn token
     bad = (~ok).long()
@@ -66,13 +72,12 @@ def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.T
     rows = torch.arange(B, device=drafts.device)
     if temperature == 0.0:
         return accepted, target[rows, accepted]
-    after = p[rows, accepted]  # [B, V]: the bonus distribution, or p at the rejected position
+    after = torch.softmax(sp[rows, accepted].double(), -1)  # [B, V]: the bonus distribution, or p where rejected
     rejected = accepted < k
-    residual = (p[rows, accepted.clamp(max=k - 1)] - q[rows, accepted.clamp(max=k - 1)]).clamp_min(0)
+    last = accepted.clamp(max=k - 1)
+    residual = (torch.softmax(sp[rows, last].double(), -1) - torch.softmax(sq[rows, last].double(), -1)).clamp_min(0)
     use = rejected[:, None] & (residual.sum(1, keepdim=True) > 0)
-    after = torch.where(use, residual, after)
-    token = (after.log() + gumbel(tuple(after.shape), generator, after.device)).argmax(-1)  # a draw from after
-    return accepted, token
+    return accepted, draw(torch.where(use, residual, after), generator)
 
 
 def _controls(net: Network, logits: torch.Tensor, x: torch.Tensor, col: int, gen: torch.Tensor) -> torch.Tensor:
