@@ -17,7 +17,7 @@ from masklm.generation.canvas import build_canvas, prompt_rows
 from masklm.generation.config import pick_strategy
 from masklm.generation.repetition import apply_penalty
 from masklm.generation.sampling import draw
-from masklm.generation.speculative import accept_round
+from masklm.generation.speculative import DraftSizer, accept_round
 from masklm.generation.threshold import commit_mask
 from masklm.modeldir import save_model_dir
 from masklm.serve.generation import check_generate
@@ -127,6 +127,44 @@ def test_greedy_speculative_equals_greedy_left_to_right(tok, arch):
     assert out["network_calls"] == 1 + 2 * 3 and out["tokens_per_call"] == 12 / 7
 
 
+@pytest.mark.parametrize("arch", ["gpt-bert", "ltg-bert"])
+def test_adaptive_speculative_is_greedy_left_to_right_and_drafts_only_while_drafts_are_kept(tok, arch):
+    """No --draft-length: each round's drafts are sized from the drafts kept so far (``DraftSizer``); the
+    output is still greedy left to right, token for token, through drafted rounds, plain causal steps and
+    rows that wait for the slowest one."""
+    model = tiny(arch, tok, seed=1)
+    greedy = generate(model, tok, PROMPTS, length=40, strategy="autoregressive", temperature=0.0, objectives=HYBRID)
+    out = generate(model, tok, PROMPTS, length=40, strategy="speculative", temperature=0.0, objectives=HYBRID)
+    assert ids(out) == ids(greedy)
+    stats = out["stats"]
+    assert stats["draft_rounds"] >= 1 and stats["causal_steps"] >= 1 and stats["carried"] >= 1
+    assert stats["draft_rounds"] + stats["causal_steps"] == stats["rounds"]
+    # an untrained model's drafts are mostly rejected: after the first rounds it decodes left to right
+    assert out["network_calls"] <= greedy["network_calls"] + 2 * stats["draft_rounds"]
+    with torch.no_grad():
+        head(model)[9] += 30.0  # both readings agree on every token: it keeps drafting the full window
+    out = generate(model, tok, "hello", length=20, strategy="speculative", temperature=0.0, objectives=HYBRID)
+    assert ids(out) == [[9] * 20] and out["stats"]["causal_steps"] == 0 and out["network_calls"] == 1 + 2 * 4
+
+
+def test_draft_sizer_stops_drafting_on_rejections_and_tries_again_later():
+    sizer = DraftSizer(4, "cpu")
+    assert sizer.size() == 4  # optimistic before any evidence
+    ordinal = torch.arange(4).repeat(8)
+    for _ in range(3):  # every first draft kept, every later one rejected
+        sizer.observe(ordinal, ordinal <= 1, ordinal == 0)
+    assert sizer.size() == 0  # a round would cost more than the two tokens it yields
+    rounds = 0
+    while sizer.size() == 0:  # no drafts, no evidence: the old counts fade until drafting is tried again
+        sizer.observe(ordinal[:0], ordinal[:0] > 0, ordinal[:0] > 0)
+        rounds += 1
+    assert 20 < rounds < 200
+    cuda = DraftSizer(4, "cuda")  # a GPU round costs about two steps: two kept tokens per round pay
+    for _ in range(3):
+        cuda.observe(ordinal, ordinal <= 2, ordinal <= 1)
+    assert cuda.size() >= 2 and sizer.rate(0) == 1.0
+
+
 def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson chi-square goodness of fit (categories with expected count >= 5 kept, the rest pooled)."""
     n = counts.sum()
@@ -197,10 +235,12 @@ def test_sampled_speculative_first_token_matches_left_to_right_sampling(tok):
     assert _chi2_pvalue(counts, q) < 1e-6  # what the drafts alone would give is rejected
 
 
-def test_sampled_speculative_carried_tokens_keep_the_left_to_right_distribution(tok):
+@pytest.mark.parametrize("draft_length", [2, None])
+def test_sampled_speculative_carried_tokens_keep_the_left_to_right_distribution(tok, draft_length):
     """The second token: rows that accepted more than the slowest row keep it (carried into the next
     window, not drafted again), the others draw it next round; both must give left-to-right sampling's
-    marginal sum_t1 p(t1) p(t2 | t1)."""
+    marginal sum_t1 p(t1) p(t2 | t1). Sized drafts (None): after the first round the drafts stop paying,
+    so rows that are ahead wait while the others take plain causal steps."""
     model = tiny("gpt-bert", tok, seed=2)
     prompt, T = "the river", 0.5
     row = [tok.cls_id] + tok.encode(prompt, add_special_tokens=False).ids
@@ -215,10 +255,11 @@ def test_sampled_speculative_carried_tokens_keep_the_left_to_right_distribution(
     counts = torch.zeros(tok.vocab_size, dtype=torch.long)
     carried = 0
     for seed in range(4):
-        out = generate(model, tok, [prompt] * 400, length=3, strategy="speculative", draft_length=2, seed=seed,
-                       temperature=T, objectives=HYBRID)
+        out = generate(model, tok, [prompt] * 400, length=3, strategy="speculative", draft_length=draft_length,
+                       seed=seed, temperature=T, objectives=HYBRID)
         counts += torch.bincount(torch.tensor([r[1] for r in ids(out)]), minlength=tok.vocab_size)
         carried += out["stats"]["carried"] > 0
+        assert out["stats"]["causal_steps"] == (0 if draft_length else 2)  # sized: rows ahead waited twice
     assert carried == 4  # rows did get ahead of the slowest one, so the carried path ran
     assert _chi2_pvalue(counts, p2) > 1e-3
     assert _chi2_pvalue(counts, p1) < 1e-6  # the test can fail: the first token's distribution is rejected

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-length", type=int, help="confidence, threshold: semi-autoregressive blocks of this many "
                                                     "tokens (threshold: default 8)")
     p.add_argument("--threshold", type=float, default=0.9, help="threshold: commit every token this confident")
-    p.add_argument("--draft-length", type=int, default=4, help="speculative: tokens drafted per round")
+    p.add_argument("--draft-length", type=int, help="speculative: tokens drafted per round (default: sized every "
+                                                    "round, 0-4, by how many drafts were kept so far)")
     p.add_argument("--no-repeat-ngram-size", type=int, help="any strategy: never repeat an n-gram of this size")
     p.add_argument("--repetition-penalty", type=float, help="any strategy: >1 discourages tokens already present")
     p.add_argument("--length-beam", type=int, default=1, help="mask-predict: try this many lengths around --length")

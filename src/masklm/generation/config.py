@@ -56,7 +56,8 @@ def pick_strategy(objectives: Sequence[str] | None, templated: bool = False, ste
             return "autoregressive", (f"trained with {trained.describe()} only: no masked reading to draft with, "
                                       "so left to right with the key/value cache")
         return "speculative", (f"trained with {trained.describe()}, so masked-mode drafts can be verified causally: "
-                               "left-to-right sampling quality at several tokens per causal pass")
+                               "left-to-right sampling quality; each round drafts only as many tokens as the drafts kept so far pay for "
+                               "(none: a plain left-to-right step)")
     return "threshold", (f"trained with {trained.describe()}: no causal LM to verify drafts, so threshold commits "
                          "in semi-autoregressive blocks with a prefix cache")
 
@@ -84,7 +85,7 @@ class GenerationConfig:
     block_length: int | None = None         # confidence, threshold: semi-autoregressive blocks
     length_beam: int = 1                    # mask-predict: lengths tried around ``length``
     threshold: float = 0.9                  # threshold: commit every masked position this confident
-    draft_length: int = 4                   # speculative: tokens drafted per round
+    draft_length: int | None = None         # speculative: tokens drafted per round; None: sized per round (0-4)
     no_repeat_ngram_size: int | None = None  # every strategy: no n-gram of this size twice in a row
     repetition_penalty: float | None = None  # every strategy: HF's penalty on tokens already in the row
     cache: bool = True                      # autoregressive: key/value cache; diffusion: logits reuse
@@ -123,7 +124,8 @@ class GenerationConfig:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not (
                 0.0 < self.threshold <= 1.0):
             raise InputError(f"threshold must be in (0, 1] (the confidence that commits a token), got {self.threshold!r}")
-        _whole("draft_length", self.draft_length)
+        if self.draft_length is not None:
+            _whole("draft_length", self.draft_length)
         if self.no_repeat_ngram_size is not None:
             _whole("no_repeat_ngram_size", self.no_repeat_ngram_size)
         penalty = self.repetition_penalty

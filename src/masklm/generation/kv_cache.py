@@ -67,12 +67,17 @@ class WindowCache(KVCache):
         super().__init__(cfg.num_hidden_layers, real.shape[0], H, cfg.hidden_size // H, real.shape[1], p.dtype,
                          p.device)
         self.model, self.real = model, real.bool()
+        pads = (~self.real).any(0).nonzero()
+        self.all_real = int(pads[0]) if len(pads) else real.shape[1]  # columns < all_real are real in every row
         self._next: AttentionMask | None = None
 
     @torch.no_grad()
     def feed(self, ids: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
         """ids ``[B, n]`` at columns ``length..length+n-1``, limits ``[n]`` long -> hidden ``[B, n, D]``."""
         start, n = self.length, ids.shape[1]
+        if n == 1 and int(limits[0]) == start + 1 and start < self.all_real:  # one causal step: every key
+            self._next = AttentionMask()
+            return self.model.encode(ids, causal=True, cache=self)
         keys = torch.arange(start + n, device=ids.device)
         allowed = (keys[None, :] < limits[:, None].to(ids.device))[None] & self.real[:, None, :start + n]
         self._next = AttentionMask(mask=allowed[:, None])  # [B, 1, n, start + n]
@@ -81,7 +86,8 @@ class WindowCache(KVCache):
     def causal_mask(self, n: int, causal: bool = True, attention_mask: torch.Tensor | None = None,
                     document_ids: torch.Tensor | None = None) -> AttentionMask:
         """The mask ``feed`` prepared (the encoder asks for it before its layers run)."""
-        if self._next is None or self._next.mask.shape[2] != n or self.length + n > self.max_len:
+        rows = None if self._next is None else (1 if self._next.mask is None else self._next.mask.shape[2])
+        if rows != n or self.length + n > self.max_len:
             raise ValueError("a WindowCache is fed through feed(), within the canvas width")
         mask, self._next = self._next, None
         return mask
