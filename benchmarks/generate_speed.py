@@ -103,6 +103,8 @@ def configs(length: int) -> list[tuple[str, dict]]:
     return [
         (BASELINE, dict(strategy="autoregressive", temperature=1.0)),
         ("default (no --strategy)", dict(strategy=None)),
+        ("speculative k=1 T=1.0", dict(strategy="speculative", draft_length=1, temperature=1.0)),
+        ("speculative k=2 T=1.0", dict(strategy="speculative", draft_length=2, temperature=1.0)),
         ("speculative k=4 T=1.0", dict(strategy="speculative", draft_length=4, temperature=1.0)),
         ("speculative k=8 T=1.0", dict(strategy="speculative", draft_length=8, temperature=1.0)),
         ("speculative k=4 greedy", dict(strategy="speculative", draft_length=4, temperature=0.0)),
@@ -158,6 +160,8 @@ def rows_for(pipe, length: int, args) -> list[dict]:
         r["ppl_vs_ar"] = r["causal_ppl"] / base["causal_ppl"]
         r["repeats_vs_real"] = r["repeated_2grams"] / max(real_rep, 1e-9)
         r["bar"] = "meets" if r["ppl_vs_ar"] <= 1.5 and r["repeats_vs_real"] <= 2.0 else "trades quality"
+        if r["stats"].get("draft_rounds"):  # what DraftSizer.COSTS models: a round, in one-token steps
+            r["round_cost_steps"] = (r["seconds"] / r["stats"]["rounds"]) / (base["seconds"] / length)
     return rows
 
 
@@ -173,6 +177,11 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['length']} | {r['config']} ({r['strategy']}) | {r['network_calls']} | {r['tokens_per_call']:.2f} "
               f"| {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | {r['causal_ppl']:.1f} ({r['ppl_vs_ar']:.2f}x) "
               f"| {r['repeated_2grams']:.3f} ({r['repeats_vs_real']:.1f}x) | {r['bar']} |", file=sys.stderr)
+    costs = [f"{r['config']}: {r['round_cost_steps']:.2f}" for r in rows
+             if "round_cost_steps" in r and not r["stats"].get("causal_steps")]
+    if costs:  # the speculative rounds' cost for DraftSizer.COSTS: C(k) = 2 (1 + gamma k) + delta
+        print(f"\nround cost in one-token left-to-right steps (length {rows[0]['length']}): " + "; ".join(costs),
+              file=sys.stderr)
 
 
 def parse_args() -> argparse.Namespace:

@@ -131,20 +131,21 @@ class DraftSizer:
 
     COSTS = {"cpu": (0.05, 0.6), "cuda": (0.02, 0.2)}
 
-    def __init__(self, limit: int, device: str, prior: float = 0.9, weight: float = 2.0,
-                 decay: float = 0.97) -> None:
+    def __init__(self, limit: int, device: str, prior: float = 0.9, weight: float = 1.0,
+                 decay: float = 0.99) -> None:
         self.limit = limit
         self.gamma, self.delta = self.COSTS.get(device, self.COSTS["cuda"])
         self.prior, self.weight, self.decay = prior, weight, decay
-        self.tried = torch.zeros(limit, dtype=torch.float64)
-        self.kept = torch.zeros(limit, dtype=torch.float64)
+        self.tried = [0.0] * limit  # plain floats: sizing runs every step, on a few numbers
+        self.kept = [0.0] * limit
 
     def rate(self, k: int) -> float:
         """Expected tokens per row per unit of cost of a round with k drafts."""
-        if k == 0:
-            return 1.0
-        alpha = (self.kept[:k] + self.prior * self.weight) / (self.tried[:k] + self.weight)
-        return float(1 + alpha.cumprod(0).sum()) / (2 * (1 + self.gamma * k) + self.delta)
+        expected, reach = 1.0, 1.0
+        for j in range(k):
+            reach *= (self.kept[j] + self.prior * self.weight) / (self.tried[j] + self.weight)
+            expected += reach
+        return expected / (2 * (1 + self.gamma * k) + self.delta) if k else 1.0
 
     def size(self) -> int:
         return max(range(self.limit + 1), key=lambda k: (self.rate(k), -k))
@@ -152,9 +153,16 @@ class DraftSizer:
     def observe(self, ordinal: torch.Tensor, reached: torch.Tensor, kept: torch.Tensor) -> None:
         """One round's drafts: ordinal ``[M]`` (a draft's index among its row's drafts), reached / kept
         ``[M]`` bool (checked, because every earlier draft of the row was kept / kept itself)."""
-        ordinal = ordinal.clamp(max=self.limit - 1).cpu()
-        self.tried = self.tried * self.decay + torch.bincount(ordinal[reached.cpu()], minlength=self.limit)
-        self.kept = self.kept * self.decay + torch.bincount(ordinal[kept.cpu()], minlength=self.limit)
+        ordinal = ordinal.clamp(max=self.limit - 1)
+        tried = torch.bincount(ordinal[reached], minlength=self.limit).tolist()
+        kept = torch.bincount(ordinal[kept], minlength=self.limit).tolist()
+        self.tried = [t * self.decay + n for t, n in zip(self.tried, tried)]
+        self.kept = [t * self.decay + n for t, n in zip(self.kept, kept)]
+
+    def fade_round(self) -> None:
+        """A round without drafts: the evidence fades all the same."""
+        self.tried = [t * self.decay for t in self.tried]
+        self.kept = [t * self.decay for t in self.kept]
 
 
 def _window(gen: torch.Tensor, active: torch.Tensor, given: torch.Tensor, per_row: int, p: int) -> tuple:
@@ -247,6 +255,7 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
         given = carry  # [B]: columns p .. p+given-1 of each row were kept last round
         if per_row == 0 and not bool(given.any()):  # a plain left-to-right step through the same cache
             _causal_step(net, store, x, gen, p, active, controls, sampling)
+            sizer.fade_round()
             if stop_id is not None:
                 stopped |= active & gen[:, p] & (x[:, p] == stop_id)
             rounds, committed, p = rounds + 1, committed + 1, p + 1
