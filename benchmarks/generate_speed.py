@@ -177,11 +177,11 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['length']} | {r['config']} ({r['strategy']}) | {r['network_calls']} | {r['tokens_per_call']:.2f} "
               f"| {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | {r['causal_ppl']:.1f} ({r['ppl_vs_ar']:.2f}x) "
               f"| {r['repeated_2grams']:.3f} ({r['repeats_vs_real']:.1f}x) | {r['bar']} |", file=sys.stderr)
-    costs = [f"{r['config']}: {r['round_cost_steps']:.2f}" for r in rows
-             if "round_cost_steps" in r and not r["stats"].get("causal_steps")]
-    if costs:  # the speculative rounds' cost for DraftSizer.COSTS: C(k) = 2 (1 + gamma k) + delta
-        print(f"\nround cost in one-token left-to-right steps (length {rows[0]['length']}): " + "; ".join(costs),
-              file=sys.stderr)
+    for length in sorted({r["length"] for r in rows}):  # what DraftSizer.COSTS models: C(k) = 2 (1 + gamma k) + delta
+        costs = [f"{r['config']}: {r['round_cost_steps']:.2f}" for r in rows
+                 if r["length"] == length and "round_cost_steps" in r and not r["stats"].get("causal_steps")]
+        if costs:
+            print(f"round cost in one-token left-to-right steps, length {length}: " + "; ".join(costs), file=sys.stderr)
 
 
 def parse_args() -> argparse.Namespace:

@@ -25,6 +25,11 @@ def test_demo_beats_unigram_baseline(tmp_path, capsys):
                           printed)
     assert generated and generated.group(2).startswith("And God said,"), printed
     assert int(generated.group(4)) == 32  # left-to-right: one call per token (with the KV cache)
+    # speculative: the prompt's call, two per drafting round, one per plain causal step
+    rounds = re.search(r"(\d+) network calls \((\d+) drafting rounds, (\d+) causal steps\)", printed)
+    assert generated.group(1) == "speculative" and rounds, printed
+    calls, drafting, causal = map(int, rounds.groups())
+    assert drafting >= 1 and calls == 1 + 2 * drafting + causal
     assert (out / "final" / "model.safetensors").is_file() and (out / "loss.png").is_file()
     # a second demo into the same non-empty folder is refused instead of mixing runs
     assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 2

@@ -111,12 +111,16 @@ def show_minimal_pair(pipe) -> None:
 
 
 def show_generation(pipe, seed: int, length: int = 32) -> None:
-    """One continuation with the default (parallel) strategy, its speed beside left-to-right sampling."""
+    """One continuation with the default strategy, its speed beside left-to-right sampling; for speculative
+    decoding, how many rounds drafted (the rest were plain causal steps: drafts that did not pay)."""
     fast = pipe.generate(PROMPT, length=length, seed=seed)
     ar = pipe.generate(PROMPT, length=length, seed=seed, strategy="autoregressive")
     print(f"\ngenerate ({fast['strategy']}, {length} tokens):\n  {fast['text']}")
     rate, ar_rate = len(fast["token_ids"]) / fast["seconds"], len(ar["token_ids"]) / ar["seconds"]
-    print(f"  {fast['network_calls']} network calls, {rate:.0f} tokens/s; left-to-right: "
+    stats = fast["stats"] or {}
+    drafting = (f" ({stats['draft_rounds']} drafting rounds, {stats['causal_steps']} causal steps)"
+                if "draft_rounds" in stats else "")
+    print(f"  {fast['network_calls']} network calls{drafting}, {rate:.0f} tokens/s; left-to-right: "
           f"{ar['network_calls']} calls, {ar_rate:.0f} tokens/s ({rate / ar_rate:.1f}x)")
 
 

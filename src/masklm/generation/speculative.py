@@ -129,7 +129,7 @@ class DraftSizer:
     one column does on a GPU), for ``benchmarks/gpu_check_generate.sh`` to confirm.
     """
 
-    COSTS = {"cpu": (0.05, 0.6), "cuda": (0.02, 0.2)}
+    COSTS = {"cpu": (0.09, 0.2), "cuda": (0.02, 0.2)}
 
     def __init__(self, limit: int, device: str, prior: float = 0.9, weight: float = 1.0,
                  decay: float = 0.99) -> None:
