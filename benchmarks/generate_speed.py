@@ -179,7 +179,7 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['repeated_2grams']:.3f} ({r['repeats_vs_real']:.1f}x) | {r['bar']} |", file=sys.stderr)
     for length in sorted({r["length"] for r in rows}):  # what DraftSizer.COSTS models: C(k) = 2 (1 + gamma k) + delta
         costs = [f"{r['config']}: {r['round_cost_steps']:.2f}" for r in rows
-                 if r["length"] == length and "round_cost_steps" in r and not r["stats"].get("causal_steps")]
+                 if r["length"] == length and "round_cost_steps" in r and r["config"].startswith("speculative k=")]
         if costs:
             print(f"round cost in one-token left-to-right steps, length {length}: " + "; ".join(costs), file=sys.stderr)
 

@@ -24,3 +24,5 @@ timeout "${LIMIT_S:-420}" "$PY" benchmarks/generate_speed.py "${ARGS[@]}" --out 
   >"$OUT/generate_speed.log" 2>&1
 echo "generate_speed rc=$?"
 grep '^|' "$OUT/generate_speed.log" || tail -n 5 "$OUT/generate_speed.log"
+# the measured cost of a speculative round in one-token steps: what DraftSizer.COSTS["cuda"] should hold
+grep '^round cost' "$OUT/generate_speed.log" || true
