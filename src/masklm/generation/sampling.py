@@ -8,10 +8,10 @@ shift 1 for GPT-BERT-style models trained with ``mntp`` (or ``clm`` only), 0 for
 Token choice (``choose``) is argmax at temperature 0 and a draw from softmax(filtered / temperature)
 otherwise, after optional top-k and top-p filtering. A draw (``draw``) inverts the float64 cumulative
 distribution with one uniform per row: float64 because low-precision sampling skews samples
-(research/antlm_gmlm.md §C.4, LLaDA's ``generate.py``, which uses float64 Gumbel-max for that reason). It
-is the same distribution as float64 Gumbel-max, which needs a uniform and two logarithms per vocabulary
-entry (1.6 ms against 0.2 ms for 8 rows of 4,096 on a 2-core CPU: a third of a tiny model's decoding step). The confidence of a choice is the model's own
-(untempered, unfiltered but special-token-free) probability of it.
+(research/antlm_gmlm.md §C.4; LLaDA's ``generate.py`` uses float64 Gumbel-max for that reason). It is
+the same distribution as float64 Gumbel-max, which needs a uniform and two logarithms per vocabulary
+entry. The confidence of a choice is the model's own (untempered, unfiltered but special-token-free)
+probability of it.
 
 The repetition controls (``generation.repetition``) live here too, so every strategy gets them the same
 way: ``Network`` applies the repetition penalty to every logit it returns (``adjust``), and strategies
