@@ -1,0 +1,126 @@
+"""Where a `masklm train` step goes: batch assembly, forward, loss, backward, update, the rest.
+
+The end-to-end benchmark (`train_e2e.py`) says how fast the real path is against Hugging Face `Trainer`;
+this one says which part of the step a speed-up has to come from. It sets up the trainer exactly as
+`masklm train` does (same config fields, same tokenizer training, same data packing), then times each
+part of `Trainer.train_step` with a wall clock around the methods that do it:
+
+- batches:  `Trainer._micro_batches` (rows from the shards, the objective's masking, to the device);
+- forward:  the model's forward (`Trainer.step_model`), under autocast;
+- loss:     `objectives.objective_loss` on the sparse logits;
+- backward: `MixedPrecision.backward`;
+- update:   `Trainer._update` (unscale, clip, the non-finite check's one sync, the fused AdamW step);
+- other:    the rest of `train_step` (learning-rate and mask-rate schedules, the count all-reduce).
+
+On a CUDA device each part ends with a synchronize, so the parts add up to the step (the synchronizes
+make the step a little slower than in `masklm train`). Rounds of `--steps` steps each; one JSON line per
+round (ms per step of each part, the load average), then a summary line with the medians and each part's
+share of the step.
+
+    python benchmarks/train_step_parts.py                       # BERT small, 32x128, CPU, 3 rounds
+    python benchmarks/train_step_parts.py --size base --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+PARTS = ("batches", "forward", "loss", "backward", "update")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="bert")
+    p.add_argument("--size", default="small")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--corpus", nargs="+", default=["kjv"])
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    return p.parse_args(argv)
+
+
+class PartClock:
+    """Wall-clock seconds spent in wrapped callables, by part name."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.cuda = device.type == "cuda"
+
+    def wrap(self, owner: object, attr: str, part: str) -> None:
+        inner = getattr(owner, attr)
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            out = inner(*a, **k)
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.seconds[part] += time.perf_counter() - t0
+            return out
+
+        setattr(owner, attr, timed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from masklm.training import trainer as trainer_module
+    from masklm.training.config import TrainConfig
+    from masklm.training.distributed import setup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(arch=args.arch, size=args.size, corpus=args.corpus, out=str(Path(tmp) / "run"),
+                          vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
+                          precision=args.precision, device=args.device, progress=False,
+                          max_steps=args.warmup + args.rounds * args.steps + 1)
+        info = setup(cfg.device)
+        trainer = trainer_module.Trainer(cfg, info, lambda _m: None)
+        trainer.setup()
+        trainer._setup_speed()  # what Trainer.run does before its loop
+        clock = PartClock(info.device)
+        clock.wrap(trainer, "_micro_batches", "batches")
+        clock.wrap(trainer, "step_model", "forward")
+        clock.wrap(trainer_module, "objective_loss", "loss")
+        clock.wrap(trainer.amp, "backward", "backward")
+        clock.wrap(trainer, "_update", "update")
+        step = 0
+        for _ in range(args.warmup):
+            step += 1
+            trainer.train_step(step)
+        rows = []
+        for r in range(args.rounds):
+            clock.seconds.clear()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step += 1
+                trainer.train_step(step)
+            total = (time.perf_counter() - t0) / args.steps * 1000
+            row = {"round": r, "step_ms": round(total, 1)}
+            row.update({part: round(clock.seconds[part] / args.steps * 1000, 1) for part in PARTS})
+            row["other"] = round(total - sum(row[part] for part in PARTS), 1)
+            row["load_average"] = [round(x, 2) for x in os.getloadavg()]
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    median = {key: statistics.median(row[key] for row in rows) for key in ("step_ms", *PARTS, "other")}
+    share = {key: round(median[key] / median["step_ms"], 3) for key in (*PARTS, "other")}
+    print(json.dumps({"summary": True, "arch": args.arch, "size": args.size, "batch": args.batch_size,
+                      "seq_len": args.seq_len, "precision": args.precision, "device": args.device,
+                      "torch": torch.__version__, "median_ms": median, "share": share}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
