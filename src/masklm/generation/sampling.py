@@ -153,6 +153,15 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
+def scaled_scores(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """What ``choose`` samples from, as scores: logits ``[M, V]`` -> filtered logits / temperature (the same
+    dtype; a sample is softmax of these)."""
+    if top_k is not None or top_p is not None:
+        logits = filter_logits(logits, top_k, top_p)
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row: logits ``[M, V]`` -> (ids ``[M]``, model log-probability of each ``[M]``).
@@ -165,8 +174,7 @@ def choose(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     if temperature == 0.0:
         ids = logits.argmax(-1)
     else:
-        scores = filter_logits(logits, top_k, top_p) if top_k is not None or top_p is not None else logits
-        ids = draw(torch.softmax(scores.double() / temperature, -1), generator)
+        ids = draw(torch.softmax(scaled_scores(logits, temperature, top_k, top_p).double(), -1), generator)
     # the model's log-probability (specials banned): log_softmax(logits)[ids], without the [M, V] tensor
     return ids, logits.gather(1, ids[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
 

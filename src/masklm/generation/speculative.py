@@ -41,14 +41,7 @@ import torch
 from masklm.generation.canvas import Canvas
 from masklm.generation.kv_cache import WindowCache
 from masklm.generation.repetition import banned_tokens
-from masklm.generation.sampling import NEG_INF, Network, draw, filter_logits
-
-
-def _scaled(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """What ``sampling.choose`` samples from, as scores: logits ``[M, V]`` -> filtered logits / temperature."""
-    if top_k is not None or top_p is not None:
-        logits = filter_logits(logits, top_k, top_p)
-    return logits if temperature == 1.0 else logits / temperature
+from masklm.generation.sampling import NEG_INF, Network, draw, scaled_scores
 
 
 def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.Tensor, decide: torch.Tensor,
@@ -70,8 +63,8 @@ def accept_round(p_logits: torch.Tensor, q_logits: torch.Tensor, drafts: torch.T
         ok = (drafts == target[:, :k]) | ~decide[:, :k]
     else:
         V = p_logits.shape[-1]
-        sp = _scaled(p_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k + 1, V)
-        sq = _scaled(q_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k, V)
+        sp = scaled_scores(p_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k + 1, V)
+        sq = scaled_scores(q_logits.flatten(0, 1), temperature, top_k, top_p).view(B, k, V)
         at = drafts[..., None]
         pd = (sp[:, :k].gather(2, at).squeeze(2) - torch.logsumexp(sp[:, :k], -1)).double().exp()  # [B, k]
         qd = (sq.gather(2, at).squeeze(2) - torch.logsumexp(sq, -1)).double().exp()
@@ -292,8 +285,9 @@ def speculative_decode(net: Network, canvas: Canvas, mask_id: int, draft_length:
         carry = (keep - n).clamp_min(0)
         store.truncate(p + n - 1)
         rounds += 1
-        accepted_sum += int((accepted - given)[active & drafted.any(1)].clamp_min(0).sum())
-        row_rounds += int((active & drafted.any(1)).sum())
+        drafting = active & drafted.any(1)  # [B]: rows that drafted this round
+        accepted_sum += int((accepted - given)[drafting].clamp_min(0).sum())
+        row_rounds += int(drafting.sum())
         carried += int(carry.sum())
         committed += n
         p += n
