@@ -213,6 +213,53 @@ def test_objective_loss_defaults_to_the_token_mean_the_trainer_used():
     assert close(loss_sum, F.cross_entropy(logits, target, reduction="sum"), n=n) and denominator == n
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_pass_cross_entropy_equals_autograd_through_log_softmax(dtype, weighted):
+    """The trainer's loss (``models.heads.cross_entropy_sum``, a hand-written one-pass backward) against
+    autograd through the plain formula: same value and the same gradient, [MASK] excluded or not."""
+    g = torch.Generator().manual_seed(3)
+    n = 37
+    base = (torch.randn(n, V, generator=g) * 3).to(dtype)
+    target = torch.randint(0, V, (n,), generator=g)
+    target[target == MASK] = MASK + 1  # an excluded token is never a target
+    weights = torch.rand(n, generator=g, dtype=torch.float64) + 0.5 if weighted else None
+    for excluded in (None, MASK):
+        mine = base.clone().requires_grad_(True)
+        ob = SimpleNamespace(labels=target, weights=weights, excluded_token_id=excluded, loss_denominator=n)
+        loss, _ = objective_loss(mine, ob)
+        loss.backward()
+        ref = base.clone().requires_grad_(True)
+        x = ref.float()
+        if excluded is not None:
+            x = x.index_fill(-1, torch.tensor([excluded]), float("-inf"))
+        ce = F.nll_loss(F.log_softmax(x, -1), target, reduction="none")
+        ref_loss = (ce if weights is None else ce * weights.float()).sum()
+        ref_loss.backward()
+        assert loss.dtype == torch.float32 and mine.grad.dtype == dtype
+        assert close(loss.detach(), ref_loss.detach(), n=n)
+        assert close(mine.grad.float(), ref.grad.float(), n=V)
+        if excluded is not None:
+            assert (mine.grad[:, excluded] == 0).all()
+        # a wrong target row would move the gradient by about 1 at that entry
+        assert (mine.grad.float()[torch.arange(n), target] < 0).all()
+
+
+def test_models_skip_their_own_loss_when_the_trainer_takes_it():
+    for arch in ("bert", "ltg-bert"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(arch=arch, vocab_size=V, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64,
+                                        max_position_embeddings=32)).eval()
+        ids = torch.randint(5, V, (2, 12))
+        labels = torch.full_like(ids, -100)
+        labels[:, 3:6] = ids[:, 3:6]
+        with_loss = model(ids, labels=labels)
+        without = model(ids, labels=labels, return_loss=False)
+        assert without.loss is None and with_loss.loss is not None
+        assert torch.equal(without.logits, with_loss.logits)
+
+
 def test_step_loss_scales_mix_objective_means_by_micro_batch_share():
     names = ["mntp"] * 15 + ["clm"]
     dens = [10.0 + a for a in range(15)] + [60.0]

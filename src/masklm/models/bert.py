@@ -352,6 +352,7 @@ class BertForMaskedLM(nn.Module):
         labels: torch.Tensor | None = None,
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
+        return_loss: bool = True,
     ) -> MaskedLMOutput:
         """Encode and predict (``models.heads.masked_lm_forward``), with labels through the sparse last layer.
 
@@ -361,11 +362,12 @@ class BertForMaskedLM(nn.Module):
                         the selected positions: logits ``[N, V]`` in row-major order, loss = mean CE.
         causal:         each position attends only to itself and earlier positions.
         document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
+        return_loss:    False: loss is None (the trainer takes its own, ``objectives.objective_loss``).
         Without labels, logits are ``[B, T, V]`` and loss is None.
         """
         inputs = (input_ids, attention_mask, causal, document_ids)
         return masked_lm_forward(
             self.cls, self.bert.get_input_embeddings().weight, labels,
             encode=lambda: self.bert(*inputs),
-            encode_at=lambda selected: self.bert.forward_at(*inputs, selected),
+            encode_at=lambda selected: self.bert.forward_at(*inputs, selected), return_loss=return_loss,
         )

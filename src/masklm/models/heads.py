@@ -9,8 +9,11 @@ A model is an encoder (``[B, T, D]`` out) with heads attached, as in Hugging Fac
   position is selected (a mean over nothing would be NaN).
 - ``MaskedLMHead``: what a head offers it. The decoder is the word-embedding matrix, handed in by the
   model (tied, stored once, as Hugging Face saves it).
-- ``cross_entropy``: a mean cross-entropy whose backward is one pass over ``[N, V]`` (BERT's loss;
-  LTG-BERT keeps ``F.cross_entropy``, which rounds differently in the last bits).
+- ``cross_entropy_sum``: the training loss, a (weighted) sum of cross-entropies in fp32, optionally with
+  one token removed from the softmax, whose backward is one pass over ``[N, V]`` (``w (softmax - onehot)``;
+  ``F.log_softmax`` + ``F.nll_loss`` take three: a zero-filled ``[N, V]`` gradient, a scatter, the softmax
+  backward). ``objectives.objective_loss`` trains with it; ``cross_entropy`` is its mean (BERT's own
+  loss; LTG-BERT keeps ``F.cross_entropy``, which rounds differently in the last bits).
 - ``pool``: one vector per sequence (mean or [CLS]), for embeddings and fine-tuned sequence heads.
 """
 
@@ -38,28 +41,43 @@ class MaskedLMHead(Protocol):
         """Mean cross-entropy of logits ``[N, V]`` against token ids ``[N]``, N >= 1."""
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy whose backward is one pass: softmax - onehot (F.cross_entropy takes three)."""
+class _CrossEntropySum(torch.autograd.Function):
+    """sum_n w_n CE(logits[n], target[n]) in fp32, with ``excluded``'s logit at -inf; one-pass backward."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp = torch.log_softmax(logits, dim=-1)  # [N, V]
-        ctx.save_for_backward(logp, target)
-        return -logp.gather(1, target[:, None]).mean()
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                excluded: int | None) -> torch.Tensor:
+        x = logits.float()
+        if excluded is not None:  # out of place: the caller's logits stay intact (accuracy metrics read them)
+            x = x.index_fill(-1, torch.tensor([excluded], device=x.device), float("-inf"))
+        logp = torch.log_softmax(x, dim=-1)  # [N, V]
+        nll = -logp.gather(1, target[:, None]).squeeze(1)  # [N]
+        ctx.save_for_backward(logp, target, weights)
+        ctx.logits_dtype = logits.dtype
+        return (nll if weights is None else nll * weights.to(nll.dtype)).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
-        logp, target = ctx.saved_tensors
-        grad = logp.exp()  # not in place: backward may run again with retain_graph=True
+        logp, target, weights = ctx.saved_tensors
+        grad = logp.exp()  # [N, V]; exactly 0 at the excluded token. Not in place: backward may run twice
         grad[torch.arange(target.numel(), device=target.device), target] -= 1.0
-        return grad.mul_(grad_loss / target.numel()), None
+        scale = grad_loss if weights is None else weights.to(grad.dtype)[:, None] * grad_loss
+        return grad.mul_(scale).to(ctx.logits_dtype), None, None, None
+
+
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
+                      excluded: int | None = None) -> torch.Tensor:
+    """0-dim fp32 sum_n weights[n] * CE(logits[n], target[n]); logits ``[N, V]`` (any float dtype, upcast),
+    target ``[N]``, weights ``[N]`` or None (all 1), ``excluded``: a token id removed from the softmax
+    (probability exactly 0, the rest renormalised). The backward is one pass over ``[N, V]``."""
+    return _CrossEntropySum.apply(logits, target, weights, excluded)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean CE of logits ``[N, V]`` against ids ``[N]`` (no ignore index: rows are preselected)."""
     if logits.requires_grad:
-        return _CrossEntropy.apply(logits, target)
+        return cross_entropy_sum(logits, target) / target.numel()
     return F.cross_entropy(logits, target)
 
 
@@ -69,6 +87,7 @@ def masked_lm_forward(
     labels: torch.Tensor | None,
     encode: Callable[[], torch.Tensor],
     encode_at: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    return_loss: bool = True,
 ) -> MaskedLMOutput:
     """Encode and predict, the same way for every architecture.
 
@@ -78,7 +97,8 @@ def masked_lm_forward(
     encode_at: flat positions ``[N]`` (row-major, N >= 1) -> final hidden states there ``[N, D]``, for an
                encoder that can skip work elsewhere (BERT's sparse last layer); default: ``encode`` and
                pick the rows.
-    With labels: logits ``[N, V]`` and hidden_states ``[N, D]`` at the selected positions, loss = mean CE.
+    With labels: logits ``[N, V]`` and hidden_states ``[N, D]`` at the selected positions, loss = mean CE
+    (None with ``return_loss=False``: the trainer takes its own loss, ``objectives.objective_loss``).
     """
     if labels is None:
         hidden = encode()  # [B, T, D]
@@ -90,7 +110,9 @@ def masked_lm_forward(
     else:
         hidden = encode_at(selected)
     logits = head(hidden, decoder)  # [N, V]
-    if selected.numel() == 0:  # nothing to predict: a zero loss that still backpropagates (to nothing)
+    if not return_loss:
+        loss = None
+    elif selected.numel() == 0:  # nothing to predict: a zero loss that still backpropagates (to nothing)
         loss = logits.sum() * 0.0
     else:
         loss = head.loss(logits, flat_labels.index_select(0, selected))

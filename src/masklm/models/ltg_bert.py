@@ -439,6 +439,7 @@ class LtgBertForMaskedLM(LtgBertModel):
         labels: torch.Tensor | None = None,
         causal: bool = False,
         document_ids: torch.Tensor | None = None,
+        return_loss: bool = True,
     ) -> MaskedLMOutput:
         """Encode and predict (``models.heads.masked_lm_forward``).
 
@@ -448,9 +449,11 @@ class LtgBertForMaskedLM(LtgBertModel):
                         the selected positions: logits ``[N, V]`` in row-major order, loss = mean CE.
         causal:         each position attends only to itself and earlier positions.
         document_ids:   ``[B, T]``, attention is block-diagonal: positions attend within their document.
+        return_loss:    False: loss is None (the trainer takes its own, ``objectives.objective_loss``).
         Without labels, logits are ``[B, T, V]`` and loss is None.
         """
         # The full encoder, then a gather (``encode_at`` serves scoring; training keeps the full last layer:
         # hidden_states are then a gather of the same tensor as without labels, which tests pin exactly).
         return masked_lm_forward(self.classifier, self.embedding.word_embedding.weight, labels,
-                                 encode=lambda: self.encode(input_ids, attention_mask, causal, document_ids))
+                                 encode=lambda: self.encode(input_ids, attention_mask, causal, document_ids),
+                                 return_loss=return_loss)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from masklm.data.masking import IGNORE_INDEX
+from masklm.models.heads import cross_entropy_sum
 from masklm.tokenizer import Tokenizer
 
 
@@ -131,10 +132,7 @@ def objective_loss(logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.T
     objective; see ``step_loss_scales``.
     """
     target = batch.labels[batch.labels != IGNORE_INDEX]  # [N]
-    ce = F.nll_loss(objective_log_probs(logits, batch.excluded_token_id), target, reduction="none")  # [N]
-    if batch.weights is not None:
-        ce = ce * batch.weights.to(ce.dtype)
-    return ce.sum(), batch_denominator(batch)
+    return cross_entropy_sum(logits, target, batch.weights, batch.excluded_token_id), batch_denominator(batch)
 
 
 def step_loss_scales(objectives: Sequence[str], denominators: Sequence[float]) -> list[float]:

@@ -147,7 +147,7 @@ class Trainer:
             with (self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext()):
                 with self.amp.autocast():
                     out = self.step_model(mb.input_ids, attention_mask=mb.attention_mask, labels=mb.labels,
-                                          causal=mb.causal, document_ids=mb.document_ids)
+                                          causal=mb.causal, document_ids=mb.document_ids, return_loss=False)
                 part, _ = objective_loss(out.logits, mb)  # fp32 (the logits are upcast)
                 # DDP averages gradients over ranks; scale so the result is the global mean.
                 self.amp.backward(part * (info.world_size * scale))
