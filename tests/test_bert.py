@@ -204,18 +204,24 @@ def test_build_attention_mask_modes():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_explicit_cpu_attention_equals_sdpa(monkeypatch, causal):
-    """The explicit path used for attention dropout on CPU computes what SDPA computes."""
+    """The explicit path used for attention dropout on CPU computes what SDPA computes, gradients included
+    (it adds the mask's bias to the scores in place), and a second layer reusing the mask agrees too."""
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 6, 4) for _ in range(3))
+    q, k, v = (torch.randn(2, 2, 6, 4, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(2, 2, 6, 4)
     pad = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
     docs = torch.tensor([[0, 0, 1, 1, -1, -1], [0, 0, 0, 1, 1, 1]])
     for attn in (build_attention_mask(pad, docs, causal), build_attention_mask(None, None, causal),
                  build_attention_mask(pad, None, causal)):
         reference = attend(q, k, v, attn, dropout_p=0.0)
+        ref_grads = torch.autograd.grad(reference, (q, k, v), grad_out)
         monkeypatch.setattr(attention_mod, "dropout", lambda x, p, training: x)
-        explicit = attend(q, k, v, attn, dropout_p=0.5)
+        for _layer in range(2):
+            explicit = attend(q, k, v, attn, dropout_p=0.5)
+            grads = torch.autograd.grad(explicit, (q, k, v), grad_out)
+            assert close(explicit, reference, n=6)  # attention over 6 keys of width 4
+            assert all(close(a, b, n=6) for a, b in zip(grads, ref_grads))
         monkeypatch.undo()
-        assert close(explicit, reference, n=6)  # attention over 6 keys of width 4
 
 
 def test_dropout_statistics():

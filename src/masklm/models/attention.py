@@ -61,7 +61,7 @@ import functools
 import importlib.util
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,20 @@ class AttentionMask:
     segments: tuple[tuple[tuple[int, int], ...], ...] | None = None
     block_mask: Any = None
     documents: tuple[torch.Tensor, torch.Tensor | None, bool, torch.dtype] | None = None
+    _bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def bias(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """``mask`` (or the causal triangle of T positions) as an additive bias: 0 where a query may attend,
+        -inf elsewhere, ``mask``'s shape (``[1, 1, T, T]`` causal); None = attend to all. Made once per
+        forward and shared by every layer, which adds it to its scores in place: one pass, and nothing in
+        backward (``masked_fill`` takes a pass each way and is slow on CPU)."""
+        if self.mask is None and not self.is_causal:
+            return None
+        if self._bias is None or self._bias.dtype != dtype or self._bias.shape[-1] != T:
+            allowed = self.mask if self.mask is not None else torch.ones(
+                T, T, dtype=torch.bool, device=device).tril()[None, None]
+            self._bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        return self._bias
 
     @property
     def form(self) -> str:
@@ -342,8 +356,11 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     # 64-bit draws over (almost) the full int64 range, viewed as four uniform int16s each
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
     bits = bits.view(torch.int16)[:n].view(x.shape)
-    keep_scaled = (bits >= -32768 + round(p * 65536)).to(x.dtype).mul_(1.0 / (1.0 - p))
-    return x * keep_scaled
+    # keep where bits >= threshold, as 0/1 by fp32 arithmetic (exact on 16-bit integers; bf16 is not):
+    # a comparison to a bool tensor and its conversion take about twice as long on CPU
+    threshold = -32768 + round(p * 65536)
+    keep = bits.to(torch.float32).sub_(threshold - 1).clamp_(0.0, 1.0)
+    return x * keep.mul_(1.0 / (1.0 - p)).to(x.dtype)
 
 
 def attend(
@@ -370,17 +387,14 @@ def attend(
     if attn.block_mask is not None:
         attn = attn.dense(q.shape[-2])
     if dropout_p > 0.0 and q.device.type == "cpu":
-        scores = q @ k.transpose(-2, -1)  # [B, H, T, T]
+        scores = q @ k.transpose(-2, -1)  # [B, H, T, T]; the matmul's backward does not read it: add in place
         if scale is None:
             scale = q.shape[-1] ** -0.5
         if scale != 1.0:
             scores = scores * scale
-        if attn.mask is not None:
-            scores = scores.masked_fill(~attn.mask, float("-inf"))
-        elif attn.is_causal:
-            T = q.shape[-2]
-            upper = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-            scores = scores.masked_fill(upper, float("-inf"))
+        bias = attn.bias(q.shape[-2], scores.dtype, q.device)
+        if bias is not None:
+            scores = scores.add_(bias)
         out = dropout(torch.softmax(scores, dim=-1), dropout_p, True) @ v
     else:
         out = F.scaled_dot_product_attention(
