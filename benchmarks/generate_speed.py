@@ -178,7 +178,10 @@ def print_table(rows: list[dict]) -> None:
               f"| {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | {r['causal_ppl']:.1f} ({r['ppl_vs_ar']:.2f}x) "
               f"| {r['repeated_2grams']:.3f} ({r['repeats_vs_real']:.1f}x) | {r['bar']} |", file=sys.stderr)
     for length in sorted({r["length"] for r in rows}):  # what DraftSizer.COSTS models: C(k) = 2 (1 + gamma k) + delta
-        costs = [f"{r['config']}: {r['round_cost_steps']:.2f}" for r in rows
+        # a round of k drafts yields at most k + 1 tokens: (k + 1) / cost bounds the speed-up of k drafts on
+        # this device and model, however good the drafts
+        costs = [f"{r['config']}: {r['round_cost_steps']:.2f} (at most "
+                 f"{(int(r['config'].split('k=')[1].split()[0]) + 1) / r['round_cost_steps']:.2f}x)" for r in rows
                  if r["length"] == length and "round_cost_steps" in r and r["config"].startswith("speculative k=")]
         if costs:
             print(f"round cost in one-token left-to-right steps, length {length}: " + "; ".join(costs), file=sys.stderr)

@@ -12,6 +12,13 @@ part of `Trainer.train_step` with a wall clock around the methods that do it:
 - update:   `Trainer._update` (unscale, clip, the non-finite check's one sync, the fused AdamW step);
 - other:    the rest of `train_step` (learning-rate and mask-rate schedules, the count all-reduce).
 
+With ``--profile``, one more round runs under ``torch.profiler`` and the summary adds ``matmul``: the
+device time per step in matrix products (``aten::mm``, ``addmm``, ``bmm``, ``baddbmm``, self time, which
+is where their kernels run on a CPU; device time on CUDA), the floating-point operations they did (one more step under ``FlopCounterMode``)
+and their rate, and the rest of the step. That is the floor a faster step cannot go below without doing fewer or
+cheaper products: the end-to-end goal against HF ``Trainer`` (``train_e2e.py``) asks for a step of
+``HF's seconds per step / goal``, which is reachable only while it is above this floor.
+
 On a CUDA device each part ends with a synchronize, so the parts add up to the step (the synchronizes
 make the step a little slower than in `masklm train`). Rounds of `--steps` steps each; one JSON line per
 round (ms per step of each part, the load average), then a summary line with the medians and each part's
@@ -19,6 +26,7 @@ share of the step.
 
     python benchmarks/train_step_parts.py                       # BERT small, 32x128, CPU, 3 rounds
     python benchmarks/train_step_parts.py --size base --device cuda --precision bf16
+    python benchmarks/train_step_parts.py --rounds 5 --profile      # + matrix products vs the rest
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from pathlib import Path
 import torch
 
 PARTS = ("batches", "forward", "loss", "backward", "update")
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +60,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--profile", action="store_true",
+                   help="one more round under torch.profiler: matrix products against the rest of the step")
     return p.parse_args(argv)
+
+
+def matmul_share(train_step, first_step: int, steps: int, device: torch.device) -> dict:
+    """Run ``steps`` steps under ``torch.profiler`` (no shapes recorded: it stays close to the real step), then
+    one under ``FlopCounterMode`` -> per step: ms in matrix products, their GFLOP and GFLOP/s, and the ms
+    of everything else (profiled wall time minus products)."""
+    from torch.profiler import ProfilerActivity, profile  # lazy: only with --profile
+    from torch.utils.flop_counter import FlopCounterMode  # lazy: only with --profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for step in range(first_step, first_step + steps):
+            train_step(step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1000 / steps
+    rows = [e for e in prof.key_averages() if e.key in MATMULS]
+    if device.type == "cuda":
+        matmul_ms = sum(e.self_device_time_total for e in rows) / 1000 / steps
+    else:
+        matmul_ms = sum(e.self_cpu_time_total for e in rows) / 1000 / steps
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(first_step + steps)
+    ops = counter.get_flop_counts().get("Global", {})
+    gflop = sum(n for op, n in ops.items() if str(op).split(".")[-1] in {"mm", "addmm", "bmm", "baddbmm"}) / 1e9
+    return {"profiled_step_ms": round(wall_ms, 1), "matmul_ms": round(matmul_ms, 1), "matmul_gflop": round(gflop, 2),
+            "matmul_gflops_per_s": round(gflop / matmul_ms * 1000, 1) if matmul_ms else None,
+            "rest_ms": round(wall_ms - matmul_ms, 1), "matmul_share": round(matmul_ms / wall_ms, 3)}
 
 
 class PartClock:
@@ -85,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(arch=args.arch, size=args.size, corpus=args.corpus, out=str(Path(tmp) / "run"),
                           vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
                           precision=args.precision, device=args.device, progress=False,
-                          max_steps=args.warmup + args.rounds * args.steps + 1)
+                          max_steps=args.warmup + (args.rounds + 1) * args.steps + 2)
         info = setup(cfg.device)
         trainer = trainer_module.Trainer(cfg, info, lambda _m: None)
         trainer.setup()
@@ -114,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             row["load_average"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
+        profiled = matmul_share(trainer.train_step, step + 1, args.steps, info.device) if args.profile else None
     median = {key: statistics.median(row[key] for row in rows) for key in ("step_ms", *PARTS, "other")}
     share = {key: round(median[key] / median["step_ms"], 3) for key in (*PARTS, "other")}
     print(json.dumps({"summary": True, "arch": args.arch, "size": args.size, "batch": args.batch_size,
                       "seq_len": args.seq_len, "precision": args.precision, "device": args.device,
-                      "torch": torch.__version__, "median_ms": median, "share": share}))
+                      "torch": torch.__version__, "median_ms": median, "share": share,
+                      **({"matmul": profiled} if profiled else {})}))
     return 0
 
 

@@ -14,7 +14,7 @@ def test_train_step_parts_times_every_part(monkeypatch, capsys):
     import train_step_parts
 
     assert train_step_parts.main(["--size", "tiny", "--vocab-size", "300", "--seq-len", "32", "--batch-size", "4",
-                                  "--steps", "2", "--rounds", "1", "--warmup", "1"]) == 0
+                                  "--steps", "2", "--rounds", "1", "--warmup", "1", "--profile"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     rounds = [json.loads(line) for line in captured.err.splitlines() if line.startswith('{"round"')]
@@ -24,4 +24,7 @@ def test_train_step_parts_times_every_part(monkeypatch, capsys):
         assert median[part] > 0, part
     assert abs(sum(summary["share"].values()) - 1.0) < 0.01
     assert median["forward"] + median["backward"] < median["step_ms"]
+    matmul = summary["matmul"]  # the profiler found the products (names unchanged) and counted their work
+    assert 0 < matmul["matmul_ms"] < matmul["profiled_step_ms"] and matmul["matmul_gflop"] > 0
+    assert abs(matmul["matmul_ms"] + matmul["rest_ms"] - matmul["profiled_step_ms"]) < 0.2
     sys.modules.pop("train_step_parts", None)
