@@ -106,7 +106,7 @@ class AttentionMask:
         backward (``masked_fill`` takes a pass each way and is slow on CPU)."""
         if self.mask is None and not self.is_causal:
             return None
-        if self._bias is None or self._bias.dtype != dtype or self._bias.shape[-1] != T:
+        if self._bias is None or self._bias.dtype != dtype or (self.mask is None and self._bias.shape[-1] != T):
             allowed = self.mask if self.mask is not None else torch.ones(
                 T, T, dtype=torch.bool, device=device).tril()[None, None]
             self._bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))

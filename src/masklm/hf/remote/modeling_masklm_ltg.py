@@ -16,7 +16,7 @@ import importlib.util
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,20 @@ class AttentionMask:
     segments: tuple[tuple[tuple[int, int], ...], ...] | None = None
     block_mask: Any = None
     documents: tuple[torch.Tensor, torch.Tensor | None, bool, torch.dtype] | None = None
+    _bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def bias(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """``mask`` (or the causal triangle of T positions) as an additive bias: 0 where a query may attend,
+        -inf elsewhere, ``mask``'s shape (``[1, 1, T, T]`` causal); None = attend to all. Made once per
+        forward and shared by every layer, which adds it to its scores in place: one pass, and nothing in
+        backward (``masked_fill`` takes a pass each way and is slow on CPU)."""
+        if self.mask is None and not self.is_causal:
+            return None
+        if self._bias is None or self._bias.dtype != dtype or (self.mask is None and self._bias.shape[-1] != T):
+            allowed = self.mask if self.mask is not None else torch.ones(
+                T, T, dtype=torch.bool, device=device).tril()[None, None]
+            self._bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        return self._bias
 
     @property
     def form(self) -> str:
@@ -286,8 +300,11 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     # 64-bit draws over (almost) the full int64 range, viewed as four uniform int16s each
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
     bits = bits.view(torch.int16)[:n].view(x.shape)
-    keep_scaled = (bits >= -32768 + round(p * 65536)).to(x.dtype).mul_(1.0 / (1.0 - p))
-    return x * keep_scaled
+    # keep where bits >= threshold, as 0/1 by fp32 arithmetic (exact on 16-bit integers; bf16 is not):
+    # a comparison to a bool tensor and its conversion take about twice as long on CPU
+    threshold = -32768 + round(p * 65536)
+    keep = bits.to(torch.float32).sub_(threshold - 1).clamp_(0.0, 1.0)
+    return x * keep.mul_(1.0 / (1.0 - p)).to(x.dtype)
 
 
 class _Memo:
