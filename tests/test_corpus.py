@@ -45,8 +45,16 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
     (tmp_path / "notes.md").write_text("ignored\n")
     with gzip.open(tmp_path / "c.txt.gz", "wt") as handle:
         handle.write("c\n")
-    assert read([str(tmp_path)]) == ["a", "b/a", "b/z", "c"]
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref\n")
+    (tmp_path / "b" / "scan.png").write_bytes(b"\x89PNG")
+    stats = CorpusStats()
+    assert read([str(tmp_path)], stats) == ["a", "b/a", "b/z", "c"]
     assert [p.name for p in resolve_files([str(tmp_path)])] == ["a.txt", "a.jsonl", "z.txt", "c.txt.gz"]
+    # what a folder holds but is not read is counted and named, never dropped in silence (hidden files aside)
+    assert stats.ignored_files == [str(tmp_path / "b" / "scan.png"), str(tmp_path / "notes.md")]
+    assert stats.to_dict()["ignored_files"] == 2
+    assert "2 file(s) in the folders not read" in stats.summary() and "notes.md" in stats.summary()
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
@@ -137,4 +145,17 @@ def test_cli_reports_bad_bytes_on_stderr(cli, capsys, tmp_path):
     corpus.write_bytes(b"alpha beta \xff gamma\n\ndelta \xfe\xfd\n")
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok"),
                 "--vocab-size", "40", "--min-frequency", "1"]) == 0
-    assert "3 invalid UTF-8 bytes replaced" in capsys.readouterr().err
+    assert f"3 invalid UTF-8 bytes replaced (in {corpus}: save it as UTF-8" in capsys.readouterr().err
+
+
+def test_cli_names_the_files_of_a_corpus_folder_it_does_not_read(cli, capsys, tmp_path):
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("alpha beta gamma\n\ndelta epsilon\n")
+    for name in ("b.md", "c.csv", "d.text", "e.rtf"):
+        (corpus / name).write_text("alpha beta\n")
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok"),
+                "--vocab-size", "40", "--min-frequency", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "from 1 file(s)" in err and "4 file(s) in the folders not read" in err
+    assert "b.md" in err and "rename them or pass them by name" in err

@@ -52,6 +52,8 @@ class CorpusStats:
     split_documents: int = 0    # documents over MAX_PIECE characters, given as several documents
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)  # in the given folders, not read: not a text suffix
+    bad_byte_files: list[str] = field(default_factory=list)  # files with invalid UTF-8 bytes, in reading order
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -69,6 +71,7 @@ class CorpusStats:
             "files": self.files, "documents": self.documents, "words": self.words,
             "bad_bytes": self.bad_bytes, "split_lines": self.split_lines,
             "split_documents": self.split_documents, "skipped": dict(self.skipped),
+            "ignored_files": len(self.ignored_files),
         }
 
     def summary(self) -> str:
@@ -79,11 +82,24 @@ class CorpusStats:
         if self.split_lines or self.split_documents:
             split = (f"; split {self.split_lines} long lines and {self.split_documents} long documents into "
                      f"pieces of at most {MAX_PIECE >> 20} MiB, at whitespace")
+        bad = ""
+        if self.bad_byte_files:
+            bad = f" (in {_first_names(self.bad_byte_files)}: save it as UTF-8 to keep those characters)"
+        ignored = ""
+        if self.ignored_files:
+            ignored = (f"; {len(self.ignored_files)} file(s) in the folders not read, not "
+                       f"{'/'.join(TEXT_SUFFIXES)} ({_first_names(self.ignored_files)}): rename them or pass "
+                       "them by name to read them")
         return (
             f"{self.documents} documents, {self.words} words from {self.files} file(s); "
-            f"{self.bad_bytes} invalid UTF-8 bytes replaced; {skipped} records skipped"
-            + (f" ({detail})" if detail else "") + split
+            f"{self.bad_bytes} invalid UTF-8 bytes replaced{bad}; {skipped} records skipped"
+            + (f" ({detail})" if detail else "") + split + ignored
         )
+
+
+def _first_names(names: list[str]) -> str:
+    """The first three names, then "..." when there are more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _kjv_path() -> Path:
@@ -163,6 +179,18 @@ def resolve_files(sources: list[str] | str) -> list[Path]:
             names = ", ".join(BUILTIN_CORPORA)
             raise DataError(f"corpus {source!r} not found; pass an existing file or folder, or a built-in name ({names})")
     return files
+
+
+def ignored_files(sources: list[str] | str) -> list[Path]:
+    """The files inside the folders among ``sources`` that ``resolve_files`` does not read (their names do
+    not end in one of ``TEXT_SUFFIXES``), sorted; hidden ones (a path part starting with ".", such as
+    ``.git/``) are left out: they are not the user's text."""
+    folders = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources) if Path(s).is_dir()]
+    return sorted(
+        p for folder in folders for p in folder.rglob("*")
+        if p.is_file() and not p.name.endswith(TEXT_SUFFIXES)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _lines(path: Path, limit: int) -> Iterator[bytes]:
@@ -336,14 +364,17 @@ def _iter_kjv(path: Path, stats: CorpusStats) -> Iterator[str]:
 
 
 def iter_documents(sources: list[str] | str, stats: CorpusStats | None = None) -> Iterator[str]:
-    """Yield the documents of ``sources`` in order, streamed. Fills ``stats`` as it goes.
+    """Yield the documents of ``sources`` in order, streamed. Fills ``stats`` as it goes (``ignored_files``
+    at once).
 
     Raises DataError at once for a missing path or a folder without text files, and after the last
     file for a corpus that holds no document once empty and malformed records are dropped.
     """
     files = resolve_files(sources)  # here, not in the generator, so bad paths fail on the call
     names = ", ".join(str(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources))
-    return _documents(files, stats if stats is not None else CorpusStats(), names)
+    stats = stats if stats is not None else CorpusStats()
+    stats.ignored_files = [str(p) for p in ignored_files(sources)]
+    return _documents(files, stats, names)
 
 
 def _documents(files: list[Path], stats: CorpusStats, names: str) -> Iterator[str]:
@@ -354,10 +385,13 @@ def _documents(files: list[Path], stats: CorpusStats, names: str) -> Iterator[st
             reader = _iter_kjv
         else:
             reader = _iter_jsonl if _is_jsonl(path) else _iter_text
+        bad_before = stats.bad_bytes
         for text in reader(path, stats):
             stats.documents += 1
             stats.words += len(text.split())
             yield text
+        if stats.bad_bytes > bad_before:
+            stats.bad_byte_files.append(str(path))
     if stats.documents == 0:
         raise DataError(f"corpus {names} has no documents after dropping empty and malformed records; add text to it")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer as Backend
 
-from masklm.data.corpus import CorpusStats, iter_documents, resolve_files
+from masklm.data.corpus import CorpusStats, ignored_files, iter_documents, resolve_files
 from masklm.data.shard_check import FORMAT_VERSION, check_files, check_manifest, load_offsets
 from masklm.errors import DataError
 from masklm.files import atomic_dir, check_writable, file_record, sha256_file
@@ -282,6 +282,7 @@ def prepare_shards(
         stats = CorpusStats()
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         documents = iter_documents([str(f) for f in files], stats)
+        stats.ignored_files = [str(p) for p in ignored_files(sources)]  # the files are resolved: ask the folders
         for n, (ids, starts, lengths) in enumerate(_encoded_chunks(documents, tokenizer, dtype, num_workers)):
             writer.add(ids, starts, lengths)
             if n % 50 == 49:
