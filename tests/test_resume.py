@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from masklm.cli import main
-from masklm.files import sha256_file
+from masklm.files import LOCK_NAME, sha256_file
 from masklm.training import checkpoint as ckpt
 from masklm.training.run_record import RESUME_MAY_CHANGE
 
@@ -296,3 +298,37 @@ def test_a_run_folder_holding_only_prepared_shards_is_used(tmp_path, toml, corpu
     assert main(base_flags(toml, corpus) + ["--tokenizer", str(straight / "tokenizer"), "--out", str(run),
                                             "--max-steps", "1"]) == 0
     assert snapshot(run / "data") == before
+
+
+def test_a_folder_another_run_is_writing_is_refused(killed, tmp_path, toml, corpus, capsys):
+    """A second `masklm train` into a run folder in use (a resume started twice, a relaunched job,
+    --overwrite over a live run) stops with one line and touches nothing; once the holder ends, it runs."""
+    out = killed
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "holding"
+        before = snapshot(out)
+        refused(["train", "--out", str(out), "--resume"], capsys, f"{out} is in use by", f"(pid {other.pid})",
+                "wait for it to end")
+        refused(base_flags(toml, corpus) + ["--out", str(out), "--overwrite", "--max-steps", "2"], capsys,
+                "is in use by")
+        assert snapshot(out) == before
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # a holder that died leaves no stale lock
+    assert [p.name for p in ckpt.list_checkpoints(out)][-1] == "step-6"
+    # a run into a folder nobody holds leaves no lock file behind, refused or not
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(base_flags(toml, corpus) + ["--out", str(empty), "--max-steps", "1"]) == 0
+    assert not (empty / LOCK_NAME).exists() and (empty / "final").is_dir()
+
+
+HOLD_LOCK = """
+import sys, time
+from masklm.files import folder_lock
+with folder_lock(sys.argv[1], "masklm train --out elsewhere"):
+    print("holding", flush=True)
+    time.sleep(120)
+"""

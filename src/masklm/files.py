@@ -1,9 +1,13 @@
-"""Durable files: content digests, fsync, and atomic writes of folders and files.
+"""Durable files: content digests, fsync, atomic writes of folders and files, and a lock on a folder.
 
 Model folders, checkpoints, shard folders, embedding files and plots are all written the same way: into a
 hidden temporary sibling, flushed to the disk, then renamed into place (a rename within one folder is
 atomic on POSIX), so a crash or an error never leaves a half-written result under the final name. An
 existing folder under that name is first renamed aside and deleted only after the new one is in place.
+
+``folder_lock`` keeps a second process from writing into a folder one is writing: an advisory
+``fcntl.flock`` on a file inside it, which the kernel drops when the holder ends, however it ends (a
+crash or ``kill -9`` leaves no stale lock to clear by hand).
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from masklm.errors import ConfigError, MaskLMError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folder_lock holds nothing there
+    fcntl = None
+
+LOCK_NAME = ".masklm.lock"  # inside a locked folder; readers of the folder pass over it
 
 
 def sha256_file(path: Path) -> str:
@@ -176,3 +187,34 @@ def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ..
         raise ConfigError(f"{flag} {out} already exists and holds files; pass --overwrite to replace it, "
                           f"or choose another {flag}")
     check_writable(target, flag)
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str, enabled: bool = True) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block runs; ConfigError (exit 2) at once when another
+    process holds it. A folder that does not exist yet is not locked (nobody can be writing there). The
+    lock file is removed afterwards when this call made it, so a refused run leaves the folder as it was."""
+    path = Path(folder) / LOCK_NAME
+    if not enabled or fcntl is None or not path.parent.is_dir():
+        yield
+        return
+    made = not path.exists()
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            made = False  # it is the holder's
+            raise ConfigError(f"{folder} is in use by {holder}; wait for it to end, or choose another "
+                              "folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{what} (pid {os.getpid()})")
+        handle.flush()
+        yield
+    finally:
+        if made:
+            path.unlink(missing_ok=True)
+        handle.close()  # closing drops the lock

@@ -37,7 +37,7 @@ from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, is_shard_folder, prepare_shards
 from masklm.errors import ConfigError, MaskLMError, out_of_memory
-from masklm.files import check_out, remove_dir
+from masklm.files import LOCK_NAME, check_out, folder_lock, remove_dir
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
 from masklm.objectives import (
@@ -77,8 +77,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = _log_to_stderr) -> Path
     run_dir = Path(cfg.out)
     created = not run_dir.exists()
     try:
-        try:
-            return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
+        try:  # a second run (or resume) into a folder that one is writing is refused
+            with folder_lock(run_dir, f"masklm train --out {run_dir}", enabled=info.is_main):
+                return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too; any other is a bug, with its traceback
             raise (out_of_memory(exc, cfg.batch_size, cfg.max_seq_len, cfg.device) or exc) from None
     except MaskLMError as exc:
@@ -372,7 +373,7 @@ class Trainer:
         ``masklm data prepare``, reused when they match the corpus and tokenizer)."""
         if not self.run_dir.is_dir():
             return []
-        names = sorted(p.name for p in self.run_dir.iterdir())
+        names = sorted(p.name for p in self.run_dir.iterdir() if p.name != LOCK_NAME)
         if names == ["data"] and is_shard_folder(self.run_dir / "data"):
             return []
         return names
