@@ -27,6 +27,7 @@ share of the step.
     python benchmarks/train_step_parts.py                       # BERT small, 32x128, CPU, 3 rounds
     python benchmarks/train_step_parts.py --size base --device cuda --precision bf16
     python benchmarks/train_step_parts.py --rounds 5 --profile      # + matrix products vs the rest
+    python benchmarks/train_step_parts.py --compile --warmup 8      # the forward through torch.compile
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--compile", action="store_true", help="the training forward through torch.compile, as "
+                   "`masklm train --compile` (compiles during the warm-up steps: give --warmup 8 or more)")
     p.add_argument("--profile", action="store_true",
                    help="one more round under torch.profiler: matrix products against the rest of the step")
     return p.parse_args(argv)
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(arch=args.arch, size=args.size, corpus=args.corpus, out=str(Path(tmp) / "run"),
                           vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
-                          precision=args.precision, device=args.device, progress=False,
+                          precision=args.precision, device=args.device, progress=False, compile=args.compile,
                           max_steps=args.warmup + (args.rounds + 1) * args.steps + 2)
         info = setup(cfg.device)
         trainer = trainer_module.Trainer(cfg, info, lambda _m: None)
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     share = {key: round(median[key] / median["step_ms"], 3) for key in (*PARTS, "other")}
     print(json.dumps({"summary": True, "arch": args.arch, "size": args.size, "batch": args.batch_size,
                       "seq_len": args.seq_len, "precision": args.precision, "device": args.device,
+                      "compile": args.compile,
                       "torch": torch.__version__, "median_ms": median, "share": share,
                       **({"matmul": profiled} if profiled else {})}))
     return 0
