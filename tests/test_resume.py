@@ -332,3 +332,26 @@ with folder_lock(sys.argv[1], "masklm train --out elsewhere"):
     print("holding", flush=True)
     time.sleep(120)
 """
+
+
+def test_ctrl_c_says_which_checkpoint_a_resume_continues_from(tmp_path, toml, corpus, capsys, monkeypatch):
+    from masklm.training.trainer import Trainer
+
+    out = tmp_path / "run"
+    real_step = Trainer.train_step
+
+    def interrupted_at_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_at_3)
+    capsys.readouterr()
+    assert main(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "4", "--save-every", "2"]) == 130
+    err = capsys.readouterr().err
+    assert f"{out}: the last checkpoint, {out / 'checkpoints' / 'step-2'}, is kept (--resume continues from it)" in err
+    assert err.rstrip().endswith("masklm: interrupted") and "Traceback" not in err
+    assert not (out / LOCK_NAME).exists()  # the lock went with the run
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert loss_steps(out) == [1, 2, 3, 4]

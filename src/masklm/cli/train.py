@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from masklm.files import check_writable
@@ -125,5 +128,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     check_writable(cfg.out)  # before a tokenizer is trained or data prepared, not at the first write
-    train(cfg)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: say what a --resume continues from; main then says "interrupted"
+        from masklm.training.checkpoint import what_is_kept  # lazy: torch is loaded by now anyway
+
+        if Path(cfg.out).is_dir() and os.environ.get("RANK", "0") == "0":
+            print(f"{cfg.out}: {what_is_kept(Path(cfg.out))}", file=sys.stderr)
+        raise
     return 0

@@ -90,6 +90,13 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def what_is_kept(run_dir: Path) -> str:
+    """For a run that stops early: the checkpoint ``--resume`` continues from, or that none was written."""
+    kept = list_checkpoints(run_dir)
+    return (f"the last checkpoint, {kept[-1]}, is kept (--resume continues from it)" if kept
+            else "no checkpoint was written before it (--save-every N keeps some)")
+
+
 def verify(path: Path) -> str | None:
     """None when the checkpoint's manifest matches its files, else what is wrong."""
     manifest_path = path / MANIFEST

@@ -185,9 +185,7 @@ class Trainer:
     def _stop(self, step: int, what: str) -> None:
         """Stop the run at ``step`` with one line; the last checkpoint (if any) and metrics.jsonl stay."""
         self.progress.close()
-        kept = ckpt.list_checkpoints(self.run_dir)
-        where = (f"the last checkpoint, {kept[-1]}, is kept (--resume continues from it)" if kept
-                 else "no checkpoint was written before it (--save-every N keeps some)")
+        where = ckpt.what_is_kept(self.run_dir)
         fix = "use --precision bf16 or fp32, or lower --lr" if self.amp.scaler else "lower --lr or raise --warmup"
         raise TrainingStopped(f"training stopped at step {step}: {what}; the weights were not updated, {where}; "
                               f"{fix}")
