@@ -11,6 +11,7 @@
 #   precision    masklm train --precision fp32/bf16/fp16 on CUDA, 50 steps tiny -> precision_cuda.json
 #   inference    fill-mask --dtype float32/bfloat16, and bfloat16 --compile     -> inference_cuda.json
 #   compile      masklm train BERT small bf16 with and without --compile         -> compile_cuda.json
+#   parts        where a BERT base bf16 step goes, matrix products vs the rest    -> step_parts_cuda.json
 # Other helpers may append steps below the last one (keep the budget: BUDGET_S in total).
 # SMOKE=1 runs every step on the CPU with tiny shapes and --compile forced to its eager fallback: it checks
 # this script, not the GPU (the HF side still needs transformers and accelerate).
@@ -29,11 +30,13 @@ if [ "${SMOKE:-0}" = 1 ]; then
   SHAPE_128=(--size tiny --vocab-size 2048 --seq-len 64 --batch-size 8 --steps 5 --warmup-steps 2 --rounds 1)
   SHAPE_512=(--size tiny --vocab-size 2048 --seq-len 128 --batch-size 4 --steps 5 --warmup-steps 2 --rounds 1)
   VOCAB=2048
+  PARTS=(--size tiny --vocab-size 2048 --seq-len 64 --batch-size 8 --steps 2 --rounds 1 --warmup 1)
 else
   export DEVICE=cuda STEPS=50
   SHAPE_128=(--size base --seq-len 128 --batch-size 32 --steps 60 --warmup-steps 20 --rounds 2)
   SHAPE_512=(--size base --seq-len 512 --batch-size 16 --steps 50 --warmup-steps 15 --rounds 2)
   VOCAB=8192
+  PARTS=(--size base --seq-len 128 --batch-size 32 --steps 10 --rounds 2 --warmup 5)
 fi
 
 # step NAME TIMEOUT_S COMMAND...: stdout -> $OUT/NAME.out, stderr -> $OUT/NAME.log; one status line.
@@ -155,7 +158,9 @@ EOF
 export -f compile_check
 step compile_cuda 120 bash -c compile_check
 
-for name in precision_cuda inference_cuda compile_cuda; do
+step step_parts_cuda 60 $PY benchmarks/train_step_parts.py --device "$DEVICE" --precision bf16 --profile "${PARTS[@]}"
+
+for name in precision_cuda inference_cuda compile_cuda step_parts_cuda; do
   [ -s "$OUT/$name.out" ] && tail -n 1 "$OUT/$name.out" >"$OUT/$name.json"
 done
 rm -rf "$WORK"

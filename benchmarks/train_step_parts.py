@@ -13,9 +13,9 @@ part of `Trainer.train_step` with a wall clock around the methods that do it:
 - other:    the rest of `train_step` (learning-rate and mask-rate schedules, the count all-reduce).
 
 With ``--profile``, one more round runs under ``torch.profiler`` and the summary adds ``matmul``: the
-device time per step in matrix products (``aten::mm``, ``addmm``, ``bmm``, ``baddbmm``, self time, which
-is where their kernels run on a CPU; device time on CUDA), the floating-point operations they did (one more step under ``FlopCounterMode``)
-and their rate, and the rest of the step. That is the floor a faster step cannot go below without doing fewer or
+device time per step in matrix products (``aten::mm``, ``addmm``, ``bmm``, ``baddbmm``: their self time on a
+CPU, where their kernels run inside them; on CUDA the time of the kernels they launch), the floating-point
+operations they did (one more step under ``FlopCounterMode``) and their rate, and the rest of the step. That is the floor a faster step cannot go below without doing fewer or
 cheaper products: the end-to-end goal against HF ``Trainer`` (``train_e2e.py``) asks for a step of
 ``HF's seconds per step / goal``, which is reachable only while it is above this floor.
 
@@ -85,7 +85,7 @@ def matmul_share(train_step, first_step: int, steps: int, device: torch.device) 
     wall_ms = (time.perf_counter() - t0) * 1000 / steps
     rows = [e for e in prof.key_averages() if e.key in MATMULS]
     if device.type == "cuda":
-        matmul_ms = sum(e.self_device_time_total for e in rows) / 1000 / steps
+        matmul_ms = sum(e.device_time_total for e in rows) / 1000 / steps  # their kernels
     else:
         matmul_ms = sum(e.self_cpu_time_total for e in rows) / 1000 / steps
     counter = FlopCounterMode(display=False)
