@@ -14,6 +14,7 @@ A model is an encoder (``[B, T, D]`` out) with heads attached, as in Hugging Fac
   ``F.log_softmax`` + ``F.nll_loss`` take three: a zero-filled ``[N, V]`` gradient, a scatter, the softmax
   backward). ``objectives.objective_loss`` trains with it; ``cross_entropy`` is its mean (BERT's own
   loss; LTG-BERT keeps ``F.cross_entropy``, which rounds differently in the last bits).
+  ``log_probs_excluding`` is its forward's log-softmax, which evaluation reads too.
 - ``pool``: one vector per sequence (mean or [CLS]), for embeddings and fine-tuned sequence heads.
 """
 
@@ -41,16 +42,22 @@ class MaskedLMHead(Protocol):
         """Mean cross-entropy of logits ``[N, V]`` against token ids ``[N]``, N >= 1."""
 
 
+def log_probs_excluding(logits: torch.Tensor, excluded: int | None = None) -> torch.Tensor:
+    """Logits ``[..., V]`` -> fp32 log-probabilities ``[..., V]``, with ``excluded`` at exactly -inf
+    (probability exactly 0) and the rest renormalised; the caller's logits stay intact (out of place)."""
+    x = logits.float()
+    if excluded is not None:
+        x = x.index_fill(-1, torch.tensor([excluded], device=x.device), float("-inf"))
+    return torch.log_softmax(x, dim=-1)
+
+
 class _CrossEntropySum(torch.autograd.Function):
     """sum_n w_n CE(logits[n], target[n]) in fp32, with ``excluded``'s logit at -inf; one-pass backward."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                 excluded: int | None) -> torch.Tensor:
-        x = logits.float()
-        if excluded is not None:  # out of place: the caller's logits stay intact (accuracy metrics read them)
-            x = x.index_fill(-1, torch.tensor([excluded], device=x.device), float("-inf"))
-        logp = torch.log_softmax(x, dim=-1)  # [N, V]
+        logp = log_probs_excluding(logits, excluded)  # [N, V]
         nll = -logp.gather(1, target[:, None]).squeeze(1)  # [N]
         ctx.save_for_backward(logp, target, weights)
         ctx.logits_dtype = logits.dtype

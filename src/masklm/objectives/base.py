@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from masklm.data.masking import IGNORE_INDEX
-from masklm.models.heads import cross_entropy_sum
+from masklm.models.heads import cross_entropy_sum, log_probs_excluding
 from masklm.tokenizer import Tokenizer
 
 
@@ -116,12 +115,7 @@ def batch_denominator(batch: ObjectiveBatch) -> float:
 def objective_log_probs(logits: torch.Tensor, excluded_token_id: int | None = None) -> torch.Tensor:
     """Logits ``[..., V]`` -> fp32 log-probabilities ``[..., V]``, with ``excluded_token_id`` at exactly -inf
     (probability exactly 0) and the rest renormalised over the other tokens."""
-    logits = logits.float()
-    if excluded_token_id is not None:
-        # index_fill is out of place: the model's logits stay intact for accuracy metrics.
-        index = torch.tensor([excluded_token_id], device=logits.device)
-        logits = logits.index_fill(-1, index, float("-inf"))
-    return F.log_softmax(logits, dim=-1)
+    return log_probs_excluding(logits, excluded_token_id)
 
 
 def objective_loss(logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, float]:

@@ -4,7 +4,7 @@ Mixed precision (Micikevicius et al., 2018, "Mixed Precision Training", arXiv:17
 backward run under ``torch.autocast`` in bf16 or fp16 while the weights, their gradients and the optimizer
 state stay fp32 (the "master weights"). Autocast picks a dtype per op from torch's lists: matmuls and
 attention in the low dtype, reductions that lose accuracy (softmax, log-softmax, norms) in fp32. The
-training loss itself is taken in fp32 (``objectives.objective_log_probs`` upcasts the logits).
+training loss itself is taken in fp32 (``models.heads.cross_entropy_sum`` upcasts the logits).
 
 fp16 has a 5-bit exponent, so small gradients underflow: ``torch.amp.GradScaler`` multiplies the loss by a
 scale (2^16 at first), unscales the gradients before clipping, and skips an update whose gradients
