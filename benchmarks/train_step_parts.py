@@ -21,8 +21,9 @@ cheaper products: the end-to-end goal against HF ``Trainer`` (``train_e2e.py``) 
 
 On a CUDA device each part ends with a synchronize, so the parts add up to the step (the synchronizes
 make the step a little slower than in `masklm train`). Rounds of `--steps` steps each; one JSON line per
-round (ms per step of each part, the load average), then a summary line with the medians and each part's
-share of the step.
+round (ms per step of each part; the process's minor page faults and system-time ms per step, which show
+whether host memory is reused from step to step, see ``masklm.host_memory``; the load average), then a
+summary line with the medians and each part's share of the step.
 
     python benchmarks/train_step_parts.py                       # BERT small, 32x128, CPU, 3 rounds
     python benchmarks/train_step_parts.py --size base --device cuda --precision bf16
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -147,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for r in range(args.rounds):
             clock.seconds.clear()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 step += 1
                 trainer.train_step(step)
             total = (time.perf_counter() - t0) / args.steps * 1000
+            after = resource.getrusage(resource.RUSAGE_SELF)
             row = {"round": r, "step_ms": round(total, 1)}
             row.update({part: round(clock.seconds[part] / args.steps * 1000, 1) for part in PARTS})
             row["other"] = round(total - sum(row[part] for part in PARTS), 1)
+            row["minor_faults"] = round((after.ru_minflt - usage.ru_minflt) / args.steps)
+            row["system_ms"] = round((after.ru_stime - usage.ru_stime) / args.steps * 1000, 1)
             row["load_average"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)

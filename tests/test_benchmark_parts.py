@@ -1,4 +1,5 @@
-"""benchmarks/train_step_parts.py wraps Trainer internals by name: this keeps it in step with the trainer."""
+"""benchmarks/train_step_parts.py wraps Trainer internals by name: this keeps it in step with the trainer.
+benchmarks/dropout_speed.py times masklm's dropout against torch's: it runs and reports every approach."""
 
 from __future__ import annotations
 
@@ -27,4 +28,18 @@ def test_train_step_parts_times_every_part(monkeypatch, capsys):
     matmul = summary["matmul"]  # the profiler found the products (names unchanged) and counted their work
     assert 0 < matmul["matmul_ms"] < matmul["profiled_step_ms"] and matmul["matmul_gflop"] > 0
     assert abs(matmul["matmul_ms"] + matmul["rest_ms"] - matmul["profiled_step_ms"]) < 0.2
+    assert rounds[0]["minor_faults"] >= 0 and rounds[0]["system_ms"] >= 0
     sys.modules.pop("train_step_parts", None)
+
+
+def test_dropout_speed_times_every_approach(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import dropout_speed
+
+    assert dropout_speed.main(["--rounds", "2", "--calls", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("round") for line in lines[:-1]] == [0, 1] and lines[-1]["summary"] is True
+    for shape, ms in lines[-1]["median_ms"].items():
+        assert set(ms) == {"torch", "masklm", "bits_torch", "bits_sfc64"} and min(ms.values()) > 0, shape
+    assert lines[-1]["freed_memory_kept"] is (sys.platform.startswith("linux"))
+    sys.modules.pop("dropout_speed", None)

@@ -53,6 +53,7 @@ from masklm.finetune.predict import (
     sequence_values,
     word_tags,
 )
+from masklm.host_memory import keep_freed_memory
 from masklm.inference.batching import WINDOW_POOLS, WindowSpec, pad, pool_windows
 from masklm.modeldir import save_model_dir
 from masklm.training.distributed import pick_device
@@ -370,6 +371,8 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     torch.manual_seed(args.seed)
     model = build_finetuned(base, task)
     device = pick_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     model.to(device)
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     units = len(train_split.rows) if args.task in TOKEN_TASKS else len(train_split.groups)

@@ -38,6 +38,7 @@ from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, is_shard_folder, prepare_shards
 from masklm.errors import ConfigError, MaskLMError, out_of_memory
 from masklm.files import LOCK_NAME, check_out, folder_lock, remove_dir
+from masklm.host_memory import keep_freed_memory
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
 from masklm.objectives import (
@@ -275,9 +276,9 @@ class Trainer:
 
     def _setup_speed(self) -> None:
         """After ``setup``: autocast and the fp16 loss scaler (its state restored on resume), TF32 matmuls on
-        CUDA, and ``--compile`` of the step's forward (with an eager fallback)."""
+        CUDA, freed memory kept on a CPU (``host_memory``), ``--compile`` of the forward (eager fallback)."""
         device = self.info.device
-        enable_tf32(device)
+        enable_tf32(device) if device.type == "cuda" else keep_freed_memory()
         self.amp = MixedPrecision(self.cfg.precision, device)
         if self.amp.scaler is not None and self.start_step:
             state_file = self.run_dir / "checkpoints" / f"step-{self.start_step}" / "trainer_state.json"

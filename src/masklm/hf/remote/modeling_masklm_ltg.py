@@ -297,9 +297,10 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if x.device.type != "cpu":  # GPU kernels are fused and fast already
         return F.dropout(x, p, training=True)
     n = x.numel()
-    # 64-bit draws over (almost) the full int64 range, viewed as four uniform int16s each
-    bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-    bits = bits.view(torch.int16)[:n].view(x.shape)
+    # 64-bit draws, viewed as four uniform int16s each; the generator's seed is one draw of torch's
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    raw = np.random.SFC64(seed).random_raw((n + 3) // 4)
+    bits = torch.from_numpy(raw.view(np.int16)[:n]).view(x.shape)
     # keep where bits >= threshold, as 0/1 by fp32 arithmetic (exact on 16-bit integers; bf16 is not):
     # a comparison to a bool tensor and its conversion take about twice as long on CPU
     threshold = -32768 + round(p * 65536)
