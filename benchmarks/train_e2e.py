@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="masklm --compile and HF torch_compile=True")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak of the device for MFU (default: 989 on CUDA, none on CPU)")
-    p.add_argument("--work", help="folder for runs (default: a temporary folder, removed after)")
+    p.add_argument("--work", help="folder for runs (default: a temporary folder, removed after); each call "
+                   "puts its runs in a new runs-* folder there and reuses the tokenizer it trained first")
     p.add_argument("--json-out", help="also write the summary JSON here")
     p.add_argument("--skip-hf", action="store_true", help="run masklm only")
     p.add_argument("--quick", action="store_true", help="tiny model, vocab 2048, 16x64, 6 steps, 1 round: checks it runs")
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (tokenizer / "tokenizer.json").is_file():
             run_child(masklm_cmd(args, tokenizer.parent, 1, None), "the preparation run")
         fpt = flops_per_token(args, _vocab(tokenizer))
-        rows = rounds(args, work, tokenizer, fpt)
+        # the runs go to a new folder each time, so a --work folder can be used again
+        rows = rounds(args, Path(tempfile.mkdtemp(prefix=f"runs-{tag(args)}-", dir=work)), tokenizer, fpt)
         result = summary(args, rows, fpt)
     print(json.dumps(result), flush=True)
     if args.json_out:

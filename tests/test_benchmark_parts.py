@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -43,3 +45,19 @@ def test_dropout_speed_times_every_approach(monkeypatch, capsys):
         assert set(ms) == {"torch", "masklm", "bits_torch", "bits_sfc64"} and min(ms.values()) > 0, shape
     assert lines[-1]["freed_memory_kept"] is (sys.platform.startswith("linux"))
     sys.modules.pop("dropout_speed", None)
+
+
+@pytest.mark.slow
+def test_train_e2e_runs_twice_in_one_work_folder(monkeypatch, capsys, tmp_path):
+    """The masklm side of the end-to-end benchmark reads tokens/s from the run it starts; a second call with
+    the same --work reuses the tokenizer and puts its runs in a new folder (before, the finished run of the
+    first call made masklm refuse the second)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import train_e2e
+
+    for _ in range(2):
+        assert train_e2e.main(["--quick", "--skip-hf", "--work", str(tmp_path)]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["masklm_tokens_per_s"] > 0 and summary["rounds"] == 1
+    assert len(list(tmp_path.glob("runs-*"))) == 2 and len(list(tmp_path.glob("prep-*"))) == 1
+    sys.modules.pop("train_e2e", None)
