@@ -5,8 +5,9 @@ the step ends. glibc's ``malloc`` serves blocks above its mmap threshold with fr
 threshold starts at 128 KiB and only grows as such blocks are freed), and gives the top of its heap back
 to the OS once more than its trim threshold lies free there. Every step then faults its memory in again,
 page by page, and the kernel zeroes each page first. For BERT small (32 x 128) on the 2-core CPU that was
-2,000-5,000 minor page faults and 15-33 ms of system time per step, billed to whichever op first wrote
-into a fresh buffer (``addmm`` copying its bias into the output, dropout's conversions).
+767-9,407 minor page faults and 12-78 ms of system time per step, billed to whichever op first wrote into a
+fresh buffer (``addmm`` copying its bias into the output, dropout's conversions); kept, the faults fall to
+0 within a few steps (``benchmarks/train_step_parts.py`` reports both, ``docs/benchmarks.md``).
 
 Intel's performance guide for PyTorch on CPUs swaps in an allocator that keeps memory (jemalloc or
 tcmalloc, through ``LD_PRELOAD``); that needs an install and a preload before the process starts. glibc's

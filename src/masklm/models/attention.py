@@ -43,8 +43,8 @@ number per element. ``dropout`` here uses 16 bits per element (four per 64-bit d
 probability within 1/65536 of ``1 - p``. The 64-bit draws come from numpy's SFC64 generator (Chris
 Doty-Humphrey's Small Fast Chaotic PRNG, which passes PractRand and BigCrush), seeded by one draw of torch's
 generator per call, so ``torch.manual_seed`` and a checkpoint's RNG state still fix every mask: on the
-2-core CPU it makes 64-bit numbers 2.4x as fast as torch's Mersenne Twister (0.66 against 1.56 ms per
-262,144; ``docs/benchmarks.md``). For the same reason, attention with dropout on CPU
+2-core CPU it makes 64-bit numbers 2.2-3.3x as fast as torch's Mersenne Twister, and the whole call is
+5.5-6x as fast as ``F.dropout`` (``benchmarks/dropout_speed.py``, ``docs/benchmarks.md``). For the same reason, attention with dropout on CPU
 runs as explicit matmul-softmax-dropout-matmul (SDPA's CPU kernels cannot do dropout and fall back to
 the same maths with the slow dropout); everywhere else, and always without dropout, it is SDPA.
 
