@@ -46,3 +46,29 @@ def test_keep_freed_memory_reuses_blocks_instead_of_faulting_them_in():
     # the same child faults 1,400-30,000 pages in most runs: freed memory goes back to the OS (not asserted,
     # as it varies with glibc's heuristics and the address layout).
     assert _faults("keep") < touched // 50
+
+
+def test_only_a_cpu_device_changes_anything(monkeypatch):
+    from masklm import host_memory
+
+    monkeypatch.setattr(host_memory, "_kept", False)
+    assert host_memory.keep_freed_memory("cuda") is False and host_memory.keep_freed_memory("cuda:1") is False
+    assert host_memory._kept is False
+
+
+def test_masklm_train_keeps_memory_on_its_device(monkeypatch, tmp_path, capsys):
+    """The CLI as a user runs it asks for kept memory once, with the run's device."""
+    from masklm.cli import main
+    from masklm.training import trainer
+
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text("".join(f"the cat {w} sat on the mat and then ran .\n\n" for w in "abcdefghij" * 4))
+    config = tmp_path / "tiny.toml"
+    config.write_text("[model]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
+                      "intermediate_size = 64\n")
+    seen = []
+    monkeypatch.setattr(trainer, "keep_freed_memory", lambda device: seen.append(str(device)) or True)
+    assert main(["train", "--config", str(config), "--corpus", str(corpus), "--out", str(tmp_path / "run"),
+                 "--vocab-size", "120", "--seq-len", "16", "--batch-size", "2", "--max-steps", "2",
+                 "--no-progress"]) == 0
+    assert seen == ["cpu"]

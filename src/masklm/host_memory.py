@@ -14,8 +14,8 @@ tcmalloc, through ``LD_PRELOAD``); that needs an install and a preload before th
 own ``mallopt`` says the same after start-up: serve blocks of up to 32 MiB (glibc's largest mmap
 threshold on 64-bit) from the heap, and never trim it. The heap then stays at the step's peak, which each
 step needs anyway; blocks over 32 MiB (e.g. the gradient of a large embedding table) are still mapped and
-unmapped each time. ``masklm train`` and ``masklm finetune`` call ``keep_freed_memory`` once, on a CPU
-device; it does nothing on other C libraries and systems.
+unmapped each time. ``masklm train`` and ``masklm finetune`` call ``keep_freed_memory`` once with their
+device; it does nothing for other devices, C libraries and systems.
 
 Sources: the GNU C Library manual, "Malloc Tunable Parameters" (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``:
 setting either turns the dynamic threshold off); mallopt(3); Intel, "PyTorch performance tuning guide",
@@ -35,14 +35,16 @@ TRIM_THRESHOLD = 2**31 - 1  # the largest int: never trim
 _kept = False
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(device: object = "cpu") -> bool:
     """Tell glibc's malloc to keep freed memory for reuse (see the module docstring) -> whether it is set.
 
-    Idempotent; False where the C library is not glibc (macOS, Windows, musl) and nothing changes."""
+    ``device``: the training device (a ``torch.device`` or its name); only a CPU's step allocates its
+    tensors in host memory, so nothing changes for others. Idempotent; False where the C library is not
+    glibc (macOS, Windows, musl) and nothing changes."""
     global _kept
     if _kept:
         return True
-    if not sys.platform.startswith("linux"):
+    if getattr(device, "type", str(device).split(":")[0]) != "cpu" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)  # the C library this process already runs on

@@ -371,8 +371,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     torch.manual_seed(args.seed)
     model = build_finetuned(base, task)
     device = pick_device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     model.to(device)
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     units = len(train_split.rows) if args.task in TOKEN_TASKS else len(train_split.groups)

@@ -278,7 +278,8 @@ class Trainer:
         """After ``setup``: autocast and the fp16 loss scaler (its state restored on resume), TF32 matmuls on
         CUDA, freed memory kept on a CPU (``host_memory``), ``--compile`` of the forward (eager fallback)."""
         device = self.info.device
-        enable_tf32(device) if device.type == "cuda" else keep_freed_memory()
+        enable_tf32(device)
+        keep_freed_memory(device)
         self.amp = MixedPrecision(self.cfg.precision, device)
         if self.amp.scaler is not None and self.start_step:
             state_file = self.run_dir / "checkpoints" / f"step-{self.start_step}" / "trainer_state.json"
