@@ -7,8 +7,8 @@ One run folder holds everything: ``tokenizer/``, ``data/`` (shards), ``checkpoin
 a loop of ``train_step`` / ``log_step`` / ``validate`` / ``checkpoint``, then ``finish()``. The pieces
 live beside it: ``training.config`` (the fields), ``training.progress`` (LR, mask-rate and
 sequence-length schedules, pure functions of (step, total)), ``training.row_order`` (which rows a step
-reads), ``training.evaluate`` (held-out split and evaluators), ``training.metrics`` (metrics.jsonl) and
-``training.checkpoint``.
+reads), ``training.evaluate`` (held-out split and evaluators), ``training.metrics`` (metrics.jsonl),
+``training.run_folder`` (what ``--out`` may hold, when a resume may go on) and ``training.checkpoint``.
 
 Determinism: the row order of epoch e is a permutation seeded by (seed, e), masks depend only on
 (seed, epoch, row), and checkpoints carry every RNG state, so on CPU N steps + resume + N steps gives
@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
-from masklm.data.shards import ShardedCorpus, is_shard_folder, prepare_shards
+from masklm.data.shards import ShardedCorpus, prepare_shards
 from masklm.errors import ConfigError, MaskLMError, out_of_memory
-from masklm.files import LOCK_NAME, check_out, folder_lock, remove_dir
+from masklm.files import folder_lock, remove_dir
 from masklm.host_memory import keep_freed_memory
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model
@@ -51,7 +51,7 @@ from masklm.objectives import (
 from masklm.objectives.reading import TrainedAs
 from masklm.tokenizer import Tokenizer, train_tokenizer
 from masklm.training import checkpoint as ckpt
-from masklm.training import run_record
+from masklm.training import run_folder, run_record
 from masklm.training.config import TrainConfig
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
 from masklm.training.evaluate import evaluate_heldout, heldout_rows
@@ -299,7 +299,8 @@ class Trainer:
         """Tokenizer, data, model, objectives, optimizer and schedules; then resume from the latest good
         checkpoint (with ``resume``), record the run's arguments, and wrap the model for DDP."""
         cfg, info = self.cfg, self.info
-        self._check_run_folder()  # every rank, before any rank writes: refusals leave the folder as it was
+        # every rank, before any rank writes: refusals leave the folder as it was
+        self.record, self.resume_from = run_folder.check_run_folder(cfg, self.run_dir, self.log)
         barrier(info)
         if info.is_main:
             if cfg.overwrite and self.run_dir.is_dir():
@@ -337,46 +338,6 @@ class Trainer:
                                               self.tokens_seen)
         self.started = time.perf_counter()
         self.window = LossWindow()
-
-    def _check_run_folder(self) -> None:
-        """Refuse, before anything is written: an ``out`` that is a file; on resume, a folder without a
-        usable checkpoint, a config or corpus other than the recorded one; else an ``out`` that holds
-        anything (unless ``overwrite``) or that is, holds or sits in a folder the run reads."""
-        cfg, run_dir = self.cfg, self.run_dir
-        self.record, self.resume_from = None, None
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"--out {run_dir} is a file; choose a folder for the run")
-        if cfg.resume:
-            self.resume_from = ckpt.resume_point(run_dir, log=self.log)
-            self.record = run_record.run_record(run_dir)
-            where = str(run_dir / run_record.RECORD_FILE)
-            run_record.check_same_run(self.record, cfg, where)
-            state = json.loads((self.resume_from / "trainer_state.json").read_text(encoding="utf-8"))
-            if self._keeps_length(state):
-                self._refuse_finished(state["step"], state["schedule_total_steps"])
-            run_record.check_corpus(self.record, cfg, where)
-            return
-        sources = [s for s in run_record.resolve_paths({"corpus": cfg.corpus})["corpus"] if Path(s).exists()]
-        check_out(run_dir, overwrite=True, sources=(*sources, *filter(None, (cfg.tokenizer, cfg.init_from))))
-        held = self._held_files()
-        if held and not cfg.overwrite:
-            checkpoints = ckpt.list_checkpoints(run_dir)
-            what = (f"already has checkpoints (up to {checkpoints[-1].name}); pass --resume to continue it, "
-                    if checkpoints else
-                    "holds a finished run (final/); pass --resume --max-steps N to train it further, "
-                    if "final" in held else f"holds files ({', '.join(held[:3])}); ")
-            raise ConfigError(f"run folder {run_dir} {what}--overwrite to delete it and start afresh, "
-                              "or choose another --out")
-
-    def _held_files(self) -> list[str]:
-        """What ``out`` holds, but for a ``data/`` shard folder alone (shards prepared for the run with
-        ``masklm data prepare``, reused when they match the corpus and tokenizer)."""
-        if not self.run_dir.is_dir():
-            return []
-        names = sorted(p.name for p in self.run_dir.iterdir() if p.name != LOCK_NAME)
-        if names == ["data"] and is_shard_folder(self.run_dir / "data"):
-            return []
-        return names
 
     def _tokenizer(self) -> Tokenizer:
         """The run's tokenizer; on resume, ConfigError unless it is the recorded one."""
@@ -456,25 +417,15 @@ class Trainer:
 
     def _resume(self) -> None:
         """Weights, optimizer, RNG states, step, tokens seen and run length from the checkpoint found by
-        ``_check_run_folder``. The run keeps the checkpoint's length (a time limit may have shortened it)
+        ``run_folder.check_run_folder``. The run keeps the checkpoint's length (a time limit may have shortened it)
         unless this resume gives another --max-steps, --epochs or --time-limit."""
         found = self.resume_from
         state = ckpt.load_checkpoint(found, self.model, self.optimizer)
         self.start_step, self.tokens_seen = state["step"], state["tokens_seen"]
-        if self._keeps_length(state):
+        if run_folder.keeps_length(self.cfg, state):
             self.total = state["schedule_total_steps"]
-        self._refuse_finished(self.start_step, self.total)
+        run_folder.refuse_finished(self.run_dir, self.start_step, self.total)
         self.log(f"resumed from {found} at step {self.start_step} of {self.total}")
-
-    def _keeps_length(self, state: dict) -> bool:
-        """Whether this resume leaves the run's length as the checkpoint's config set it."""
-        saved = state.get("config") or {}
-        return all(saved.get(k) == getattr(self.cfg, k) for k in run_record.LENGTH_FIELDS)
-
-    def _refuse_finished(self, step: int, total: int) -> None:
-        if step >= total and (self.run_dir / "final" / "model.safetensors").is_file():
-            raise ConfigError(f"the run in {self.run_dir} is finished ({step} of {total} steps); "
-                              f"pass --max-steps above {step} (or --epochs) to train it further")
 
     def _describe(self) -> None:
         train_rows = self.order.rows[0]
