@@ -11,7 +11,7 @@ from masklm.config import ModelConfig
 from masklm.errors import InputError
 from masklm.models import MaskedLMOutput, build_model
 from masklm.models import attention as attention_mod
-from masklm.models.attention import attend, build_attention_mask, dropout
+from masklm.models.attention import AttentionMask, attend, build_attention_mask, dropout
 
 transformers = pytest.importorskip("transformers")
 
@@ -242,6 +242,19 @@ def test_dropout_statistics():
     torch.manual_seed(5)
     assert torch.equal(a, dropout(torch.ones(50), 0.3, True))  # bit-exact: same seed, same draws
 
+
+
+def test_dropout_traces_into_one_graph_under_compile():
+    """Eager CPU dropout draws with numpy; traced by torch.compile it must not break the graph (it hands the
+    draws to Inductor), here through the CPU attention path with dropout as in a training step."""
+    import torch._dynamo
+
+    def step(q, k, v, x):
+        return attend(q, k, v, AttentionMask(), dropout_p=0.1).sum() + dropout(x, 0.1, True).sum()
+
+    q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+    explained = torch._dynamo.explain(step)(q, k, v, torch.randn(2, 8, 64))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 def test_train_mode_uses_dropout_and_eval_is_deterministic(model):
     ids, mask = batch()

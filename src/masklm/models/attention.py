@@ -44,7 +44,8 @@ probability within 1/65536 of ``1 - p``. The 64-bit draws come from numpy's SFC6
 Doty-Humphrey's Small Fast Chaotic PRNG, which passes PractRand and BigCrush), seeded by one draw of torch's
 generator per call, so ``torch.manual_seed`` and a checkpoint's RNG state still fix every mask: on the
 2-core CPU it makes 64-bit numbers 2.2-3.3x as fast as torch's Mersenne Twister, and the whole call is
-5.5-6x as fast as ``F.dropout`` (``benchmarks/dropout_speed.py``, ``docs/benchmarks.md``). For the same reason, attention with dropout on CPU
+5.5-6x as fast as ``F.dropout`` (``benchmarks/dropout_speed.py``, ``docs/benchmarks.md``). Under
+``torch.compile`` it is ``F.dropout``: Inductor draws inside its fused kernel, and numpy would break the graph. For the same reason, attention with dropout on CPU
 runs as explicit matmul-softmax-dropout-matmul (SDPA's CPU kernels cannot do dropout and fall back to
 the same maths with the slow dropout); everywhere else, and always without dropout, it is SDPA.
 
@@ -354,7 +355,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout, same as ``F.dropout`` in distribution; fast on CPU (see the module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":  # GPU kernels are fused and fast already
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        # GPU kernels are fused and fast already; a compiled graph draws with Inductor's own generator
+        # in its fused kernel (numpy's would break the graph at every dropout)
         return F.dropout(x, p, training=True)
     n = x.numel()
     # 64-bit draws, viewed as four uniform int16s each; the generator's seed is one draw of torch's

@@ -294,7 +294,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout, same as ``F.dropout`` in distribution; fast on CPU (see the module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":  # GPU kernels are fused and fast already
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        # GPU kernels are fused and fast already; a compiled graph draws with Inductor's own generator
+        # in its fused kernel (numpy's would break the graph at every dropout)
         return F.dropout(x, p, training=True)
     n = x.numel()
     # 64-bit draws, viewed as four uniform int16s each; the generator's seed is one draw of torch's
