@@ -159,3 +159,32 @@ def test_cli_names_the_files_of_a_corpus_folder_it_does_not_read(cli, capsys, tm
     err = capsys.readouterr().err
     assert "from 1 file(s)" in err and "4 file(s) in the folders not read" in err
     assert "b.md" in err and "rename them or pass them by name" in err
+
+
+def test_cli_says_when_the_corpus_gives_a_smaller_vocabulary(cli, capsys, tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("alpha beta gamma\n\ndelta epsilon alpha\n")
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok"),
+                "--vocab-size", "200"]) == 0
+    err = capsys.readouterr().err
+    size = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert f"the vocabulary has {len(size)} entries, not the 200 asked for" in err and len(size) < 200
+    assert "a lower --min-frequency" in err  # the default 2 left pieces out
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok2"),
+                "--vocab-size", str(len(size)), "--min-frequency", "2"]) == 0
+    assert "asked for" not in capsys.readouterr().err  # all it asked for: no line
+
+
+def test_train_says_when_the_corpus_gives_a_smaller_vocabulary(capsys, tmp_path):
+    from masklm.cli import main
+
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text("".join(f"the cat {w} sat on the mat and then ran .\n\n" for w in "abcdefghij" * 4))
+    config = tmp_path / "tiny.toml"
+    config.write_text("[model]\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n"
+                      "intermediate_size = 64\n")
+    assert main(["train", "--config", str(config), "--corpus", str(corpus), "--out", str(tmp_path / "run"),
+                 "--vocab-size", "500", "--seq-len", "16", "--batch-size", "2", "--max-steps", "1",
+                 "--no-progress"]) == 0
+    size = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert f"the vocabulary has {len(size)} entries, not the 500 asked for" in capsys.readouterr().err

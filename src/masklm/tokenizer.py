@@ -281,6 +281,16 @@ def _train_wordpiece(texts: Callable[[], Iterable[str]], vocab_size: int, min_fr
     return backend
 
 
+def vocab_shortfall(tokenizer: Tokenizer, asked: int, min_frequency: int | None = None) -> str | None:
+    """One line when training gave fewer entries than ``asked`` (a small corpus runs out of pieces that
+    occur ``min_frequency`` times), so nobody reads the smaller size as a bug; None when it gave them all."""
+    if tokenizer.vocab_size >= asked:
+        return None
+    fix = "a larger corpus" + (", or a lower --min-frequency," if min_frequency and min_frequency > 1 else "")
+    return (f"the vocabulary has {tokenizer.vocab_size} entries, not the {asked} asked for: the corpus has no "
+            f"more pieces that occur often enough ({fix} gives more)")
+
+
 def train_tokenizer(
     texts: Iterable[str] | Callable[[], Iterable[str]],
     kind: str = "wordpiece",

@@ -98,7 +98,7 @@ class _Documents:
 
 def run_train(args: argparse.Namespace) -> int:
     # lazy: tokenizers load only when this command runs
-    from masklm.tokenizer import heldout_coverage, train_tokenizer
+    from masklm.tokenizer import heldout_coverage, train_tokenizer, vocab_shortfall
 
     documents = _Documents(args)
     check_out(args.out, overwrite=args.overwrite)  # e.g. a model folder: its tokenizer stays unless asked
@@ -111,7 +111,9 @@ def run_train(args: argparse.Namespace) -> int:
     coverage["documents"] = len(documents.heldout)
     out = tokenizer.save(args.out)
     print(f"read {documents.stats.summary()}", file=sys.stderr)
-    print(_coverage_line(coverage, args), file=sys.stderr)
+    for line in filter(None, [vocab_shortfall(tokenizer, args.vocab_size, args.min_frequency),
+                              _coverage_line(coverage, args)]):
+        print(line, file=sys.stderr)
     summary = {"out": str(out), "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                "fingerprint": tokenizer.fingerprint(), "corpus": documents.stats.to_dict(), "heldout": coverage}
     if args.json:

@@ -49,7 +49,7 @@ from masklm.objectives import (
     step_loss_scales,
 )
 from masklm.objectives.reading import TrainedAs
-from masklm.tokenizer import Tokenizer, train_tokenizer
+from masklm.tokenizer import Tokenizer, train_tokenizer, vocab_shortfall
 from masklm.training import checkpoint as ckpt
 from masklm.training import run_folder, run_record
 from masklm.training.config import TrainConfig
@@ -363,6 +363,8 @@ class Trainer:
                 self.log(f"training a {cfg.tokenizer_kind} tokenizer (vocab {cfg.vocab_size}) on the corpus")
                 tok = train_tokenizer(lambda: iter_documents(cfg.corpus), kind=cfg.tokenizer_kind,
                                       vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
+                if note := vocab_shortfall(tok, cfg.vocab_size):
+                    self.log(note)
                 tok.save(tok_dir)
             barrier(self.info)
         return Tokenizer.load(tok_dir)
