@@ -24,7 +24,7 @@ position and token-type tables; the tied decoder counted once), L layers, D widt
 attention score and value products, forward and backward: PaLM, Chowdhery et al. 2022, appendix B). Peak
 from `--peak-tflops` (default on CUDA: 989, an H100/H200 SXM's dense bf16; give 494.5 for TF32 fp32).
 
-    python benchmarks/train_e2e.py                                   # BERT small, 32x128, CPU, fp32, 3 rounds
+    python benchmarks/train_e2e.py                                   # BERT small, 32x128, CPU, fp32, 3 rounds of 80 steps (30 untimed)
     python benchmarks/train_e2e.py --quick                           # a minute-scale check that it all runs
     python benchmarks/train_e2e.py --device cuda --precision bf16 --size base --seq-len 512
 
@@ -59,8 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per side per round")
-    p.add_argument("--warmup-steps", type=int, default=10, help="first steps not timed")
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps per side per round")
+    p.add_argument("--warmup-steps", type=int, default=30,
+                   help="first steps not timed (default 30: on a CPU the process's heap grows to its steady size "
+                        "over the first 20-30 steps, each faulting in fresh pages; a real run is thousands of "
+                        "steps past that)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--corpus", nargs="+", default=["kjv"], help="corpus for both sides (default: built-in kjv)")
     p.add_argument("--compile", action="store_true", help="masklm --compile and HF torch_compile=True")
