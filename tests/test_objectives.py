@@ -20,6 +20,7 @@ from masklm.config import ModelConfig
 from masklm.data.masking import mask_tokens
 from masklm.errors import ConfigError
 from masklm.models import build_model
+from masklm.models.heads import log_probs_excluding
 from masklm.objectives import (
     ObjectiveBatch,
     ObjectiveOptions,
@@ -27,7 +28,6 @@ from masklm.objectives import (
     objective_loss,
     step_loss_scales,
 )
-from masklm.objectives.base import objective_log_probs
 from masklm.objectives.clm import CausalLM
 from masklm.objectives.diffusion import MaskedDiffusion, diffusion_nelbo, maskable_tokens
 from masklm.objectives.mlm import MaskedLM
@@ -346,7 +346,7 @@ def test_diffusion_loss_is_weighted_by_inverse_t_over_all_tokens_and_zero_where_
     huge = full.detach().clone()
     huge[..., MASK] = 1e4
     assert float(objective_loss(huge[masked], ob)[0]) == approx(ref, n=int(masked.sum()))
-    probs = objective_log_probs(huge[masked], MASK).exp()
+    probs = log_probs_excluding(huge[masked], MASK).exp()
     assert (probs[:, MASK] == 0).all() and close(probs.sum(-1), torch.ones(len(probs)), n=V)
 
 

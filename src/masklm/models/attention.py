@@ -44,10 +44,11 @@ probability within 1/65536 of ``1 - p``. The 64-bit draws come from numpy's SFC6
 Doty-Humphrey's Small Fast Chaotic PRNG, which passes PractRand and BigCrush), seeded by one draw of torch's
 generator per call, so ``torch.manual_seed`` and a checkpoint's RNG state still fix every mask: on the
 2-core CPU it makes 64-bit numbers 2.2-3.3x as fast as torch's Mersenne Twister, and the whole call is
-5.5-6x as fast as ``F.dropout`` (``benchmarks/dropout_speed.py``, ``docs/benchmarks.md``). Under
-``torch.compile`` it is ``F.dropout``: Inductor draws inside its fused kernel, and numpy would break the graph. For the same reason, attention with dropout on CPU
-runs as explicit matmul-softmax-dropout-matmul (SDPA's CPU kernels cannot do dropout and fall back to
-the same maths with the slow dropout); everywhere else, and always without dropout, it is SDPA.
+5.5-6x as fast as ``F.dropout`` (``benchmarks/dropout_speed.py``, ``docs/benchmarks.md``). Because dropout
+is slow there, attention with dropout on CPU runs as explicit matmul-softmax-dropout-matmul (SDPA's CPU
+kernels cannot do dropout and fall back to the same maths with the slow dropout); everywhere else, and
+always without dropout, it is SDPA. Under ``torch.compile`` dropout is ``F.dropout``: Inductor draws inside
+its fused kernel, and numpy would break the graph.
 
 Causal decoding one step at a time reuses the keys and values of earlier positions (``KVCache``, as in
 Hugging Face's ``past_key_value``): the model's encoder takes an optional cache, hands each attention

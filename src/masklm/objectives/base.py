@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 import torch
 
 from masklm.data.masking import IGNORE_INDEX
-from masklm.models.heads import cross_entropy_sum, log_probs_excluding
+from masklm.models.heads import cross_entropy_sum
 from masklm.tokenizer import Tokenizer
 
 
@@ -110,12 +110,6 @@ def batch_denominator(batch: ObjectiveBatch) -> float:
     if batch.loss_denominator is not None:
         return float(batch.loss_denominator)
     return float((batch.labels != IGNORE_INDEX).sum())
-
-
-def objective_log_probs(logits: torch.Tensor, excluded_token_id: int | None = None) -> torch.Tensor:
-    """Logits ``[..., V]`` -> fp32 log-probabilities ``[..., V]``, with ``excluded_token_id`` at exactly -inf
-    (probability exactly 0) and the rest renormalised over the other tokens."""
-    return log_probs_excluding(logits, excluded_token_id)
 
 
 def objective_loss(logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, float]:

@@ -36,7 +36,8 @@ import torch
 
 from masklm.data.masking import IGNORE_INDEX, row_generator
 from masklm.errors import ConfigError
-from masklm.objectives.base import ObjectiveBatch, ObjectiveOptions, Reading, objective_log_probs
+from masklm.models.heads import log_probs_excluding
+from masklm.objectives.base import ObjectiveBatch, ObjectiveOptions, Reading
 from masklm.tokenizer import Tokenizer
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -154,7 +155,7 @@ def diffusion_nelbo(logits_fn: LogitsFn, input_ids: torch.Tensor, *, maskable: t
         selected = labels != IGNORE_INDEX
         if not selected.any():
             continue
-        log_probs = objective_log_probs(logits_fn(noisy, labels), mask_id)  # [N, V], [MASK] excluded
+        log_probs = log_probs_excluding(logits_fn(noisy, labels), mask_id)  # [N, V], [MASK] excluded
         nll = -log_probs.gather(1, labels[selected][:, None]).squeeze(1).double().cpu()  # [N]
         row_of = selected.nonzero()[:, 0].cpu()  # [N] batch row of each target
         out[k].index_add_(0, row_of, nll / t[row_of])
