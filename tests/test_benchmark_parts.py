@@ -1,5 +1,6 @@
 """benchmarks/train_step_parts.py wraps Trainer internals by name: this keeps it in step with the trainer.
-benchmarks/dropout_speed.py times masklm's dropout against torch's: it runs and reports every approach."""
+benchmarks/dropout_speed.py times masklm's dropout against torch's: it runs and reports every approach.
+benchmarks/cpu_kernels.py times the fused CPU kernels against the paths they replace, and leaves them on."""
 
 from __future__ import annotations
 
@@ -45,6 +46,25 @@ def test_dropout_speed_times_every_approach(monkeypatch, capsys):
         assert set(ms) == {"torch", "masklm", "bits_torch", "bits_sfc64"} and min(ms.values()) > 0, shape
     assert lines[-1]["freed_memory_kept"] is (sys.platform.startswith("linux"))
     sys.modules.pop("dropout_speed", None)
+
+
+def test_cpu_kernels_times_the_kernel_against_both_anchors(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cpu_kernels
+
+    from masklm.models import cpu_attention
+
+    if cpu_attention.unavailable():
+        pytest.skip(cpu_attention.unavailable())
+    real = cpu_attention.usable
+    assert cpu_kernels.main(["--quick"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("round") for line in lines[1:-1]] == [0, 0, 1, 1]
+    summary = lines[-1]["summary"]
+    assert set(summary["attention"]["median_ms"]) == {"fused", "explicit", "sdpa"}
+    assert summary["attention"]["sdpa/fused"] > 0 and summary["step"]["explicit/fused"] > 0
+    assert cpu_attention.usable is real
+    sys.modules.pop("cpu_kernels", None)
 
 
 @pytest.mark.slow

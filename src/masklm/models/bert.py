@@ -18,6 +18,8 @@ What makes training fast, without changing the maths:
 - one fused QKV matmul per layer (the three HF-named weights are concatenated inside forward);
 - ``scaled_dot_product_attention``, with no mask at all when nothing is masked, and packed rows of several
   documents in the cheapest exact form (``models.attention``: split runs, FlexAttention, or a dense mask);
+- when training on a CPU in fp32, attention with its dropout is one fused C++ kernel that reads q, k and v
+  where the QKV matmul wrote them and writes their gradients straight back (``models.cpu_attention``);
 - positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
   instead of two ``[B, T, D]`` gathers.
 
@@ -33,6 +35,7 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, InputError
+from masklm.models import cpu_attention
 from masklm.models.attention import (
     AttentionMask,
     KVCache,
@@ -104,21 +107,29 @@ class BertSelfAttention(nn.Module):
         ``cache``: ``x`` holds the next positions of a causal decode; attend over the cached keys too."""
         B, T, D = x.shape
         H, d = self.num_heads, D // self.num_heads
+        p = self.dropout_p if self.training else 0.0
         if queries is None:
             # One [D, 3D] matmul instead of three [D, D] ones; concatenating the weights is tiny next to
             # it, and while decoding the weights are fixed, so that happens once per cache.
             w, b = self._fused_qkv() if cache is None else cache.memo("qkv", self._fused_qkv)
-            qkv = F.linear(x, w, b).view(B, T, 3, H, d).permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
-            q, k, v = qkv.unbind(0)  # one gradient copy in backward, not three zero-filled [3, ...] buffers
+            q_src, kv = F.linear(x, w, b).view(B, T, 3, H, d), None
+        else:
+            M, s = queries.shape[1], d ** -0.5
+            q_src = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, d)
+            w = torch.cat([self.key.weight, self.value.weight])
+            b = torch.cat([self.key.bias, self.value.bias])
+            kv = F.linear(x, w, b).view(B, T, 2, H, d)
+        if cache is None and cpu_attention.usable(q_src):  # training on a CPU: the fused kernel
+            y = cpu_attention.attend_fused(q_src, kv, attn, p, scale=1.0)  # [B, M, H, d]
+            return y.reshape(B, y.shape[1], D)
+        if kv is None:
+            q, k, v = q_src.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]; one gradient copy in backward
             if cache is not None:
                 k, v = cache.update(k, v)  # [B, H, S, d]: every position so far
         else:
-            M, s = queries.shape[1], d ** -0.5
-            q = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, d).transpose(1, 2)
-            w = torch.cat([self.key.weight, self.value.weight])
-            b = torch.cat([self.key.bias, self.value.bias])
-            k, v = F.linear(x, w, b).view(B, T, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
-        y = attend(q, k, v, attn, self.dropout_p if self.training else 0.0, scale=1.0)
+            q = q_src.transpose(1, 2)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]
+        y = attend(q, k, v, attn, p, scale=1.0)
         return y.transpose(1, 2).reshape(B, q.shape[2], D)
 
 

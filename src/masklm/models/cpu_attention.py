@@ -1,0 +1,200 @@
+"""Fused attention for training on a CPU: one C++ kernel for softmax(q k^T + bias) with dropout, and its
+backward (``kernels/cpu_attention.cpp``; the reasons and the maths are in that file's header).
+
+Why: in eager PyTorch, attention with dropout on a CPU is a chain of passes over ``[B, H, T, T]`` tensors in
+memory plus copies of q, k and v into contiguous blocks and of their gradients back into the fused QKV
+layout; SDPA's CPU kernels cannot do dropout. The kernel keeps each (sequence, head) pair in cache, reads
+q, k and v where the QKV projection wrote them and writes their gradients straight into the QKV gradient.
+``benchmarks/cpu_kernels.py`` times it against the explicit path and SDPA, alone and in a whole training step
+(figures in ``docs/benchmarks.md``, "Fused CPU attention").
+
+Like Inductor's generated code, the kernel is compiled on the machine that runs it, at first use, with the
+C++ compiler found there (``$CXX``, else ``g++``, else ``c++``; ``-O3 -march=native -fopenmp``), and cached
+under ``$MASKLM_CACHE`` (default ``~/.cache/masklm``) ``/kernels``, keyed by the source, the flags and the
+CPU's flags, so later processes load it in milliseconds. Without a compiler, or when the build or the load
+fails, or with ``MASKLM_CPU_KERNELS=0``, attention runs as before (``models.attention.attend``);
+``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
+(``torchrun``) never load half a file.
+
+Used by BERT's self-attention (``models.bert``) when a gradient will be taken on a CPU in fp32 and the head
+size is a multiple of 16; everything else (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps
+SDPA or the explicit path. Dropout's masks come from the kernel's own SFC64 streams, seeded by one draw of
+torch's generator per call, so ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from masklm.models.attention import AttentionMask
+
+SOURCE = Path(__file__).with_name("kernels") / "cpu_attention.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
+
+_why_not: list[str] = []  # the reason the kernel is not available, once known
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MASKLM_CACHE") or Path.home() / ".cache" / "masklm"
+    return Path(root) / "kernels"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (``-march=native`` compiles for them), or '' where /proc/cpuinfo is absent."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile SOURCE into the shared library ``target`` (atomically: a temporary file, then a rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"{compiler} failed: {last}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernel, built at the first call of a process that finds none in the cache; None when it
+    cannot be had (the reason goes to ``unavailable()``)."""
+    if os.environ.get("MASKLM_CPU_KERNELS", "1") == "0":
+        _why_not.append("MASKLM_CPU_KERNELS=0")
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _why_not.append("no C++ compiler found (install g++ or set CXX)")
+        return None
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_flags().encode(), torch.__version__.encode()])).hexdigest()[:16]
+    target = _cache_dir() / f"cpu_attention-{key}.so"
+    try:
+        if not target.exists():
+            _build(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _why_not.append(f"the CPU attention kernel could not be built or loaded ({error})")
+        return None
+    P, L, F, U, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_uint64, ctypes.c_int
+    lib.attn_forward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, L, L, L, P, L, L, F, F, U, I]
+    lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F, F, U, I]
+    lib.attn_forward.restype = lib.attn_backward.restype = None
+    return lib
+
+
+def unavailable() -> str | None:
+    """Why the fused CPU kernel cannot be used in this process, or None when it can (builds it if needed)."""
+    return None if _library() is not None else _why_not[-1]
+
+
+def usable(q_src: torch.Tensor) -> bool:
+    """Whether ``attend_fused`` takes this call: CPU, fp32, a gradient to be taken, head size a multiple of
+    16, not inside ``torch.compile`` (Inductor fuses the explicit path itself, and cannot trace a foreign
+    call), and the kernel available. q_src: ``[B, T, 3, H, d]`` (packed) or ``[B, M, H, d]``."""
+    return (q_src.device.type == "cpu" and q_src.dtype == torch.float32 and q_src.requires_grad
+            and torch.is_grad_enabled() and q_src.shape[-1] % 16 == 0 and not torch.compiler.is_compiling()
+            and _library() is not None)
+
+
+def _heads(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``[B, T, n, H, d]`` -> n strided views ``[B, H, T, d]``; ``[B, T, H, d]`` -> one."""
+    if t.dim() == 4:
+        return (t.transpose(1, 2),)
+    return t.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _strides(t: torch.Tensor) -> ctypes.Array:
+    return (ctypes.c_long * 3)(*t.stride()[:3])
+
+
+class _FusedAttention(torch.autograd.Function):
+    """q_src ``[B, T, 3, H, d]`` (kv None) or ``[B, M, H, d]`` with kv ``[B, T, 2, H, d]`` -> ``[B, M, H, d]``."""
+
+    @staticmethod
+    def forward(ctx, q_src, kv, bias, dropout_p: float, scale: float):
+        q_src, kv = q_src.contiguous(), None if kv is None else kv.contiguous()
+        q, k, v = _heads(q_src) if kv is None else (*_heads(q_src), *_heads(kv))
+        B, H, M, d = q.shape
+        T = k.shape[2]
+        out = torch.empty(B, M, H, d)
+        probs = torch.empty(B, H, M, (T + 15) // 16 * 16)  # softmax before dropout, rows padded to 16
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        bias_b = bias_q = 0
+        if bias is not None:  # [B or 1, 1, M or 1, T]
+            bias_b = bias.stride(0) if bias.shape[0] > 1 else 0
+            bias_q = bias.stride(2) if bias.shape[2] > 1 else 0
+        o = out.transpose(1, 2)
+        _library().attn_forward(
+            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), o.data_ptr(),
+            _strides(o), probs.data_ptr(), B, H, M, T, d, None if bias is None else bias.data_ptr(), bias_b,
+            bias_q, scale, dropout_p, seed, torch.get_num_threads())
+        ctx.save_for_backward(q_src, kv, probs)
+        ctx.config = (dropout_p, scale, seed)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_src, kv, probs = ctx.saved_tensors
+        dropout_p, scale, seed = ctx.config
+        grad_q_src = torch.empty_like(q_src)
+        grad_kv = None if kv is None else torch.empty_like(kv)
+        if kv is None:
+            (q, k, v), (dq, dk, dv) = _heads(q_src), _heads(grad_q_src)
+        else:
+            (q, k, v), (dq, dk, dv) = (*_heads(q_src), *_heads(kv)), (*_heads(grad_q_src), *_heads(grad_kv))
+        g = grad_out.transpose(1, 2)
+        if g.stride(-1) != 1:
+            g = g.contiguous()
+        B, H, M, d = q.shape
+        _library().attn_backward(
+            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), g.data_ptr(),
+            _strides(g), probs.data_ptr(), dq.data_ptr(), _strides(dq), dk.data_ptr(), _strides(dk),
+            dv.data_ptr(), _strides(dv), B, H, M, k.shape[2], d, scale, dropout_p, seed, torch.get_num_threads())
+        return grad_q_src, grad_kv, None, None, None
+
+
+def attend_fused(q_src: torch.Tensor, kv: torch.Tensor | None, attn: AttentionMask, dropout_p: float,
+                 scale: float) -> torch.Tensor:
+    """softmax(scale q k^T + mask) with dropout, times v, through the fused kernel (``usable`` first).
+
+    q_src: ``[B, T, 3, H, d]`` (q, k and v as the fused QKV projection lays them out; kv None), or the queries
+    ``[B, M, H, d]`` with ``kv`` ``[B, T, 2, H, d]``. attn: any dense form (no mask, key padding, causal, a
+    dense mask; ``keep_rows`` applied); not ``split`` or ``flex``. -> ``[B, M, H, d]`` (M = T when packed).
+    """
+    M, T = q_src.shape[1], q_src.shape[1] if kv is None else kv.shape[1]
+    if attn.segments is not None or attn.block_mask is not None:
+        attn = attn.dense(T)
+    bias = None
+    if attn.mask is not None or attn.is_causal:
+        bias = attn.bias(T, torch.float32, q_src.device)  # [B or 1, 1, M or 1, T]; causal: [1, 1, T, T]
+        if bias.stride(-1) != 1:
+            bias = bias.contiguous()
+    out = _FusedAttention.apply(q_src, kv, bias, float(dropout_p), float(scale))
+    if attn.keep_rows is not None:
+        out = out * attn.keep_rows.transpose(1, 2)  # [B, 1, M or 1, 1] -> [B, M or 1, 1, 1]
+    return out

@@ -1,0 +1,252 @@
+// Fused CPU attention with dropout, forward and backward, for masklm's training step (models/cpu_attention.py
+// builds this file with the machine's C++ compiler at first use and loads it with ctypes).
+//
+// Why: on a CPU, PyTorch spells attention with dropout out as matmul, softmax, dropout and matmul, each a pass
+// over a [B, H, T, T] tensor in memory, plus copies of q, k and v into contiguous blocks and of their gradients
+// back into the fused QKV layout. Here each (sequence, head) pair is one task: its scores, softmax, dropout
+// and products stay in the core's cache, q/k/v are read where the QKV projection left them, and the
+// gradients are written straight into the QKV gradient. The maths is the same: softmax(scale q k^T + bias)
+// with inverted dropout on the probabilities, times v; the softmax (before dropout) is saved for backward.
+//
+// Dropout draws 16 bits per probability from one SFC64 stream per (sequence, head) pair (Chris
+// Doty-Humphrey's Small Fast Chaotic generator, the one numpy ships), seeded from one 64-bit draw of torch's
+// generator per call, and keeps an element when its 16-bit draw, read as a signed integer, is >= thr: the
+// same rule and keep probability as models.attention.dropout. Backward replays the stream instead of saving
+// the mask. exp() is Cephes' single-precision method (range reduction to n ln2 + r, a degree-6 polynomial).
+//
+// The vector type is GCC's generic 64-byte vector: AVX-512 registers where the CPU has them, pairs of AVX2
+// or four SSE/NEON registers otherwise (the build passes -march=native).
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#define VW 16
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef int16_t vs16 __attribute__((vector_size(32), aligned(2)));
+
+static inline vf vload(const float *p) { return *(const vfu *)p; }
+static inline void vstore(float *p, vf x) { *(vfu *)p = x; }
+static inline vf vset(float x) { return vf{} + x; }
+
+// exp(x) for x <= 0 (scores minus their row maximum); x below -87.3, -inf included, gives exactly 0.
+// Cephes' single-precision method: x = n ln2 + r, a degree-6 polynomial for e^r, 2^n into the exponent.
+static inline vf vexp(vf x) {
+    const vf lo = vset(-87.33654f);
+    vi under = x < lo;
+    x = under ? lo : x;
+    vf n = (x * vset(1.44269504088896341f) + vset(12582912.0f)) - vset(12582912.0f);  // round to nearest
+    vf r = x - n * vset(0.693359375f) + n * vset(2.12194440e-4f);
+    vf y = vset(1.9875691500e-4f);
+    y = y * r + vset(1.3981999507e-3f);
+    y = y * r + vset(8.3334519073e-3f);
+    y = y * r + vset(4.1665795894e-2f);
+    y = y * r + vset(1.6666665459e-1f);
+    y = y * r + vset(5.0000001201e-1f);
+    y = y * r * r + r + vset(1.0f);
+    vi bits = (vi)y + (__builtin_convertvector(n, vi) << 23);
+    return under ? vset(0.0f) : (vf)bits;
+}
+
+static inline float hsum(vf x) { float s = 0; for (int i = 0; i < VW; i++) s += x[i]; return s; }
+static inline float hmax(vf x) { float s = x[0]; for (int i = 1; i < VW; i++) s = x[i] > s ? x[i] : s; return s; }
+
+// C[r][0:16*NV] = sum_k A(r, k) * B[k][0:16*NV] for R rows; A(r, k) at A[r * sr + k * sk] (so A may be read
+// transposed), B rows ldb floats apart, C rows ldc floats apart
+template <int NV, int R>
+static inline void micro(const float *A, long sr, long sk, long K, const float *B, long ldb, float *C, long ldc) {
+    vf acc[R][NV];
+    for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = vset(0.0f);
+    for (long k = 0; k < K; k++) {
+        vf b[NV];
+        for (int v = 0; v < NV; v++) b[v] = vload(B + k * ldb + v * VW);
+        for (int r = 0; r < R; r++) {
+            vf a = vset(A[r * sr + k * sk]);
+            for (int v = 0; v < NV; v++) acc[r][v] += a * b[v];
+        }
+    }
+    for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) vstore(C + r * ldc + v * VW, acc[r][v]);
+}
+
+template <int NV>
+static void rows_nv(const float *A, long sr, long sk, long M, long K, const float *B, long ldb, float *C, long ldc) {
+    constexpr int R = NV > 4 ? 2 : (NV > 2 ? 4 : 6);
+    long i = 0;
+    for (; i + R <= M; i += R) micro<NV, R>(A + i * sr, sr, sk, K, B, ldb, C + i * ldc, ldc);
+    for (; i < M; i++) micro<NV, 1>(A + i * sr, sr, sk, K, B, ldb, C + i * ldc, ldc);
+}
+
+// C[M][N16] = A[M][K] B[K][N16], A(r, k) at A[r * sr + k * sk]; N16 a multiple of 16
+static void gemm(const float *A, long sr, long sk, long M, long K, const float *B, long ldb, float *C, long ldc,
+                 long N16) {
+    for (long c = 0; c < N16; c += 8 * VW) {
+        long nv = (N16 - c) / VW;
+        if (nv > 8) nv = 8;
+        switch (nv) {
+            case 1: rows_nv<1>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            case 2: rows_nv<2>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            case 3: rows_nv<3>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            case 4: rows_nv<4>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            case 5: rows_nv<5>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            case 6: rows_nv<6>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            case 7: rows_nv<7>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+            default: rows_nv<8>(A, sr, sk, M, K, B + c, ldb, C + c, ldc); break;
+        }
+    }
+}
+
+struct SFC64 {
+    uint64_t a, b, c, w;
+    static uint64_t splitmix(uint64_t &s) {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    explicit SFC64(uint64_t seed) {
+        a = splitmix(seed); b = splitmix(seed); c = splitmix(seed); w = 1;
+        for (int i = 0; i < 12; i++) next();
+    }
+    inline uint64_t next() {
+        uint64_t t = a + b + w++;
+        a = b ^ (b >> 11);
+        b = c + (c << 3);
+        c = ((c << 24) | (c >> 40)) + t;
+        return t;
+    }
+    // n 16-bit draws (n a multiple of 4) into out, four per 64-bit draw, low bits first
+    inline void bits(int16_t *out, long n) {
+        for (long j = 0; j < n; j += 4) { uint64_t x = next(); memcpy(out + j, &x, 8); }
+    }
+};
+
+// the dropout multiplier of a row: scale where the 16-bit draw >= thr, else 0 (Tk16 entries, padding 0)
+static inline void row_keep(SFC64 &rng, int16_t *bits, float *keep, long Tk, long Tk16, int thr, float scale) {
+    rng.bits(bits, Tk16);
+    for (long j = 0; j < Tk16; j += VW) {
+        vi b = __builtin_convertvector(*(const vs16 *)(bits + j), vi);
+        vf m = (b >= thr) ? vset(scale) : vset(0.0f);
+        vstore(keep + j, m);
+    }
+    for (long j = Tk; j < Tk16; j++) keep[j] = 0.0f;
+}
+
+static inline long up16(long n) { return (n + VW - 1) / VW * VW; }
+static inline void *alloc_floats(long n) { return aligned_alloc(64, sizeof(float) * up16(n + 32)); }
+
+struct Strides { long b, h, t; };  // element strides of a [B, H, T, d] view (d contiguous)
+
+// K^T of one pair: dst[c][j] = src[j * ld + c], c < d, j < T; columns T..T16 zero
+static inline void transpose(const float *src, long ld, long T, long d, float *dst, long T16) {
+    for (long j = 0; j < T; j++) {
+        const float *row = src + j * ld;
+        for (long c = 0; c < d; c++) dst[c * T16 + j] = row[c];
+    }
+    for (long c = 0; c < d; c++) for (long j = T; j < T16; j++) dst[c * T16 + j] = 0.0f;
+}
+
+extern "C" {
+
+// q [B,H,Tq,d], k/v [B,H,Tk,d] strided views (strides b, h, t; d contiguous, d % 16 == 0); out likewise;
+// P [B,H,Tq,Tk16] contiguous, the softmax (before dropout) saved for backward, zero past Tk.
+// bias: additive, element (b, i, j) at bias[b * bias_b + i * bias_q + j], or NULL.
+void attn_forward(const float *q, const long *qs, const float *k, const long *ks, const float *v, const long *vs,
+                  float *out, const long *os, float *P, long B, long H, long Tq, long Tk, long d,
+                  const float *bias, long bias_b, long bias_q, float scale, float p, uint64_t seed, int threads) {
+    const long Tk16 = up16(Tk);
+    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
+    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *Kt = (float *)alloc_floats(d * Tk16 + Tq * Tk16 + Tk16);
+        float *S = Kt + d * Tk16, *keep = S + Tq * Tk16;
+        int16_t *bits = (int16_t *)alloc_floats(Tk16);
+        #pragma omp for schedule(static)
+        for (long pair = 0; pair < B * H; pair++) {
+            long b = pair / H, h = pair % H;
+            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1], *vp = v + b * vs[0] + h * vs[1];
+            transpose(kp, ks[2], Tk, d, Kt, Tk16);
+            gemm(qp, qs[2], 1, Tq, d, Kt, Tk16, S, Tk16, Tk16);
+            SFC64 rng(seed + (uint64_t)pair * 0xD1B54A32D192ED03ull);
+            float *Pp = P + pair * Tq * Tk16;
+            for (long i = 0; i < Tq; i++) {
+                float *s = S + i * Tk16;
+                if (scale != 1.0f) for (long j = 0; j < Tk; j++) s[j] *= scale;
+                if (bias) { const float *bi = bias + b * bias_b + i * bias_q; for (long j = 0; j < Tk; j++) s[j] += bi[j]; }
+                for (long j = Tk; j < Tk16; j++) s[j] = -__builtin_inff();
+                vf mx = vset(-__builtin_inff());
+                for (long j = 0; j < Tk16; j += VW) { vf x = vload(s + j); mx = x > mx ? x : mx; }
+                vf sum = vset(0.0f), vm = vset(hmax(mx));
+                for (long j = 0; j < Tk16; j += VW) { vf e = vexp(vload(s + j) - vm); vstore(s + j, e); sum += e; }
+                vf vinv = vset(1.0f / hsum(sum));
+                float *pp = Pp + i * Tk16;
+                if (p > 0) {
+                    row_keep(rng, bits, keep, Tk, Tk16, thr, keep_scale);
+                    for (long j = 0; j < Tk16; j += VW) {
+                        vf pr = vload(s + j) * vinv;
+                        vstore(pp + j, pr);
+                        vstore(s + j, pr * vload(keep + j));
+                    }
+                } else {
+                    for (long j = 0; j < Tk16; j += VW) { vf pr = vload(s + j) * vinv; vstore(pp + j, pr); vstore(s + j, pr); }
+                }
+            }
+            gemm(S, Tk16, 1, Tq, Tk, vp, vs[2], out + b * os[0] + h * os[1], os[2], d);
+        }
+        free(Kt); free(bits);
+    }
+}
+
+// gradients: dout [B,H,Tq,d] strided; dq/dk/dv strided like q/k/v, each written entirely
+void attn_backward(const float *q, const long *qs, const float *k, const long *ks, const float *v, const long *vs,
+                   const float *dout, const long *dos, const float *P, float *dq, const long *dqs, float *dk,
+                   const long *dks, float *dv, const long *dvs, long B, long H, long Tq, long Tk, long d,
+                   float scale, float p, uint64_t seed, int threads) {
+    const long Tk16 = up16(Tk);
+    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
+    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *Vt = (float *)alloc_floats(d * Tk16 + 3 * Tq * Tk16 + Tk16);
+        float *G = Vt + d * Tk16, *Pd = G + Tq * Tk16, *dS = Pd + Tq * Tk16, *keep = dS + Tq * Tk16;
+        int16_t *bits = (int16_t *)alloc_floats(Tk16);
+        #pragma omp for schedule(static)
+        for (long pair = 0; pair < B * H; pair++) {
+            long b = pair / H, h = pair % H;
+            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1], *vp = v + b * vs[0] + h * vs[1];
+            const float *gp = dout + b * dos[0] + h * dos[1];
+            transpose(vp, vs[2], Tk, d, Vt, Tk16);
+            gemm(gp, dos[2], 1, Tq, d, Vt, Tk16, G, Tk16, Tk16);  // dPd = dO V^T
+            SFC64 rng(seed + (uint64_t)pair * 0xD1B54A32D192ED03ull);
+            const float *Pp = P + pair * Tq * Tk16;
+            vf vscale = vset(scale);
+            for (long i = 0; i < Tq; i++) {
+                const float *pr = Pp + i * Tk16;
+                float *g = G + i * Tk16, *pd = Pd + i * Tk16, *ds = dS + i * Tk16;
+                vf dot = vset(0.0f);
+                if (p > 0) {
+                    row_keep(rng, bits, keep, Tk, Tk16, thr, keep_scale);
+                    for (long j = 0; j < Tk16; j += VW) {
+                        vf m = vload(keep + j), x = vload(pr + j), gj = vload(g + j) * m;
+                        vstore(pd + j, x * m);
+                        vstore(g + j, gj);
+                        dot += gj * x;
+                    }
+                } else {
+                    for (long j = 0; j < Tk16; j += VW) { vf x = vload(pr + j); vstore(pd + j, x); dot += vload(g + j) * x; }
+                }
+                vf vdot = vset(hsum(dot));
+                for (long j = 0; j < Tk16; j += VW) vstore(ds + j, vload(pr + j) * (vload(g + j) - vdot) * vscale);
+            }
+            gemm(Pd, 1, Tk16, Tk, Tq, gp, dos[2], dv + b * dvs[0] + h * dvs[1], dvs[2], d);  // dV = Pd^T dO
+            gemm(dS, 1, Tk16, Tk, Tq, qp, qs[2], dk + b * dks[0] + h * dks[1], dks[2], d);   // dK = dS^T Q
+            gemm(dS, Tk16, 1, Tq, Tk, kp, ks[2], dq + b * dqs[0] + h * dqs[1], dqs[2], d);   // dQ = dS K
+        }
+        free(Vt); free(bits);
+    }
+}
+
+}

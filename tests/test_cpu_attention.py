@@ -1,0 +1,197 @@
+"""The fused CPU attention kernel (models/cpu_attention.py): equal to the maths it replaces, forward and
+backward, with the dropout mask its documented rule draws; used by BERT's training step; a clean fallback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from masklm.config import ModelConfig
+from masklm.models import cpu_attention
+from masklm.models.attention import AttentionMask, build_attention_mask
+from masklm.models.bert import BertForMaskedLM
+
+pytestmark = pytest.mark.skipif(cpu_attention.unavailable() is not None, reason="no C++ compiler here")
+
+M64 = (1 << 64) - 1
+
+
+def _splitmix(state):
+    state = (state + 0x9E3779B97F4A7C15) & M64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return state, z ^ (z >> 31)
+
+
+class _SFC64:
+    """The kernel's generator, written out in Python for the reference mask."""
+
+    def __init__(self, seed):
+        seed, self.a = _splitmix(seed)
+        seed, self.b = _splitmix(seed)
+        seed, self.c = _splitmix(seed)
+        self.w = 1
+        for _ in range(12):
+            self.next()
+
+    def next(self):
+        t = (self.a + self.b + self.w) & M64
+        self.w += 1
+        self.a = self.b ^ (self.b >> 11)
+        self.b = (self.c + (self.c << 3)) & M64
+        self.c = ((((self.c << 24) | (self.c >> 40)) & M64) + t) & M64
+        return t
+
+
+def _keep_mask(seed, B, H, M, T, p):
+    """[B, H, M, T] 0/1: the kernel's rule (one stream per pair, rows padded to 16 draws, 4 per 64 bits)."""
+    thr = -32768 + int(p * 65536 + 0.5)
+    T16 = (T + 15) // 16 * 16
+    keep = torch.zeros(B, H, M, T)
+    for pair in range(B * H):
+        rng = _SFC64((seed + pair * 0xD1B54A32D192ED03) & M64)
+        for i in range(M):
+            bits = []
+            for _ in range(T16 // 4):
+                x = rng.next()
+                bits += [((x >> (16 * n)) & 0xFFFF) for n in range(4)]
+            row = torch.tensor([b - 65536 if b >= 32768 else b for b in bits[:T]])
+            keep[pair // H, pair % H, i] = (row >= thr).float()
+    return keep
+
+
+def _reference(q, k, v, bias, keep, p, scale):
+    """softmax(scale q k^T + bias) * keep / (1 - p) @ v, in float64; q/k/v [B, H, *, d]."""
+    s = scale * q.double() @ k.double().transpose(-2, -1)
+    if bias is not None:
+        s = s + bias.double()
+    return (torch.softmax(s, -1) * keep.double() / (1 - p)) @ v.double()
+
+
+def _seed_after(manual_seed):
+    torch.manual_seed(manual_seed)
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25])
+@pytest.mark.parametrize("form", ["none", "padding", "causal", "dense"])
+def test_packed_equals_reference_forward_and_backward(p, form):
+    B, T, H, d, scale = 3, 20, 2, 16, 0.7  # T not a multiple of 16
+    torch.manual_seed(0)
+    qkv = torch.randn(B, T, 3, H, d, requires_grad=True)
+    valid = torch.ones(B, T, dtype=torch.long)
+    valid[1, 15:] = 0
+    docs = torch.tensor([[0] * 8 + [1] * 12, [0] * 20, [0] * 5 + [1] * 15])
+    attn = {"none": AttentionMask(), "padding": build_attention_mask(valid, None, False, T),
+            "causal": build_attention_mask(None, None, True, T),
+            "dense": build_attention_mask(None, docs, False, T)}[form]
+    assert attn.form == form
+    seed = _seed_after(5)
+    torch.manual_seed(5)
+    out = cpu_attention.attend_fused(qkv, None, attn, p, scale)  # [B, T, H, d]
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    got_grad, qkv.grad = qkv.grad.clone(), None
+
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    keep = _keep_mask(seed, B, H, T, T, p) if p > 0 else torch.ones(B, H, T, T)
+    bias = attn.bias(T, torch.float32, qkv.device)
+    ref = _reference(q, k, v, bias, keep, p, scale).transpose(1, 2)
+    (ref * grad.double()).sum().backward()
+    assert torch.allclose(out.double(), ref, atol=1e-5), (out.double() - ref).abs().max()
+    assert torch.allclose(got_grad.double(), qkv.grad.double(), atol=1e-4), (got_grad - qkv.grad).abs().max()
+
+
+def test_separate_queries_with_padding_and_kept_rows():
+    """The sparse last layer's call: M query rows of their own, keys and values [B, T, 2, H, d]."""
+    B, T, M, H, d, p = 2, 24, 5, 2, 32, 0.1
+    torch.manual_seed(1)
+    queries = torch.randn(B, M, H, d, requires_grad=True)
+    kv = torch.randn(B, T, 2, H, d, requires_grad=True)
+    valid = torch.ones(B, T, dtype=torch.long)
+    valid[0, 20:] = 0
+    attn = build_attention_mask(valid, None, False, T)
+    seed = _seed_after(9)
+    torch.manual_seed(9)
+    out = cpu_attention.attend_fused(queries, kv, attn, p, 1.0)
+    out.square().sum().backward()
+    gq, gkv = queries.grad.clone(), kv.grad.clone()
+    queries.grad = kv.grad = None
+    k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+    ref = _reference(queries.transpose(1, 2), k, v, attn.bias(T, torch.float32, kv.device),
+                     _keep_mask(seed, B, H, M, T, p), p, 1.0).transpose(1, 2)
+    ref.square().sum().backward()
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+    assert torch.allclose(gq.double(), queries.grad.double(), atol=1e-4)
+    assert torch.allclose(gkv.double(), kv.grad.double(), atol=1e-4)
+
+
+def test_dropout_keeps_one_minus_p_and_masks_differ_between_pairs():
+    """With v the identity the output is the dropped probabilities themselves: count what is kept."""
+    B, T, H, p = 8, 16, 4, 0.1
+    qkv = torch.zeros(B, T, 3, H, 16)
+    qkv[:, :, 2] = torch.eye(16)[:, None, :]  # v = I for every head
+    qkv.requires_grad_(True)
+    out = cpu_attention.attend_fused(qkv, None, AttentionMask(), p, 1.0)  # uniform probabilities 1/16
+    kept = (out.detach() > 0).float()  # [B, T, H, 16]
+    assert torch.allclose(out.detach()[kept.bool()], torch.tensor(1 / 16 / (1 - p)))
+    assert abs(kept.mean().item() - (1 - p)) < 0.02  # 8192 draws: 3 sigma is 0.01
+    assert not torch.equal(kept[:, :, 0], kept[:, :, 1]) and not torch.equal(kept[0], kept[1])
+
+
+def _tiny_bert(dropout):
+    cfg = ModelConfig(arch="bert", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=dropout,
+                      attention_probs_dropout_prob=dropout)
+    torch.manual_seed(0)
+    return BertForMaskedLM(cfg).train()
+
+
+def test_bert_training_step_uses_the_kernel_and_matches_the_explicit_path(monkeypatch):
+    ids = torch.randint(5, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]
+    calls = []
+    real = cpu_attention.attend_fused
+    monkeypatch.setattr(cpu_attention, "attend_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def grads(model):
+        model(ids, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fused = grads(_tiny_bert(0.0))
+    assert len(calls) == 2  # both layers; the last one through its sparse queries
+    monkeypatch.setattr(cpu_attention, "usable", lambda q_src: False)
+    explicit = grads(_tiny_bert(0.0))
+    assert len(calls) == 2 and fused.keys() == explicit.keys()
+    for name in fused:
+        assert torch.allclose(fused[name], explicit[name], atol=1e-5), name
+
+
+def test_bert_dropout_is_fixed_by_the_torch_seed():
+    ids = torch.randint(5, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    model = _tiny_bert(0.1)
+
+    def loss(seed):
+        torch.manual_seed(seed)
+        return model(ids, labels=ids).loss.item()
+
+    assert loss(3) == loss(3) and loss(3) != loss(4)
+
+
+@pytest.mark.parametrize("env, reason", [({"MASKLM_CPU_KERNELS": "0"}, "MASKLM_CPU_KERNELS=0"),
+                                         ({"CXX": "/nonexistent/c++"}, "could not be built")])
+def test_without_the_kernel_attention_falls_back(tmp_path, env, reason):
+    code = ("import torch; from masklm.models import cpu_attention as c; from masklm.models.bert import *;"
+            "from masklm.config import ModelConfig;"
+            "m = BertForMaskedLM(ModelConfig(arch='bert', vocab_size=64, hidden_size=32, num_hidden_layers=1,"
+            " num_attention_heads=2, intermediate_size=64)).train();"
+            "ids = torch.randint(5, 64, (2, 8)); m(ids, labels=ids).loss.backward(); print(c.unavailable())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "MASKLM_CACHE": str(tmp_path), **env})
+    assert done.returncode == 0, done.stderr
+    assert reason in done.stdout
+    assert not list(tmp_path.rglob("*.so"))
