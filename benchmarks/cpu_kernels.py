@@ -4,11 +4,11 @@ Two parts, each round printing one JSON line (milliseconds, ratios, the load ave
 
 - ``attention``: one BERT-small attention call (batch x seq-len, 4 heads of 64, dropout 0.1) forward and
   backward from the fused QKV projection's output ``[B, T, 3, H, d]``: the fused kernel
-  (``models.cpu_attention``), masklm's explicit path (matmul, softmax, masklm's dropout, matmul), and
+  (``models.cpu_kernels``), masklm's explicit path (matmul, softmax, masklm's dropout, matmul), and
   ``F.scaled_dot_product_attention`` with ``dropout_p`` (what Hugging Face's BERT calls; on a CPU with
   dropout it runs the same maths with ``bernoulli_``);
 - ``step``: a whole BERT-small training step (model, sparse head, masklm's loss, fused AdamW) with the
-  kernels on and off (``cpu_attention.usable`` forced False), two models built alike.
+  kernels on and off (``cpu_kernels.usable`` forced False), two models built alike.
 
 The summary line gives the medians and the median of the per-round ratios.
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from masklm.config import ModelConfig
 from masklm.host_memory import keep_freed_memory
-from masklm.models import cpu_attention
+from masklm.models import cpu_kernels
 from masklm.models.attention import AttentionMask, attend
 from masklm.models.bert import BertForMaskedLM
 from masklm.models.heads import cross_entropy_sum
@@ -56,7 +56,7 @@ def attention_calls(batch: int, seq_len: int, heads: int, p: float) -> dict:
         qkv.grad = None
 
     return {
-        "fused": lambda: run(cpu_attention.attend_fused(qkv, None, AttentionMask(), p, 1.0)),
+        "fused": lambda: run(cpu_kernels.attend_fused(qkv, None, AttentionMask(), p, 1.0)),
         "explicit": lambda: run(attend(*split(), AttentionMask(), p, scale=1.0).transpose(1, 2)),
         "sdpa": lambda: run(F.scaled_dot_product_attention(*split(), dropout_p=p, scale=1.0).transpose(1, 2)),
     }
@@ -64,7 +64,7 @@ def attention_calls(batch: int, seq_len: int, heads: int, p: float) -> dict:
 
 def training_steps(batch: int, seq_len: int, size: dict) -> dict:
     """name -> a callable running one training step of its own model (kernels on / off)."""
-    real = cpu_attention.usable
+    real = cpu_kernels.usable
 
     def make(use_kernels: bool):
         torch.manual_seed(0)
@@ -72,7 +72,7 @@ def training_steps(batch: int, seq_len: int, size: dict) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step():
-            cpu_attention.usable = real if use_kernels else (lambda q_src: False)
+            cpu_kernels.usable = real if use_kernels else (lambda q_src: False)
             ids = torch.randint(5, 8192, (batch, seq_len))
             labels = torch.where(torch.rand(batch, seq_len) < 0.15, ids, -100)
             logits = model(ids, labels=labels, return_loss=False).logits
@@ -86,11 +86,11 @@ def training_steps(batch: int, seq_len: int, size: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    real = cpu_attention.usable
+    real = cpu_kernels.usable
     try:
         return _run(argv)
     finally:
-        cpu_attention.usable = real  # the step part switches it per call
+        cpu_kernels.usable = real  # the step part switches it per call
 
 
 def _run(argv: list[str] | None) -> int:
@@ -105,7 +105,7 @@ def _run(argv: list[str] | None) -> int:
     if args.quick:
         args.rounds, args.iters, args.batch, args.seq_len = 2, 1, 2, 32
     keep_freed_memory("cpu")
-    why = cpu_attention.unavailable()
+    why = cpu_kernels.unavailable()
     print(json.dumps({"kernel": why or "available", "threads": torch.get_num_threads(), "torch": torch.__version__}))
     if why:
         return 1

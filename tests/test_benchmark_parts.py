@@ -52,18 +52,18 @@ def test_cpu_kernels_times_the_kernel_against_both_anchors(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import cpu_kernels
 
-    from masklm.models import cpu_attention
+    from masklm.models import cpu_kernels as kernels
 
-    if cpu_attention.unavailable():
-        pytest.skip(cpu_attention.unavailable())
-    real = cpu_attention.usable
+    if kernels.unavailable():
+        pytest.skip(kernels.unavailable())
+    real = kernels.usable
     assert cpu_kernels.main(["--quick"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line.get("round") for line in lines[1:-1]] == [0, 0, 1, 1]
     summary = lines[-1]["summary"]
     assert set(summary["attention"]["median_ms"]) == {"fused", "explicit", "sdpa"}
     assert summary["attention"]["sdpa/fused"] > 0 and summary["step"]["explicit/fused"] > 0
-    assert cpu_attention.usable is real
+    assert kernels.usable is real
     sys.modules.pop("cpu_kernels", None)
 
 

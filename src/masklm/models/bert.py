@@ -19,7 +19,8 @@ What makes training fast, without changing the maths:
 - ``scaled_dot_product_attention``, with no mask at all when nothing is masked, and packed rows of several
   documents in the cheapest exact form (``models.attention``: split runs, FlexAttention, or a dense mask);
 - when training on a CPU in fp32, attention with its dropout is one fused C++ kernel that reads q, k and v
-  where the QKV matmul wrote them and writes their gradients straight back (``models.cpu_attention``);
+  where the QKV matmul wrote them and writes their gradients straight back, and each sublayer exit (bias,
+  dropout, residual, LayerNorm) another (``models.cpu_kernels``);
 - positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
   instead of two ``[B, T, D]`` gathers.
 
@@ -35,7 +36,7 @@ from torch import nn
 
 from masklm.config import ModelConfig
 from masklm.errors import ConfigError, InputError
-from masklm.models import cpu_attention
+from masklm.models import cpu_kernels
 from masklm.models.attention import (
     AttentionMask,
     KVCache,
@@ -119,8 +120,8 @@ class BertSelfAttention(nn.Module):
             w = torch.cat([self.key.weight, self.value.weight])
             b = torch.cat([self.key.bias, self.value.bias])
             kv = F.linear(x, w, b).view(B, T, 2, H, d)
-        if cache is None and cpu_attention.usable(q_src):  # training on a CPU: the fused kernel
-            y = cpu_attention.attend_fused(q_src, kv, attn, p, scale=1.0)  # [B, M, H, d]
+        if cache is None and cpu_kernels.usable(q_src):  # training on a CPU: the fused kernel
+            y = cpu_kernels.attend_fused(q_src, kv, attn, p, scale=1.0)  # [B, M, H, d]
             return y.reshape(B, y.shape[1], D)
         if kv is None:
             q, k, v = q_src.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]; one gradient copy in backward
@@ -143,7 +144,10 @@ class BertAddNorm(nn.Module):
         self.dropout_p = config.hidden_dropout_prob
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(residual + dropout(self.dense(x), self.dropout_p, self.training))
+        p = self.dropout_p if self.training else 0.0
+        if cpu_kernels.usable(x) and self.dense.out_features % 16 == 0:  # training on a CPU: one kernel
+            return cpu_kernels.add_norm(F.linear(x, self.dense.weight), self.dense.bias, residual, self.LayerNorm, p)
+        return self.LayerNorm(residual + dropout(self.dense(x), p, True))
 
 
 class BertAttention(nn.Module):

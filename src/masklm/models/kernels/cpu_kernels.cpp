@@ -1,5 +1,7 @@
-// Fused CPU attention with dropout, forward and backward, for masklm's training step (models/cpu_attention.py
-// builds this file with the machine's C++ compiler at first use and loads it with ctypes).
+// Fused CPU kernels for masklm's training step, forward and backward (models/cpu_kernels.py builds this file
+// with the machine's C++ compiler at first use and loads it with ctypes):
+// - attention with dropout on the probabilities (attn_forward, attn_backward);
+// - BERT's post-LN sublayer exit, LayerNorm(residual + dropout(h + bias)) (addnorm_forward, addnorm_backward).
 //
 // Why: on a CPU, PyTorch spells attention with dropout out as matmul, softmax, dropout and matmul, each a pass
 // over a [B, H, T, T] tensor in memory, plus copies of q, k and v into contiguous blocks and of their gradients
@@ -8,11 +10,15 @@
 // gradients are written straight into the QKV gradient. The maths is the same: softmax(scale q k^T + bias)
 // with inverted dropout on the probabilities, times v; the softmax (before dropout) is saved for backward.
 //
-// Dropout draws 16 bits per probability from one SFC64 stream per (sequence, head) pair (Chris
+// The sublayer exit is one pass over each row instead of five (bias, dropout, residual, mean/variance, scale)
+// and its backward one more (LayerNorm's backward, dropout's, and the bias, gamma and beta sums).
+//
+// Attention's dropout draws 16 bits per probability from one SFC64 stream per (sequence, head) pair (Chris
 // Doty-Humphrey's Small Fast Chaotic generator, the one numpy ships), seeded from one 64-bit draw of torch's
 // generator per call, and keeps an element when its 16-bit draw, read as a signed integer, is >= thr: the
 // same rule and keep probability as models.attention.dropout. Backward replays the stream instead of saving
-// the mask. exp() is Cephes' single-precision method (range reduction to n ln2 + r, a degree-6 polynomial).
+// the mask; the sublayer exit has one stream per row, so no mask depends on the thread count. exp() is
+// Cephes' single-precision method (range reduction to n ln2 + r, a degree-6 polynomial).
 //
 // The vector type is GCC's generic 64-byte vector: AVX-512 registers where the CPU has them, pairs of AVX2
 // or four SSE/NEON registers otherwise (the build passes -march=native).
@@ -247,6 +253,105 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
         }
         free(Vt); free(bits);
     }
+}
+
+}
+
+// ---- post-LN sublayer exit: LayerNorm(residual + dropout(h + bias)) ----------------------------------------
+
+// One SFC64 stream per row (seed + row * odd constant), so the mask does not depend on the thread count.
+static inline uint64_t row_seed(uint64_t seed, long row) { return seed + (uint64_t)row * 0x9FB21C651E98DF25ull; }
+
+extern "C" {
+
+// h, residual, y, xhat: [N, D] contiguous (D % 16 == 0); rstd: [N]. y = LN(residual + keep * (h + bias)),
+// keep = scale or 0 per the 16-bit rule; xhat (normalised, before gamma/beta) and rstd are saved for backward.
+void addnorm_forward(const float *h, const float *bias, const float *residual, const float *gamma,
+                     const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
+                     uint64_t seed, int threads) {
+    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
+    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *keep = (float *)alloc_floats(D);
+        int16_t *bits = (int16_t *)alloc_floats(D);
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            const float *hn = h + n * D, *rn = residual + n * D;
+            float *xn = xhat + n * D, *yn = y + n * D;
+            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, thr, keep_scale); }
+            vf sum = vset(0.0f);
+            for (long j = 0; j < D; j += VW) {
+                vf z = vload(hn + j) + vload(bias + j);
+                z = vload(rn + j) + (p > 0 ? z * vload(keep + j) : z);
+                vstore(xn + j, z);
+                sum += z;
+            }
+            vf mean = vset(hsum(sum) / D), sq = vset(0.0f);
+            for (long j = 0; j < D; j += VW) { vf c = vload(xn + j) - mean; sq += c * c; }
+            float r = 1.0f / __builtin_sqrtf(hsum(sq) / D + eps);
+            rstd[n] = r;
+            vf vr = vset(r);
+            for (long j = 0; j < D; j += VW) {
+                vf xh = (vload(xn + j) - mean) * vr;
+                vstore(xn + j, xh);
+                vstore(yn + j, xh * vload(gamma + j) + vload(beta + j));
+            }
+        }
+        free(keep); free(bits);
+    }
+}
+
+// dy: [N, D]; writes dres = d(residual) [N, D], dh [N, D], and the column sums dbias, dgamma, dbeta [D]
+void addnorm_backward(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
+                      float *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p, uint64_t seed,
+                      int threads) {
+    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
+    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    double *parts = (double *)calloc((size_t)threads * 3 * D, sizeof(double));  // per thread: dbias, dgamma, dbeta
+    int used = 1;
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp single
+        used = omp_get_num_threads();
+        float *keep = (float *)alloc_floats(D), *acc = (float *)alloc_floats(3 * D);
+        int16_t *bits = (int16_t *)alloc_floats(D);
+        double *part = parts + (size_t)omp_get_thread_num() * 3 * D;
+        memset(acc, 0, sizeof(float) * 3 * D);
+        long in_acc = 0;
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            const float *g = dy + n * D, *xh = xhat + n * D;
+            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, thr, keep_scale); }
+            vf s1 = vset(0.0f), s2 = vset(0.0f);
+            for (long j = 0; j < D; j += VW) {
+                vf gx = vload(g + j) * vload(gamma + j), x = vload(xh + j);
+                s1 += gx;
+                s2 += gx * x;
+                vstore(acc + D + j, vload(acc + D + j) + vload(g + j) * x);  // dgamma
+                vstore(acc + 2 * D + j, vload(acc + 2 * D + j) + vload(g + j));  // dbeta
+            }
+            vf m1 = vset(hsum(s1) / D), m2 = vset(hsum(s2) / D), r = vset(rstd[n]);
+            float *dr = dres + n * D, *dhn = dh + n * D;
+            for (long j = 0; j < D; j += VW) {
+                vf dz = r * (vload(g + j) * vload(gamma + j) - m1 - vload(xh + j) * m2);
+                vstore(dr + j, dz);
+                vf d = p > 0 ? dz * vload(keep + j) : dz;
+                vstore(dhn + j, d);
+                vstore(acc + j, vload(acc + j) + d);  // dbias
+            }
+            if (++in_acc == 64) {  // float sums over 64 rows, then into double
+                for (long j = 0; j < 3 * D; j++) { part[j] += acc[j]; acc[j] = 0.0f; }
+                in_acc = 0;
+            }
+        }
+        for (long j = 0; j < 3 * D; j++) part[j] += acc[j];
+        free(keep); free(acc); free(bits);
+    }
+    for (int t = 1; t < used; t++)  // in thread order: the same sums on every run
+        for (long j = 0; j < 3 * D; j++) parts[j] += parts[(size_t)t * 3 * D + j];
+    for (long j = 0; j < D; j++) { dbias[j] = parts[j]; dgamma[j] = parts[D + j]; dbeta[j] = parts[2 * D + j]; }
+    free(parts);
 }
 
 }

@@ -1,10 +1,14 @@
-"""Fused attention for training on a CPU: one C++ kernel for softmax(q k^T + bias) with dropout, and its
-backward (``kernels/cpu_attention.cpp``; the reasons and the maths are in that file's header).
+"""Fused kernels for training on a CPU, in C++ (``kernels/cpu_kernels.cpp``; the reasons and the maths are
+in that file's header), each with its backward:
 
-Why: in eager PyTorch, attention with dropout on a CPU is a chain of passes over ``[B, H, T, T]`` tensors in
-memory plus copies of q, k and v into contiguous blocks and of their gradients back into the fused QKV
-layout; SDPA's CPU kernels cannot do dropout. The kernel keeps each (sequence, head) pair in cache, reads
-q, k and v where the QKV projection wrote them and writes their gradients straight into the QKV gradient.
+- ``attend_fused``: softmax(q k^T + bias) with dropout, times v. In eager PyTorch, attention with dropout on
+  a CPU is a chain of passes over ``[B, H, T, T]`` tensors in memory plus copies of q, k and v into
+  contiguous blocks and of their gradients back into the fused QKV layout; SDPA's CPU kernels cannot do
+  dropout. The kernel keeps each (sequence, head) pair in cache, reads q, k and v where the QKV
+  projection wrote them and writes their gradients straight into the QKV gradient.
+- ``add_norm``: BERT's sublayer exit, LayerNorm(residual + dropout(h + bias)), one pass per row forward and
+  one backward, where eager PyTorch takes a pass per op (and addmm a copy of the bias).
+
 ``benchmarks/cpu_kernels.py`` times it against the explicit path and SDPA, alone and in a whole training step
 (figures in ``docs/benchmarks.md``, "Fused CPU attention").
 
@@ -16,10 +20,11 @@ fails, or with ``MASKLM_CPU_KERNELS=0``, attention runs as before (``models.atte
 ``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
 (``torchrun``) never load half a file.
 
-Used by BERT's self-attention (``models.bert``) when a gradient will be taken on a CPU in fp32 and the head
-size is a multiple of 16; everything else (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps
-SDPA or the explicit path. Dropout's masks come from the kernel's own SFC64 streams, seeded by one draw of
-torch's generator per call, so ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
+Used by BERT (``models.bert``: self-attention and both sublayer exits) when a gradient will be taken on a
+CPU in fp32 and the head size (the hidden size) is a multiple of 16 (``usable``); everything else
+(inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or the PyTorch ops. Dropout's masks
+come from the kernels' own SFC64 streams, seeded by one draw of torch's generator per call, so
+``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 
 from masklm.models.attention import AttentionMask
 
-SOURCE = Path(__file__).with_name("kernels") / "cpu_attention.cpp"
+SOURCE = Path(__file__).with_name("kernels") / "cpu_kernels.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
 
 _why_not: list[str] = []  # the reason the kernel is not available, once known
@@ -92,7 +97,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
                                      _cpu_flags().encode(), torch.__version__.encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"cpu_attention-{key}.so"
+    target = _cache_dir() / f"cpu_kernels-{key}.so"
     try:
         if not target.exists():
             _build(compiler, target)
@@ -103,7 +108,10 @@ def _library() -> ctypes.CDLL | None:
     P, L, F, U, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_uint64, ctypes.c_int
     lib.attn_forward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, L, L, L, P, L, L, F, F, U, I]
     lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F, F, U, I]
-    lib.attn_forward.restype = lib.attn_backward.restype = None
+    lib.addnorm_forward.argtypes = [P, P, P, P, P, P, P, P, L, L, F, F, U, I]
+    lib.addnorm_backward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, F, U, I]
+    for fn in (lib.attn_forward, lib.attn_backward, lib.addnorm_forward, lib.addnorm_backward):
+        fn.restype = None
     return lib
 
 
@@ -112,13 +120,25 @@ def unavailable() -> str | None:
     return None if _library() is not None else _why_not[-1]
 
 
-def usable(q_src: torch.Tensor) -> bool:
-    """Whether ``attend_fused`` takes this call: CPU, fp32, a gradient to be taken, head size a multiple of
-    16, not inside ``torch.compile`` (Inductor fuses the explicit path itself, and cannot trace a foreign
-    call), and the kernel available. q_src: ``[B, T, 3, H, d]`` (packed) or ``[B, M, H, d]``."""
-    return (q_src.device.type == "cpu" and q_src.dtype == torch.float32 and q_src.requires_grad
-            and torch.is_grad_enabled() and q_src.shape[-1] % 16 == 0 and not torch.compiler.is_compiling()
-            and _library() is not None)
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit: h): CPU, fp32, a
+    gradient to be taken, the last dimension a multiple of 16, not inside ``torch.compile`` (Inductor fuses
+    the PyTorch ops itself, and cannot trace a foreign call), and the kernels available."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")  # an fp32 input may still meet a bf16 matmul
+            and x.shape[-1] % 16 == 0 and not torch.compiler.is_compiling() and _library() is not None)
+
+
+def _check_fp32(*tensors: torch.Tensor | None) -> None:
+    """The kernels read raw fp32 memory: refuse anything else rather than read it wrongly."""
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise TypeError(f"the fused CPU kernels take fp32 CPU tensors, got {t.dtype} on {t.device}")
+
+
+def _seed() -> int:
+    """One draw of torch's generator: the seed of a call's SFC64 streams."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
 def _heads(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -137,13 +157,14 @@ class _FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_src, kv, bias, dropout_p: float, scale: float):
+        _check_fp32(q_src, kv, bias)
         q_src, kv = q_src.contiguous(), None if kv is None else kv.contiguous()
         q, k, v = _heads(q_src) if kv is None else (*_heads(q_src), *_heads(kv))
         B, H, M, d = q.shape
         T = k.shape[2]
         out = torch.empty(B, M, H, d)
         probs = torch.empty(B, H, M, (T + 15) // 16 * 16)  # softmax before dropout, rows padded to 16
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        seed = _seed()
         bias_b = bias_q = 0
         if bias is not None:  # [B or 1, 1, M or 1, T]
             bias_b = bias.stride(0) if bias.shape[0] > 1 else 0
@@ -167,6 +188,7 @@ class _FusedAttention(torch.autograd.Function):
             (q, k, v), (dq, dk, dv) = _heads(q_src), _heads(grad_q_src)
         else:
             (q, k, v), (dq, dk, dv) = (*_heads(q_src), *_heads(kv)), (*_heads(grad_q_src), *_heads(grad_kv))
+        _check_fp32(grad_out)
         g = grad_out.transpose(1, 2)
         if g.stride(-1) != 1:
             g = g.contiguous()
@@ -198,3 +220,44 @@ def attend_fused(q_src: torch.Tensor, kv: torch.Tensor | None, attn: AttentionMa
     if attn.keep_rows is not None:
         out = out * attn.keep_rows.transpose(1, 2)  # [B, 1, M or 1, 1] -> [B, M or 1, 1, 1]
     return out
+
+
+class _AddNorm(torch.autograd.Function):
+    """LayerNorm(residual + dropout(h + bias)) over the last dimension; h, residual ``[..., D]``."""
+
+    @staticmethod
+    def forward(ctx, h, bias, residual, weight, norm_bias, eps: float, dropout_p: float):
+        _check_fp32(h, bias, residual, weight, norm_bias)
+        shape, D = h.shape, h.shape[-1]
+        h2, r2 = h.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
+        N = h2.shape[0]
+        y, xhat, rstd = torch.empty(N, D), torch.empty(N, D), torch.empty(N)
+        weight, bias, norm_bias = weight.contiguous(), bias.contiguous(), norm_bias.contiguous()
+        seed = _seed()
+        _library().addnorm_forward(h2.data_ptr(), bias.data_ptr(), r2.data_ptr(), weight.data_ptr(),
+                                   norm_bias.data_ptr(), y.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), N, D,
+                                   eps, dropout_p, seed, torch.get_num_threads())
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.config = (shape, dropout_p, seed)
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        xhat, rstd, weight = ctx.saved_tensors
+        shape, dropout_p, seed = ctx.config
+        N, D = xhat.shape
+        _check_fp32(grad_y)
+        g = grad_y.reshape(N, D).contiguous()
+        d_res, d_h = torch.empty(N, D), torch.empty(N, D)
+        d_bias, d_weight, d_norm_bias = torch.empty(D), torch.empty(D), torch.empty(D)
+        _library().addnorm_backward(g.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), weight.data_ptr(),
+                                    d_res.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), d_weight.data_ptr(),
+                                    d_norm_bias.data_ptr(), N, D, dropout_p, seed, torch.get_num_threads())
+        return d_h.view(shape), d_bias, d_res.view(shape), d_weight, d_norm_bias, None, None
+
+
+def add_norm(h: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: torch.nn.LayerNorm,
+             dropout_p: float) -> torch.Tensor:
+    """``norm(residual + dropout(h + bias))`` through the fused kernel (``usable(h)`` first); h and residual
+    ``[..., D]`` (h: a dense layer's output without its bias), bias ``[D]``, ``norm`` with weight and bias."""
+    return _AddNorm.apply(h, bias, residual, norm.weight, norm.bias, float(norm.eps), float(dropout_p))

@@ -1,5 +1,6 @@
-"""The fused CPU attention kernel (models/cpu_attention.py): equal to the maths it replaces, forward and
-backward, with the dropout mask its documented rule draws; used by BERT's training step; a clean fallback."""
+"""The fused CPU kernels (models/cpu_kernels.py), attention and the sublayer exit: equal to the maths they
+replace, forward and backward, with the dropout masks their documented rule draws; used by BERT's training
+step; a clean fallback."""
 
 import os
 import subprocess
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 from masklm.config import ModelConfig
-from masklm.models import cpu_attention
+from masklm.models import cpu_kernels
 from masklm.models.attention import AttentionMask, build_attention_mask
+from masklm.models.bert import BertAddNorm
 from masklm.models.bert import BertForMaskedLM
 
-pytestmark = pytest.mark.skipif(cpu_attention.unavailable() is not None, reason="no C++ compiler here")
+pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None, reason="no C++ compiler here")
 
 M64 = (1 << 64) - 1
 
@@ -46,6 +48,15 @@ class _SFC64:
         return t
 
 
+def _bits(rng, n):
+    """n signed 16-bit draws, four per 64-bit draw, low bits first."""
+    out = []
+    for _ in range(n // 4):
+        x = rng.next()
+        out += [((x >> (16 * k)) & 0xFFFF) for k in range(4)]
+    return torch.tensor([b - 65536 if b >= 32768 else b for b in out])
+
+
 def _keep_mask(seed, B, H, M, T, p):
     """[B, H, M, T] 0/1: the kernel's rule (one stream per pair, rows padded to 16 draws, 4 per 64 bits)."""
     thr = -32768 + int(p * 65536 + 0.5)
@@ -54,12 +65,7 @@ def _keep_mask(seed, B, H, M, T, p):
     for pair in range(B * H):
         rng = _SFC64((seed + pair * 0xD1B54A32D192ED03) & M64)
         for i in range(M):
-            bits = []
-            for _ in range(T16 // 4):
-                x = rng.next()
-                bits += [((x >> (16 * n)) & 0xFFFF) for n in range(4)]
-            row = torch.tensor([b - 65536 if b >= 32768 else b for b in bits[:T]])
-            keep[pair // H, pair % H, i] = (row >= thr).float()
+            keep[pair // H, pair % H, i] = (_bits(rng, T16)[:T] >= thr).float()
     return keep
 
 
@@ -91,7 +97,7 @@ def test_packed_equals_reference_forward_and_backward(p, form):
     assert attn.form == form
     seed = _seed_after(5)
     torch.manual_seed(5)
-    out = cpu_attention.attend_fused(qkv, None, attn, p, scale)  # [B, T, H, d]
+    out = cpu_kernels.attend_fused(qkv, None, attn, p, scale)  # [B, T, H, d]
     grad = torch.randn_like(out)
     (out * grad).sum().backward()
     got_grad, qkv.grad = qkv.grad.clone(), None
@@ -116,7 +122,7 @@ def test_separate_queries_with_padding_and_kept_rows():
     attn = build_attention_mask(valid, None, False, T)
     seed = _seed_after(9)
     torch.manual_seed(9)
-    out = cpu_attention.attend_fused(queries, kv, attn, p, 1.0)
+    out = cpu_kernels.attend_fused(queries, kv, attn, p, 1.0)
     out.square().sum().backward()
     gq, gkv = queries.grad.clone(), kv.grad.clone()
     queries.grad = kv.grad = None
@@ -135,11 +141,58 @@ def test_dropout_keeps_one_minus_p_and_masks_differ_between_pairs():
     qkv = torch.zeros(B, T, 3, H, 16)
     qkv[:, :, 2] = torch.eye(16)[:, None, :]  # v = I for every head
     qkv.requires_grad_(True)
-    out = cpu_attention.attend_fused(qkv, None, AttentionMask(), p, 1.0)  # uniform probabilities 1/16
+    out = cpu_kernels.attend_fused(qkv, None, AttentionMask(), p, 1.0)  # uniform probabilities 1/16
     kept = (out.detach() > 0).float()  # [B, T, H, 16]
     assert torch.allclose(out.detach()[kept.bool()], torch.tensor(1 / 16 / (1 - p)))
     assert abs(kept.mean().item() - (1 - p)) < 0.02  # 8192 draws: 3 sigma is 0.01
     assert not torch.equal(kept[:, :, 0], kept[:, :, 1]) and not torch.equal(kept[0], kept[1])
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_add_norm_equals_reference_forward_and_backward(p):
+    """LayerNorm(residual + dropout(h + bias)), one SFC64 stream per row."""
+    N, D, eps = 37, 48, 1e-7
+    torch.manual_seed(2)
+    h, residual = torch.randn(N, D, requires_grad=True), torch.randn(N, D, requires_grad=True)
+    bias = torch.randn(D, requires_grad=True)
+    norm = torch.nn.LayerNorm(D, eps=eps)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1.0, 1.0)
+    leaves = (h, bias, residual, norm.weight, norm.bias)
+    seed = _seed_after(11)
+    torch.manual_seed(11)
+    y = cpu_kernels.add_norm(h, bias, residual, norm, p)
+    grad = torch.randn(N, D)
+    (y * grad).sum().backward()
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    thr = -32768 + int(p * 65536 + 0.5)
+    keep = torch.stack([(_bits(_SFC64((seed + n * 0x9FB21C651E98DF25) & M64), D) >= thr).float()
+                        for n in range(N)]) / (1 - p) if p > 0 else torch.ones(N, D)
+    ref = torch.nn.functional.layer_norm(residual.double() + keep.double() * (h.double() + bias.double()), (D,),
+                                         norm.weight.double(), norm.bias.double(), eps)
+    (ref * grad.double()).sum().backward()
+    assert torch.allclose(y.double(), ref, atol=1e-5), (y - ref).abs().max()
+    for name, mine, t in zip(["h", "bias", "residual", "weight", "norm bias"], got, leaves):
+        assert torch.allclose(mine.double(), t.grad.double(), atol=1e-4), name
+
+
+def test_bert_sublayer_exit_uses_the_kernel_only_when_training(monkeypatch):
+    from masklm.config import ModelConfig as Config
+
+    layer = BertAddNorm(64, Config(arch="bert", hidden_size=32, num_attention_heads=2, hidden_dropout_prob=0.1))
+    x, residual = torch.randn(2, 5, 64, requires_grad=True), torch.randn(2, 5, 32)
+    calls = []
+    real = cpu_kernels.add_norm
+    monkeypatch.setattr(cpu_kernels, "add_norm", lambda *a: calls.append(a[-1]) or real(*a))
+    layer.train()(x, residual).sum().backward()
+    assert calls == [0.1]
+    with torch.no_grad():
+        layer.eval()(x, residual)
+    layer.eval()(x, residual)  # eval with a gradient still runs the kernel, with no dropout
+    assert calls == [0.1, 0.0]
 
 
 def _tiny_bert(dropout):
@@ -155,8 +208,8 @@ def test_bert_training_step_uses_the_kernel_and_matches_the_explicit_path(monkey
     labels = torch.full_like(ids, -100)
     labels[:, ::3] = ids[:, ::3]
     calls = []
-    real = cpu_attention.attend_fused
-    monkeypatch.setattr(cpu_attention, "attend_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cpu_kernels.attend_fused
+    monkeypatch.setattr(cpu_kernels, "attend_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def grads(model):
         model(ids, labels=labels).loss.backward()
@@ -164,7 +217,7 @@ def test_bert_training_step_uses_the_kernel_and_matches_the_explicit_path(monkey
 
     fused = grads(_tiny_bert(0.0))
     assert len(calls) == 2  # both layers; the last one through its sparse queries
-    monkeypatch.setattr(cpu_attention, "usable", lambda q_src: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda q_src: False)
     explicit = grads(_tiny_bert(0.0))
     assert len(calls) == 2 and fused.keys() == explicit.keys()
     for name in fused:
@@ -185,7 +238,7 @@ def test_bert_dropout_is_fixed_by_the_torch_seed():
 @pytest.mark.parametrize("env, reason", [({"MASKLM_CPU_KERNELS": "0"}, "MASKLM_CPU_KERNELS=0"),
                                          ({"CXX": "/nonexistent/c++"}, "could not be built")])
 def test_without_the_kernel_attention_falls_back(tmp_path, env, reason):
-    code = ("import torch; from masklm.models import cpu_attention as c; from masklm.models.bert import *;"
+    code = ("import torch; from masklm.models import cpu_kernels as c; from masklm.models.bert import *;"
             "from masklm.config import ModelConfig;"
             "m = BertForMaskedLM(ModelConfig(arch='bert', vocab_size=64, hidden_size=32, num_hidden_layers=1,"
             " num_attention_heads=2, intermediate_size=64)).train();"
@@ -195,3 +248,18 @@ def test_without_the_kernel_attention_falls_back(tmp_path, env, reason):
     assert done.returncode == 0, done.stderr
     assert reason in done.stdout
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_not_under_autocast_and_never_on_other_dtypes():
+    """Under bf16 autocast an fp32 input may meet a bf16 matmul: the kernels stay out (a bf16 run once read
+    bf16 memory as fp32 and stopped on a NaN gradient); called directly on bf16 they refuse."""
+    x = torch.randn(2, 4, 32, requires_grad=True)
+    assert cpu_kernels.usable(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cpu_kernels.usable(x)
+    with torch.no_grad():
+        assert not cpu_kernels.usable(x)
+    assert not cpu_kernels.usable(torch.randn(2, 4, 24, requires_grad=True))  # not a multiple of 16
+    h = torch.randn(2, 4, 32, dtype=torch.bfloat16, requires_grad=True)
+    with pytest.raises(TypeError, match="fp32"):
+        cpu_kernels.add_norm(h, torch.zeros(32), torch.zeros(2, 4, 32), torch.nn.LayerNorm(32), 0.1)
