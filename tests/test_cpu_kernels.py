@@ -217,7 +217,7 @@ def test_bert_training_step_uses_the_kernel_and_matches_the_explicit_path(monkey
 
     fused = grads(_tiny_bert(0.0))
     assert len(calls) == 2  # both layers; the last one through its sparse queries
-    monkeypatch.setattr(cpu_kernels, "usable", lambda q_src: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda x, multiple=16: False)
     explicit = grads(_tiny_bert(0.0))
     assert len(calls) == 2 and fused.keys() == explicit.keys()
     for name in fused:
@@ -263,3 +263,48 @@ def test_not_under_autocast_and_never_on_other_dtypes():
     h = torch.randn(2, 4, 32, dtype=torch.bfloat16, requires_grad=True)
     with pytest.raises(TypeError, match="fp32"):
         cpu_kernels.add_norm(h, torch.zeros(32), torch.zeros(2, 4, 32), torch.nn.LayerNorm(32), 0.1)
+
+
+def test_bias_gelu_equals_exact_gelu_forward_and_backward():
+    torch.manual_seed(3)
+    h = (torch.randn(6, 5, 48) * 4).requires_grad_()  # well into both tails
+    bias = torch.randn(48, requires_grad=True)
+    y = cpu_kernels.bias_gelu(h, bias)
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    got = h.grad.clone(), bias.grad.clone()
+    h.grad = bias.grad = None
+    ref = torch.nn.functional.gelu(h.double() + bias.double())
+    (ref * grad.double()).sum().backward()
+    assert torch.allclose(y.double(), ref, atol=2e-6, rtol=1e-6), (y - ref).abs().max()
+    assert torch.allclose(got[0].double(), h.grad.double(), atol=2e-6)
+    assert torch.allclose(got[1].double(), bias.grad.double(), atol=1e-5)
+
+
+@pytest.mark.parametrize("V, excluded, weighted", [(64, None, False), (37, 3, True), (100, 0, True)])
+def test_cross_entropy_sum_through_the_kernel_equals_log_softmax(V, excluded, weighted):
+    """V not a multiple of 16 (a scalar tail), the excluded token the largest logit of its rows, weights."""
+    from masklm.models.heads import cross_entropy_sum
+
+    torch.manual_seed(4)
+    x = (torch.randn(9, V) * 5).requires_grad_()
+    if excluded is not None:
+        with torch.no_grad():
+            x[:, excluded] = 40.0  # excluded must not set the softmax's scale
+    target = torch.randint(5, V, (9,))
+    weights = torch.rand(9) if weighted else None
+    assert cpu_kernels.usable(x, multiple=1)
+    loss = cross_entropy_sum(x, target, weights, excluded)
+    (loss * 0.5).backward()
+    got = x.grad.clone()
+    x.grad = None
+    xd = x.double()
+    if excluded is not None:
+        xd = xd.index_fill(-1, torch.tensor([excluded]), float("-inf"))
+    nll = -xd.log_softmax(-1).gather(1, target[:, None]).squeeze(1)
+    ref = (nll if weights is None else nll * weights.double()).sum()
+    (ref * 0.5).backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - ref.item()) < 1e-4 * max(1.0, ref.item())
+    assert torch.allclose(got.double(), x.grad.double(), atol=1e-6)
+    if excluded is not None:
+        assert (got[:, excluded] == 0).all()

@@ -20,7 +20,7 @@ What makes training fast, without changing the maths:
   documents in the cheapest exact form (``models.attention``: split runs, FlexAttention, or a dense mask);
 - when training on a CPU in fp32, attention with its dropout is one fused C++ kernel that reads q, k and v
   where the QKV matmul wrote them and writes their gradients straight back, and each sublayer exit (bias,
-  dropout, residual, LayerNorm) another (``models.cpu_kernels``);
+  dropout, residual, LayerNorm) another, and the FFN's bias with its GELU a third (``models.cpu_kernels``);
 - positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
   instead of two ``[B, T, D]`` gathers.
 
@@ -170,8 +170,11 @@ class BertIntermediate(nn.Module):
             )
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACTIVATIONS[config.hidden_act]
+        self.exact_gelu = config.hidden_act == "gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.exact_gelu and cpu_kernels.usable(x) and self.dense.out_features % 16 == 0:
+            return cpu_kernels.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias)  # training on a CPU
         return self.act(self.dense(x))
 
 

@@ -7,7 +7,10 @@ in that file's header), each with its backward:
   dropout. The kernel keeps each (sequence, head) pair in cache, reads q, k and v where the QKV
   projection wrote them and writes their gradients straight into the QKV gradient.
 - ``add_norm``: BERT's sublayer exit, LayerNorm(residual + dropout(h + bias)), one pass per row forward and
-  one backward, where eager PyTorch takes a pass per op (and addmm a copy of the bias).
+  one backward, where eager PyTorch takes a pass per op (and addmm a copy of the bias);
+- ``bias_gelu``: the FFN's GELU(h + bias) with the bias's gradient in the backward pass;
+- ``cross_entropy_forward`` / ``_backward``: the training loss (``models.heads.cross_entropy_sum``) without
+  the ``[N, V]`` log-probabilities: the forward keeps each row's logsumexp, the backward is one pass.
 
 ``benchmarks/cpu_kernels.py`` times it against the explicit path and SDPA, alone and in a whole training step
 (figures in ``docs/benchmarks.md``, "Fused CPU attention").
@@ -20,8 +23,9 @@ fails, or with ``MASKLM_CPU_KERNELS=0``, attention runs as before (``models.atte
 ``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
 (``torchrun``) never load half a file.
 
-Used by BERT (``models.bert``: self-attention and both sublayer exits) when a gradient will be taken on a
-CPU in fp32 and the head size (the hidden size) is a multiple of 16 (``usable``); everything else
+Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
+of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
+of 16 (``usable``); everything else
 (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or the PyTorch ops. Dropout's masks
 come from the kernels' own SFC64 streams, seeded by one draw of torch's generator per call, so
 ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
@@ -110,7 +114,12 @@ def _library() -> ctypes.CDLL | None:
     lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F, F, U, I]
     lib.addnorm_forward.argtypes = [P, P, P, P, P, P, P, P, L, L, F, F, U, I]
     lib.addnorm_backward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, F, U, I]
-    for fn in (lib.attn_forward, lib.attn_backward, lib.addnorm_forward, lib.addnorm_backward):
+    lib.gelu_forward.argtypes = [P, P, P, L, L, I]
+    lib.gelu_backward.argtypes = [P, P, P, P, P, L, L, I]
+    lib.ce_forward.argtypes = [P, P, P, L, P, P, L, L, I]
+    lib.ce_backward.argtypes = [P, P, P, L, P, F, P, L, L, I]
+    for fn in (lib.attn_forward, lib.attn_backward, lib.addnorm_forward, lib.addnorm_backward, lib.gelu_forward,
+               lib.gelu_backward, lib.ce_forward, lib.ce_backward):
         fn.restype = None
     return lib
 
@@ -120,13 +129,14 @@ def unavailable() -> str | None:
     return None if _library() is not None else _why_not[-1]
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit: h): CPU, fp32, a
-    gradient to be taken, the last dimension a multiple of 16, not inside ``torch.compile`` (Inductor fuses
-    the PyTorch ops itself, and cannot trace a foreign call), and the kernels available."""
+def usable(x: torch.Tensor, multiple: int = 16) -> bool:
+    """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit and GELU: their input;
+    the loss: the logits, with ``multiple=1``): CPU, fp32, a gradient to be taken, the last dimension a
+    multiple of ``multiple``, not under autocast, not inside ``torch.compile`` (Inductor fuses the PyTorch ops
+    itself, and cannot trace a foreign call), and the kernels available."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")  # an fp32 input may still meet a bf16 matmul
-            and x.shape[-1] % 16 == 0 and not torch.compiler.is_compiling() and _library() is not None)
+            and x.shape[-1] % multiple == 0 and not torch.compiler.is_compiling() and _library() is not None)
 
 
 def _check_fp32(*tensors: torch.Tensor | None) -> None:
@@ -261,3 +271,67 @@ def add_norm(h: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: 
     """``norm(residual + dropout(h + bias))`` through the fused kernel (``usable(h)`` first); h and residual
     ``[..., D]`` (h: a dense layer's output without its bias), bias ``[D]``, ``norm`` with weight and bias."""
     return _AddNorm.apply(h, bias, residual, norm.weight, norm.bias, float(norm.eps), float(dropout_p))
+
+
+class _BiasGelu(torch.autograd.Function):
+    """GELU(h + bias), exact (erf) form; h ``[..., D]``, bias ``[D]``."""
+
+    @staticmethod
+    def forward(ctx, h, bias):
+        _check_fp32(h, bias)
+        shape, D = h.shape, h.shape[-1]
+        h2, bias = h.reshape(-1, D).contiguous(), bias.contiguous()
+        y = torch.empty_like(h2)
+        _library().gelu_forward(h2.data_ptr(), bias.data_ptr(), y.data_ptr(), h2.shape[0], D, torch.get_num_threads())
+        ctx.save_for_backward(h2, bias)
+        ctx.shape = shape
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        h2, bias = ctx.saved_tensors
+        _check_fp32(grad_y)
+        N, D = h2.shape
+        g = grad_y.reshape(N, D).contiguous()
+        d_h, d_bias = torch.empty(N, D), torch.empty(D)
+        _library().gelu_backward(g.data_ptr(), h2.data_ptr(), bias.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), N,
+                                 D, torch.get_num_threads())
+        return d_h.view(ctx.shape), d_bias
+
+
+def bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(h + bias)`` (exact) through the fused kernel (``usable(h)`` first); h ``[..., D]``, a dense
+    layer's output without its bias, bias ``[D]``. Within fp32 rounding of ``F.gelu`` (erfc by a Chebyshev fit,
+    fractional error < 1.2e-7)."""
+    return _BiasGelu.apply(h, bias)
+
+
+def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                          excluded: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_n w_n CE(logits[n], target[n]), ``excluded`` left out of the softmax -> (0-dim fp32 loss, the rows'
+    logsumexp ``[N]`` for ``cross_entropy_backward``). logits ``[N, V]`` fp32, target ``[N]``, weights ``[N]``."""
+    _check_fp32(logits)
+    x = logits.detach().contiguous()
+    N, V = x.shape
+    target = target.to(torch.int64).contiguous()
+    w = None if weights is None else weights.to(torch.float32).contiguous()
+    lse, losses = torch.empty(N), torch.empty(N, dtype=torch.float64)
+    _library().ce_forward(x.data_ptr(), target.data_ptr(), None if w is None else w.data_ptr(),
+                          -1 if excluded is None else int(excluded), lse.data_ptr(), losses.data_ptr(), N, V,
+                          torch.get_num_threads())
+    return losses.sum().to(torch.float32), lse
+
+
+def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                           excluded: int | None, lse: torch.Tensor, grad_loss: float) -> torch.Tensor:
+    """The gradient of ``cross_entropy_forward``'s loss times ``grad_loss`` -> ``[N, V]``, one pass:
+    grad_loss w_n (softmax - onehot), exactly 0 at ``excluded``."""
+    x = logits.detach().contiguous()
+    N, V = x.shape
+    target = target.to(torch.int64).contiguous()
+    w = None if weights is None else weights.to(torch.float32).contiguous()
+    grad = torch.empty(N, V)
+    _library().ce_backward(x.data_ptr(), target.data_ptr(), None if w is None else w.data_ptr(),
+                           -1 if excluded is None else int(excluded), lse.data_ptr(), float(grad_loss),
+                           grad.data_ptr(), N, V, torch.get_num_threads())
+    return grad

@@ -14,7 +14,9 @@ A model is an encoder (``[B, T, D]`` out) with heads attached, as in Hugging Fac
   ``F.log_softmax`` + ``F.nll_loss`` take three: a zero-filled ``[N, V]`` gradient, a scatter, the softmax
   backward). ``objectives.objective_loss`` trains with it; ``cross_entropy`` is its mean (BERT's own
   loss; LTG-BERT keeps ``F.cross_entropy``, which rounds differently in the last bits).
-  ``log_probs_excluding`` is its forward's log-softmax, which evaluation reads too.
+  ``log_probs_excluding`` is its forward's log-softmax, which evaluation reads too. When training on a CPU
+  in fp32 both passes are one fused kernel (``models.cpu_kernels``): the forward keeps only each row's
+  logsumexp instead of the ``[N, V]`` log-probabilities.
 - ``pool``: one vector per sequence (mean or [CLS]), for embeddings and fine-tuned sequence heads.
 """
 
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from masklm.models import cpu_kernels
 from masklm.models.outputs import MaskedLMOutput
 
 POOLINGS = ("mean", "cls")
@@ -57,15 +60,24 @@ class _CrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                 excluded: int | None) -> torch.Tensor:
+        ctx.excluded, ctx.logits_dtype = excluded, logits.dtype
+        ctx.kernel = cpu_kernels.usable(logits, multiple=1)
+        if ctx.kernel:  # fp32 on a CPU: the fused kernel keeps each row's logsumexp, not [N, V] log-probs
+            loss, lse = cpu_kernels.cross_entropy_forward(logits, target, weights, excluded)
+            ctx.save_for_backward(logits, target, weights, lse)
+            return loss
         logp = log_probs_excluding(logits, excluded)  # [N, V]
         nll = -logp.gather(1, target[:, None]).squeeze(1)  # [N]
         ctx.save_for_backward(logp, target, weights)
-        ctx.logits_dtype = logits.dtype
         return (nll if weights is None else nll * weights.to(nll.dtype)).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
+        if ctx.kernel:
+            logits, target, weights, lse = ctx.saved_tensors
+            grad = cpu_kernels.cross_entropy_backward(logits, target, weights, ctx.excluded, lse, float(grad_loss))
+            return grad, None, None, None
         logp, target, weights = ctx.saved_tensors
         grad = logp.exp()  # [N, V]; exactly 0 at the excluded token. Not in place: backward may run twice
         grad[torch.arange(target.numel(), device=target.device), target] -= 1.0

@@ -1,7 +1,9 @@
 // Fused CPU kernels for masklm's training step, forward and backward (models/cpu_kernels.py builds this file
 // with the machine's C++ compiler at first use and loads it with ctypes):
 // - attention with dropout on the probabilities (attn_forward, attn_backward);
-// - BERT's post-LN sublayer exit, LayerNorm(residual + dropout(h + bias)) (addnorm_forward, addnorm_backward).
+// - BERT's post-LN sublayer exit, LayerNorm(residual + dropout(h + bias)) (addnorm_forward, addnorm_backward);
+// - the FFN's activation with its bias, GELU(h + bias) (gelu_forward, gelu_backward);
+// - the loss, cross-entropy over [N, V] logits (ce_forward, ce_backward).
 //
 // Why: on a CPU, PyTorch spells attention with dropout out as matmul, softmax, dropout and matmul, each a pass
 // over a [B, H, T, T] tensor in memory, plus copies of q, k and v into contiguous blocks and of their gradients
@@ -11,7 +13,10 @@
 // with inverted dropout on the probabilities, times v; the softmax (before dropout) is saved for backward.
 //
 // The sublayer exit is one pass over each row instead of five (bias, dropout, residual, mean/variance, scale)
-// and its backward one more (LayerNorm's backward, dropout's, and the bias, gamma and beta sums).
+// and its backward one more (LayerNorm's backward, dropout's, and the bias, gamma and beta sums). GELU takes
+// its bias in the same pass (no copy of the bias into the matmul's output) and its backward the bias sum.
+// Cross-entropy's forward reads the logits once and writes only each row's logsumexp; its backward writes
+// w (softmax - onehot) in one pass (log_softmax writes a full [N, V] array forward and reads it back).
 //
 // Attention's dropout draws 16 bits per probability from one SFC64 stream per (sequence, head) pair (Chris
 // Doty-Humphrey's Small Fast Chaotic generator, the one numpy ships), seeded from one 64-bit draw of torch's
@@ -352,6 +357,135 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
         for (long j = 0; j < 3 * D; j++) parts[j] += parts[(size_t)t * 3 * D + j];
     for (long j = 0; j < D; j++) { dbias[j] = parts[j]; dgamma[j] = parts[D + j]; dbeta[j] = parts[2 * D + j]; }
     free(parts);
+}
+
+}
+
+// ---- the FFN's first activation: GELU(h + bias), exact (erf) form ----------------------------------------
+
+// erfc(|x|) by Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7 everywhere): t = 1 / (1 + |x|/2),
+// erfc = t exp(-x^2 + P(t)); with it erf(x) = sign(x) (1 - erfc(|x|)).
+static inline vf verf(vf x) {
+    vf a = x < 0.0f ? -x : x;
+    vf t = vset(1.0f) / (vset(1.0f) + vset(0.5f) * a);
+    vf p = vset(0.17087277f);
+    p = p * t + vset(-0.82215223f);
+    p = p * t + vset(1.48851587f);
+    p = p * t + vset(-1.13520398f);
+    p = p * t + vset(0.27886807f);
+    p = p * t + vset(-0.18628806f);
+    p = p * t + vset(0.09678418f);
+    p = p * t + vset(0.37409196f);
+    p = p * t + vset(1.00002368f);
+    p = p * t + vset(-1.26551223f);
+    vf e = vset(1.0f) - t * vexp(p - a * a);
+    return x < 0.0f ? -e : e;
+}
+
+// column sums over rows, per thread: float over 64 rows, then double (see addnorm_backward)
+struct ColumnSums {
+    long D, rows = 0;
+    float *acc;
+    double *part;
+    ColumnSums(long D_, double *part_) : D(D_), acc((float *)alloc_floats(D_)), part(part_) { memset(acc, 0, sizeof(float) * D); }
+    inline void row_done() {
+        if (++rows == 64) { flush(); rows = 0; }
+    }
+    inline void flush() { for (long j = 0; j < D; j++) { part[j] += acc[j]; acc[j] = 0.0f; } }
+    ~ColumnSums() { flush(); free(acc); }
+};
+
+extern "C" {
+
+// h, y: [N, D] contiguous (D % 16 == 0): y = gelu(h + bias)
+void gelu_forward(const float *h, const float *bias, float *y, long N, long D, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n++) {
+        const float *hn = h + n * D;
+        float *yn = y + n * D;
+        for (long j = 0; j < D; j += VW) {
+            vf z = vload(hn + j) + vload(bias + j);
+            vstore(yn + j, vset(0.5f) * z * (vset(1.0f) + verf(z * vset(0.70710678118654752f))));
+        }
+    }
+}
+
+// dz = dy * gelu'(h + bias) [N, D]; dbias = column sums of dz [D]
+void gelu_backward(const float *dy, const float *h, const float *bias, float *dz, float *dbias, long N, long D,
+                   int threads) {
+    double *parts = (double *)calloc((size_t)threads * D, sizeof(double));
+    int used = 1;
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp single
+        used = omp_get_num_threads();
+        ColumnSums sums(D, parts + (size_t)omp_get_thread_num() * D);
+        #pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            const float *hn = h + n * D, *gn = dy + n * D;
+            float *dn = dz + n * D;
+            for (long j = 0; j < D; j += VW) {
+                vf z = vload(hn + j) + vload(bias + j);
+                vf cdf = vset(0.5f) * (vset(1.0f) + verf(z * vset(0.70710678118654752f)));
+                vf pdf = vexp(vset(-0.5f) * z * z) * vset(0.39894228040143268f);
+                vf d = vload(gn + j) * (cdf + z * pdf);
+                vstore(dn + j, d);
+                vstore(sums.acc + j, vload(sums.acc + j) + d);
+            }
+            sums.row_done();
+        }
+    }
+    for (int t = 1; t < used; t++)
+        for (long j = 0; j < D; j++) parts[j] += parts[(size_t)t * D + j];
+    for (long j = 0; j < D; j++) dbias[j] = parts[j];
+    free(parts);
+}
+
+// ---- cross-entropy over [N, V] logits with its one-pass backward ------------------------------------------
+
+// per row: loss[n] = w_n (logsumexp_j x[n, j] - x[n, t_n]) in double, the excluded column (or -1) left out
+// of the softmax; lse [N] saved for backward
+static inline vf load_except(const float *row, long j, long excluded) {
+    vf v = vload(row + j);
+    if (excluded >= j && excluded < j + VW) v[excluded - j] = -__builtin_inff();
+    return v;
+}
+
+void ce_forward(const float *x, const int64_t *target, const float *weights, long excluded, float *lse,
+                double *loss, long N, long V, int threads) {
+    const long V16 = V / VW * VW;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n++) {
+        const float *xn = x + n * V;
+        vf mx = vset(-__builtin_inff());
+        for (long j = 0; j < V16; j += VW) { vf v = load_except(xn, j, excluded); mx = v > mx ? v : mx; }
+        float m = hmax(mx);
+        for (long j = V16; j < V; j++) if (j != excluded && xn[j] > m) m = xn[j];
+        vf vm = vset(m), s = vset(0.0f);
+        for (long j = 0; j < V16; j += VW) s += vexp(load_except(xn, j, excluded) - vm);
+        float sum = hsum(s);
+        for (long j = V16; j < V; j++) if (j != excluded) sum += vexp(vset(xn[j] - m))[0];
+        float l = m + __builtin_logf(sum);
+        lse[n] = l;
+        loss[n] = (double)(weights ? weights[n] : 1.0f) * ((double)l - (double)xn[target[n]]);
+    }
+}
+
+// grad[n, j] = g w_n (exp(x[n, j] - lse[n]) - [j == t_n]); exactly 0 at the excluded column
+void ce_backward(const float *x, const int64_t *target, const float *weights, long excluded, const float *lse,
+                 float g, float *grad, long N, long V, int threads) {
+    const long V16 = V / VW * VW;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n++) {
+        const float *xn = x + n * V;
+        float *gn = grad + n * V;
+        float w = g * (weights ? weights[n] : 1.0f);
+        vf vl = vset(lse[n]), vw = vset(w);
+        for (long j = 0; j < V16; j += VW) vstore(gn + j, vexp(vload(xn + j) - vl) * vw);
+        for (long j = V16; j < V; j++) gn[j] = vexp(vset(xn[j] - lse[n]))[0] * w;
+        gn[target[n]] -= w;
+        if (excluded >= 0) gn[excluded] = 0.0f;
+    }
 }
 
 }
