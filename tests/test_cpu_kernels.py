@@ -282,9 +282,13 @@ def test_bias_gelu_equals_exact_gelu_forward_and_backward():
 
 
 @pytest.mark.parametrize("V, excluded, weighted", [(64, None, False), (37, 3, True), (100, 0, True)])
-def test_cross_entropy_sum_through_the_kernel_equals_log_softmax(V, excluded, weighted):
+def test_cross_entropy_sum_through_the_kernel_equals_log_softmax(V, excluded, weighted, monkeypatch):
     """V not a multiple of 16 (a scalar tail), the excluded token the largest logit of its rows, weights."""
     from masklm.models.heads import cross_entropy_sum
+
+    calls = []
+    real = cpu_kernels.cross_entropy_forward
+    monkeypatch.setattr(cpu_kernels, "cross_entropy_forward", lambda *a: calls.append(1) or real(*a))
 
     torch.manual_seed(4)
     x = (torch.randn(9, V) * 5).requires_grad_()
@@ -304,6 +308,7 @@ def test_cross_entropy_sum_through_the_kernel_equals_log_softmax(V, excluded, we
     nll = -xd.log_softmax(-1).gather(1, target[:, None]).squeeze(1)
     ref = (nll if weights is None else nll * weights.double()).sum()
     (ref * 0.5).backward()
+    assert calls == [1]  # the kernel ran (the check is made outside the Function, where grad mode is on)
     assert loss.dtype == torch.float32 and abs(loss.item() - ref.item()) < 1e-4 * max(1.0, ref.item())
     assert torch.allclose(got.double(), x.grad.double(), atol=1e-6)
     if excluded is not None:

@@ -59,10 +59,9 @@ class _CrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
-                excluded: int | None) -> torch.Tensor:
-        ctx.excluded, ctx.logits_dtype = excluded, logits.dtype
-        ctx.kernel = cpu_kernels.usable(logits, multiple=1)
-        if ctx.kernel:  # fp32 on a CPU: the fused kernel keeps each row's logsumexp, not [N, V] log-probs
+                excluded: int | None, kernel: bool) -> torch.Tensor:
+        ctx.excluded, ctx.logits_dtype, ctx.kernel = excluded, logits.dtype, kernel
+        if kernel:  # fp32 on a CPU: the fused kernel keeps each row's logsumexp, not [N, V] log-probs
             loss, lse = cpu_kernels.cross_entropy_forward(logits, target, weights, excluded)
             ctx.save_for_backward(logits, target, weights, lse)
             return loss
@@ -77,12 +76,12 @@ class _CrossEntropySum(torch.autograd.Function):
         if ctx.kernel:
             logits, target, weights, lse = ctx.saved_tensors
             grad = cpu_kernels.cross_entropy_backward(logits, target, weights, ctx.excluded, lse, float(grad_loss))
-            return grad, None, None, None
+            return grad, None, None, None, None
         logp, target, weights = ctx.saved_tensors
         grad = logp.exp()  # [N, V]; exactly 0 at the excluded token. Not in place: backward may run twice
         grad[torch.arange(target.numel(), device=target.device), target] -= 1.0
         scale = grad_loss if weights is None else weights.to(grad.dtype)[:, None] * grad_loss
-        return grad.mul_(scale).to(ctx.logits_dtype), None, None, None
+        return grad.mul_(scale).to(ctx.logits_dtype), None, None, None, None
 
 
 def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
@@ -90,7 +89,8 @@ def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, weights: torch
     """0-dim fp32 sum_n weights[n] * CE(logits[n], target[n]); logits ``[N, V]`` (any float dtype, upcast),
     target ``[N]``, weights ``[N]`` or None (all 1), ``excluded``: a token id removed from the softmax
     (probability exactly 0, the rest renormalised). The backward is one pass over ``[N, V]``."""
-    return _CrossEntropySum.apply(logits, target, weights, excluded)
+    # decided here: inside the Function's forward, grad mode is off and the kernel's test would always fail
+    return _CrossEntropySum.apply(logits, target, weights, excluded, cpu_kernels.usable(logits, multiple=1))
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
