@@ -12,8 +12,7 @@ import torch
 from masklm.config import ModelConfig
 from masklm.models import cpu_kernels
 from masklm.models.attention import AttentionMask, build_attention_mask
-from masklm.models.bert import BertAddNorm
-from masklm.models.bert import BertForMaskedLM
+from masklm.models.bert import BertAddNorm, BertForMaskedLM
 
 pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None, reason="no C++ compiler here")
 
@@ -313,3 +312,19 @@ def test_cross_entropy_sum_through_the_kernel_equals_log_softmax(V, excluded, we
     assert torch.allclose(got.double(), x.grad.double(), atol=1e-6)
     if excluded is not None:
         assert (got[:, excluded] == 0).all()
+
+
+def test_masklm_train_says_when_the_kernels_cannot_be_used(tmp_path, monkeypatch, capsys):
+    """A CPU run without a compiler still trains, and says in one line why it is slower."""
+    from test_training import write_corpus
+
+    from masklm.cli import main
+
+    corpus = write_corpus(tmp_path / "toy.txt")
+    monkeypatch.setattr(cpu_kernels, "unavailable", lambda: "no C++ compiler found (install g++ or set CXX)")
+    monkeypatch.setattr(cpu_kernels, "usable", lambda x, multiple=16: False)
+    assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--vocab-size", "120",
+                 "--size", "tiny", "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "fused CPU kernels not used: no C++ compiler found (install g++ or set CXX); training runs on " \
+           "PyTorch's ops (slower)" in err

@@ -43,6 +43,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from masklm.models.attention import AttentionMask
 
@@ -107,17 +108,17 @@ def _library() -> ctypes.CDLL | None:
             _build(compiler, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        _why_not.append(f"the CPU attention kernel could not be built or loaded ({error})")
+        _why_not.append(f"the fused CPU kernels could not be built or loaded ({error})")
         return None
-    P, L, F, U, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_uint64, ctypes.c_int
-    lib.attn_forward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, L, L, L, P, L, L, F, F, U, I]
-    lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F, F, U, I]
-    lib.addnorm_forward.argtypes = [P, P, P, P, P, P, P, P, L, L, F, F, U, I]
-    lib.addnorm_backward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, F, U, I]
-    lib.gelu_forward.argtypes = [P, P, P, L, L, I]
-    lib.gelu_backward.argtypes = [P, P, P, P, P, L, L, I]
-    lib.ce_forward.argtypes = [P, P, P, L, P, P, L, L, I]
-    lib.ce_backward.argtypes = [P, P, P, L, P, F, P, L, L, I]
+    P, L, F, U, N = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_uint64, ctypes.c_int
+    lib.attn_forward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, L, L, L, P, L, L, F, F, U, N]
+    lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F, F, U, N]
+    lib.addnorm_forward.argtypes = [P, P, P, P, P, P, P, P, L, L, F, F, U, N]
+    lib.addnorm_backward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, F, U, N]
+    lib.gelu_forward.argtypes = [P, P, P, L, L, N]
+    lib.gelu_backward.argtypes = [P, P, P, P, P, L, L, N]
+    lib.ce_forward.argtypes = [P, P, P, L, P, P, L, L, N]
+    lib.ce_backward.argtypes = [P, P, P, L, P, F, P, L, L, N]
     for fn in (lib.attn_forward, lib.attn_backward, lib.addnorm_forward, lib.addnorm_backward, lib.gelu_forward,
                lib.gelu_backward, lib.ce_forward, lib.ce_backward):
         fn.restype = None
@@ -172,8 +173,8 @@ class _FusedAttention(torch.autograd.Function):
         q, k, v = _heads(q_src) if kv is None else (*_heads(q_src), *_heads(kv))
         B, H, M, d = q.shape
         T = k.shape[2]
-        out = torch.empty(B, M, H, d)
-        probs = torch.empty(B, H, M, (T + 15) // 16 * 16)  # softmax before dropout, rows padded to 16
+        out = torch.empty(B, M, H, d, dtype=torch.float32)
+        probs = torch.empty(B, H, M, (T + 15) // 16 * 16, dtype=torch.float32)  # softmax (no dropout), rows padded
         seed = _seed()
         bias_b = bias_q = 0
         if bias is not None:  # [B or 1, 1, M or 1, T]
@@ -189,6 +190,7 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: say so, never be wrong
     def backward(ctx, grad_out):
         q_src, kv, probs = ctx.saved_tensors
         dropout_p, scale, seed = ctx.config
@@ -218,7 +220,7 @@ def attend_fused(q_src: torch.Tensor, kv: torch.Tensor | None, attn: AttentionMa
     ``[B, M, H, d]`` with ``kv`` ``[B, T, 2, H, d]``. attn: any dense form (no mask, key padding, causal, a
     dense mask; ``keep_rows`` applied); not ``split`` or ``flex``. -> ``[B, M, H, d]`` (M = T when packed).
     """
-    M, T = q_src.shape[1], q_src.shape[1] if kv is None else kv.shape[1]
+    T = q_src.shape[1] if kv is None else kv.shape[1]
     if attn.segments is not None or attn.block_mask is not None:
         attn = attn.dense(T)
     bias = None
@@ -241,7 +243,7 @@ class _AddNorm(torch.autograd.Function):
         shape, D = h.shape, h.shape[-1]
         h2, r2 = h.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
         N = h2.shape[0]
-        y, xhat, rstd = torch.empty(N, D), torch.empty(N, D), torch.empty(N)
+        y, xhat, rstd = (torch.empty(n, dtype=torch.float32) for n in ((N, D), (N, D), (N,)))
         weight, bias, norm_bias = weight.contiguous(), bias.contiguous(), norm_bias.contiguous()
         seed = _seed()
         _library().addnorm_forward(h2.data_ptr(), bias.data_ptr(), r2.data_ptr(), weight.data_ptr(),
@@ -252,14 +254,15 @@ class _AddNorm(torch.autograd.Function):
         return y.view(shape)
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: say so, never be wrong
     def backward(ctx, grad_y):
         xhat, rstd, weight = ctx.saved_tensors
         shape, dropout_p, seed = ctx.config
         N, D = xhat.shape
         _check_fp32(grad_y)
         g = grad_y.reshape(N, D).contiguous()
-        d_res, d_h = torch.empty(N, D), torch.empty(N, D)
-        d_bias, d_weight, d_norm_bias = torch.empty(D), torch.empty(D), torch.empty(D)
+        d_res, d_h, d_bias, d_weight, d_norm_bias = (torch.empty(n, dtype=torch.float32)
+                                                     for n in ((N, D), (N, D), (D,), (D,), (D,)))
         _library().addnorm_backward(g.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), weight.data_ptr(),
                                     d_res.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), d_weight.data_ptr(),
                                     d_norm_bias.data_ptr(), N, D, dropout_p, seed, torch.get_num_threads())
@@ -288,12 +291,13 @@ class _BiasGelu(torch.autograd.Function):
         return y.view(shape)
 
     @staticmethod
+    @once_differentiable  # the kernels' backward is not itself differentiable: say so, never be wrong
     def backward(ctx, grad_y):
         h2, bias = ctx.saved_tensors
         _check_fp32(grad_y)
         N, D = h2.shape
         g = grad_y.reshape(N, D).contiguous()
-        d_h, d_bias = torch.empty(N, D), torch.empty(D)
+        d_h, d_bias = torch.empty(N, D, dtype=torch.float32), torch.empty(D, dtype=torch.float32)
         _library().gelu_backward(g.data_ptr(), h2.data_ptr(), bias.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), N,
                                  D, torch.get_num_threads())
         return d_h.view(ctx.shape), d_bias
@@ -315,7 +319,7 @@ def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weights: t
     N, V = x.shape
     target = target.to(torch.int64).contiguous()
     w = None if weights is None else weights.to(torch.float32).contiguous()
-    lse, losses = torch.empty(N), torch.empty(N, dtype=torch.float64)
+    lse, losses = torch.empty(N, dtype=torch.float32), torch.empty(N, dtype=torch.float64)
     _library().ce_forward(x.data_ptr(), target.data_ptr(), None if w is None else w.data_ptr(),
                           -1 if excluded is None else int(excluded), lse.data_ptr(), losses.data_ptr(), N, V,
                           torch.get_num_threads())
@@ -330,7 +334,7 @@ def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, weights: 
     N, V = x.shape
     target = target.to(torch.int64).contiguous()
     w = None if weights is None else weights.to(torch.float32).contiguous()
-    grad = torch.empty(N, V)
+    grad = torch.empty(N, V, dtype=torch.float32)
     _library().ce_backward(x.data_ptr(), target.data_ptr(), None if w is None else w.data_ptr(),
                            -1 if excluded is None else int(excluded), lse.data_ptr(), float(grad_loss),
                            grad.data_ptr(), N, V, torch.get_num_threads())

@@ -40,7 +40,7 @@ from masklm.errors import ConfigError, MaskLMError, out_of_memory
 from masklm.files import folder_lock, remove_dir
 from masklm.host_memory import keep_freed_memory
 from masklm.modeldir import load_model_dir, save_model_dir
-from masklm.models import build_model
+from masklm.models import build_model, cpu_kernels
 from masklm.objectives import (
     ObjectiveBatch,
     batch_denominator,
@@ -276,10 +276,15 @@ class Trainer:
 
     def _setup_speed(self) -> None:
         """After ``setup``: autocast and the fp16 loss scaler (its state restored on resume), TF32 matmuls on
-        CUDA, freed memory kept on a CPU (``host_memory``), ``--compile`` of the forward (eager fallback)."""
+        CUDA, freed memory kept on a CPU (``host_memory``), the fused CPU kernels built (or one line saying
+        why not), ``--compile`` of the forward (eager fallback)."""
         device = self.info.device
         enable_tf32(device)
         keep_freed_memory(device)
+        if device.type == "cpu" and self.cfg.precision == "fp32" and not self.cfg.compile:
+            why = cpu_kernels.unavailable()  # builds them now (seconds, once per machine), not inside step 1
+            if why and why != "MASKLM_CPU_KERNELS=0":
+                self.log(f"fused CPU kernels not used: {why}; training runs on PyTorch's ops (slower)")
         self.amp = MixedPrecision(self.cfg.precision, device)
         if self.amp.scaler is not None and self.start_step:
             state_file = self.run_dir / "checkpoints" / f"step-{self.start_step}" / "trainer_state.json"

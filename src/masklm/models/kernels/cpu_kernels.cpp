@@ -178,7 +178,8 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
-            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1], *vp = v + b * vs[0] + h * vs[1];
+            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1];
+            const float *vp = v + b * vs[0] + h * vs[1];
             transpose(kp, ks[2], Tk, d, Kt, Tk16);
             gemm(qp, qs[2], 1, Tq, d, Kt, Tk16, S, Tk16, Tk16);
             SFC64 rng(seed + (uint64_t)pair * 0xD1B54A32D192ED03ull);
@@ -186,7 +187,10 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
             for (long i = 0; i < Tq; i++) {
                 float *s = S + i * Tk16;
                 if (scale != 1.0f) for (long j = 0; j < Tk; j++) s[j] *= scale;
-                if (bias) { const float *bi = bias + b * bias_b + i * bias_q; for (long j = 0; j < Tk; j++) s[j] += bi[j]; }
+                if (bias) {
+                    const float *bi = bias + b * bias_b + i * bias_q;
+                    for (long j = 0; j < Tk; j++) s[j] += bi[j];
+                }
                 for (long j = Tk; j < Tk16; j++) s[j] = -__builtin_inff();
                 vf mx = vset(-__builtin_inff());
                 for (long j = 0; j < Tk16; j += VW) { vf x = vload(s + j); mx = x > mx ? x : mx; }
@@ -202,7 +206,11 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                         vstore(s + j, pr * vload(keep + j));
                     }
                 } else {
-                    for (long j = 0; j < Tk16; j += VW) { vf pr = vload(s + j) * vinv; vstore(pp + j, pr); vstore(s + j, pr); }
+                    for (long j = 0; j < Tk16; j += VW) {
+                        vf pr = vload(s + j) * vinv;
+                        vstore(pp + j, pr);
+                        vstore(s + j, pr);
+                    }
                 }
             }
             gemm(S, Tk16, 1, Tq, Tk, vp, vs[2], out + b * os[0] + h * os[1], os[2], d);
@@ -227,7 +235,8 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
-            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1], *vp = v + b * vs[0] + h * vs[1];
+            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1];
+            const float *vp = v + b * vs[0] + h * vs[1];
             const float *gp = dout + b * dos[0] + h * dos[1];
             transpose(vp, vs[2], Tk, d, Vt, Tk16);
             gemm(gp, dos[2], 1, Tq, d, Vt, Tk16, G, Tk16, Tk16);  // dPd = dO V^T
@@ -247,7 +256,11 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                         dot += gj * x;
                     }
                 } else {
-                    for (long j = 0; j < Tk16; j += VW) { vf x = vload(pr + j); vstore(pd + j, x); dot += vload(g + j) * x; }
+                    for (long j = 0; j < Tk16; j += VW) {
+                        vf x = vload(pr + j);
+                        vstore(pd + j, x);
+                        dot += vload(g + j) * x;
+                    }
                 }
                 vf vdot = vset(hsum(dot));
                 for (long j = 0; j < Tk16; j += VW) vstore(ds + j, vload(pr + j) * (vload(g + j) - vdot) * vscale);
@@ -382,7 +395,9 @@ struct ColumnSums {
     long D, rows = 0;
     float *acc;
     double *part;
-    ColumnSums(long D_, double *part_) : D(D_), acc((float *)alloc_floats(D_)), part(part_) { memset(acc, 0, sizeof(float) * D); }
+    ColumnSums(long D_, double *part_) : D(D_), acc((float *)alloc_floats(D_)), part(part_) {
+        memset(acc, 0, sizeof(float) * D);
+    }
     inline void row_done() {
         if (++rows == 64) { flush(); rows = 0; }
     }
