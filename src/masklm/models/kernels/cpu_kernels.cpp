@@ -150,6 +150,20 @@ static inline void *alloc_floats(long n) { return aligned_alloc(64, sizeof(float
 
 struct Strides { long b, h, t; };  // element strides of a [B, H, T, d] view (d contiguous)
 
+// dropout's rule: keep where the signed 16-bit draw >= thr (probability 1 - p within 1/65536), scale kept ones
+struct DropRule {
+    int thr;
+    float scale;
+    explicit DropRule(float p) : thr(-32768 + (int)(p * 65536.0f + 0.5f)), scale(p > 0 ? 1.0f / (1.0f - p) : 1.0f) {}
+};
+
+// the SFC64 stream of one (sequence, head) pair of an attention call
+static inline uint64_t pair_seed(uint64_t seed, long pair) { return seed + (uint64_t)pair * 0xD1B54A32D192ED03ull; }
+
+// the [T, d] block of sequence b, head h in a [B, H, T, d] view with element strides s (b, h, t)
+static inline const float *block(const float *base, const long *s, long b, long h) { return base + b * s[0] + h * s[1]; }
+static inline float *block(float *base, const long *s, long b, long h) { return base + b * s[0] + h * s[1]; }
+
 // K^T of one pair: dst[c][j] = src[j * ld + c], c < d, j < T; columns T..T16 zero
 static inline void transpose(const float *src, long ld, long T, long d, float *dst, long T16) {
     for (long j = 0; j < T; j++) {
@@ -168,8 +182,7 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                   float *out, const long *os, float *P, long B, long H, long Tq, long Tk, long d,
                   const float *bias, long bias_b, long bias_q, float scale, float p, uint64_t seed, int threads) {
     const long Tk16 = up16(Tk);
-    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
-    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const DropRule rule(p);
     #pragma omp parallel num_threads(threads)
     {
         float *Kt = (float *)alloc_floats(d * Tk16 + Tq * Tk16 + Tk16);
@@ -178,11 +191,9 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
-            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1];
-            const float *vp = v + b * vs[0] + h * vs[1];
-            transpose(kp, ks[2], Tk, d, Kt, Tk16);
-            gemm(qp, qs[2], 1, Tq, d, Kt, Tk16, S, Tk16, Tk16);
-            SFC64 rng(seed + (uint64_t)pair * 0xD1B54A32D192ED03ull);
+            transpose(block(k, ks, b, h), ks[2], Tk, d, Kt, Tk16);
+            gemm(block(q, qs, b, h), qs[2], 1, Tq, d, Kt, Tk16, S, Tk16, Tk16);
+            SFC64 rng(pair_seed(seed, pair));
             float *Pp = P + pair * Tq * Tk16;
             for (long i = 0; i < Tq; i++) {
                 float *s = S + i * Tk16;
@@ -199,7 +210,7 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                 vf vinv = vset(1.0f / hsum(sum));
                 float *pp = Pp + i * Tk16;
                 if (p > 0) {
-                    row_keep(rng, bits, keep, Tk, Tk16, thr, keep_scale);
+                    row_keep(rng, bits, keep, Tk, Tk16, rule.thr, rule.scale);
                     for (long j = 0; j < Tk16; j += VW) {
                         vf pr = vload(s + j) * vinv;
                         vstore(pp + j, pr);
@@ -213,7 +224,7 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                     }
                 }
             }
-            gemm(S, Tk16, 1, Tq, Tk, vp, vs[2], out + b * os[0] + h * os[1], os[2], d);
+            gemm(S, Tk16, 1, Tq, Tk, block(v, vs, b, h), vs[2], block(out, os, b, h), os[2], d);
         }
         free(Kt); free(bits);
     }
@@ -225,8 +236,7 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                    const long *dks, float *dv, const long *dvs, long B, long H, long Tq, long Tk, long d,
                    float scale, float p, uint64_t seed, int threads) {
     const long Tk16 = up16(Tk);
-    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
-    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const DropRule rule(p);
     #pragma omp parallel num_threads(threads)
     {
         float *Vt = (float *)alloc_floats(d * Tk16 + 3 * Tq * Tk16 + Tk16);
@@ -235,12 +245,10 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
-            const float *qp = q + b * qs[0] + h * qs[1], *kp = k + b * ks[0] + h * ks[1];
-            const float *vp = v + b * vs[0] + h * vs[1];
-            const float *gp = dout + b * dos[0] + h * dos[1];
-            transpose(vp, vs[2], Tk, d, Vt, Tk16);
+            const float *gp = block(dout, dos, b, h);
+            transpose(block(v, vs, b, h), vs[2], Tk, d, Vt, Tk16);
             gemm(gp, dos[2], 1, Tq, d, Vt, Tk16, G, Tk16, Tk16);  // dPd = dO V^T
-            SFC64 rng(seed + (uint64_t)pair * 0xD1B54A32D192ED03ull);
+            SFC64 rng(pair_seed(seed, pair));
             const float *Pp = P + pair * Tq * Tk16;
             vf vscale = vset(scale);
             for (long i = 0; i < Tq; i++) {
@@ -248,7 +256,7 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                 float *g = G + i * Tk16, *pd = Pd + i * Tk16, *ds = dS + i * Tk16;
                 vf dot = vset(0.0f);
                 if (p > 0) {
-                    row_keep(rng, bits, keep, Tk, Tk16, thr, keep_scale);
+                    row_keep(rng, bits, keep, Tk, Tk16, rule.thr, rule.scale);
                     for (long j = 0; j < Tk16; j += VW) {
                         vf m = vload(keep + j), x = vload(pr + j), gj = vload(g + j) * m;
                         vstore(pd + j, x * m);
@@ -265,9 +273,9 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                 vf vdot = vset(hsum(dot));
                 for (long j = 0; j < Tk16; j += VW) vstore(ds + j, vload(pr + j) * (vload(g + j) - vdot) * vscale);
             }
-            gemm(Pd, 1, Tk16, Tk, Tq, gp, dos[2], dv + b * dvs[0] + h * dvs[1], dvs[2], d);  // dV = Pd^T dO
-            gemm(dS, 1, Tk16, Tk, Tq, qp, qs[2], dk + b * dks[0] + h * dks[1], dks[2], d);   // dK = dS^T Q
-            gemm(dS, Tk16, 1, Tq, Tk, kp, ks[2], dq + b * dqs[0] + h * dqs[1], dqs[2], d);   // dQ = dS K
+            gemm(Pd, 1, Tk16, Tk, Tq, gp, dos[2], block(dv, dvs, b, h), dvs[2], d);  // dV = Pd^T dO
+            gemm(dS, 1, Tk16, Tk, Tq, block(q, qs, b, h), qs[2], block(dk, dks, b, h), dks[2], d);  // dK = dS^T Q
+            gemm(dS, Tk16, 1, Tq, Tk, block(k, ks, b, h), ks[2], block(dq, dqs, b, h), dqs[2], d);  // dQ = dS K
         }
         free(Vt); free(bits);
     }
@@ -287,8 +295,7 @@ extern "C" {
 void addnorm_forward(const float *h, const float *bias, const float *residual, const float *gamma,
                      const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
                      uint64_t seed, int threads) {
-    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
-    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const DropRule rule(p);
     #pragma omp parallel num_threads(threads)
     {
         float *keep = (float *)alloc_floats(D);
@@ -297,7 +304,7 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
         for (long n = 0; n < N; n++) {
             const float *hn = h + n * D, *rn = residual + n * D;
             float *xn = xhat + n * D, *yn = y + n * D;
-            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, thr, keep_scale); }
+            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule.thr, rule.scale); }
             vf sum = vset(0.0f);
             for (long j = 0; j < D; j += VW) {
                 vf z = vload(hn + j) + vload(bias + j);
@@ -324,8 +331,7 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
 void addnorm_backward(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
                       float *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p, uint64_t seed,
                       int threads) {
-    const int thr = -32768 + (int)(p * 65536.0f + 0.5f);
-    const float keep_scale = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
+    const DropRule rule(p);
     double *parts = (double *)calloc((size_t)threads * 3 * D, sizeof(double));  // per thread: dbias, dgamma, dbeta
     int used = 1;
     #pragma omp parallel num_threads(threads)
@@ -340,7 +346,7 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             const float *g = dy + n * D, *xh = xhat + n * D;
-            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, thr, keep_scale); }
+            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule.thr, rule.scale); }
             vf s1 = vset(0.0f), s2 = vset(0.0f);
             for (long j = 0; j < D; j += VW) {
                 vf gx = vload(g + j) * vload(gamma + j), x = vload(xh + j);
