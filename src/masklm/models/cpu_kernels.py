@@ -12,21 +12,21 @@ in that file's header), each with its backward:
 - ``cross_entropy_forward`` / ``_backward``: the training loss (``models.heads.cross_entropy_sum``) without
   the ``[N, V]`` log-probabilities: the forward keeps each row's logsumexp, the backward is one pass.
 
-``benchmarks/cpu_kernels.py`` times it against the explicit path and SDPA, alone and in a whole training step
-(figures in ``docs/benchmarks.md``, "Fused CPU attention").
+``benchmarks/cpu_kernels.py`` times attention against the explicit path and SDPA, and a whole training step
+with the kernels on and off (figures in ``docs/benchmarks.md``, "Fused CPU kernels").
 
-Like Inductor's generated code, the kernel is compiled on the machine that runs it, at first use, with the
+Like Inductor's generated code, the kernels are compiled on the machine that runs them, at first use, with the
 C++ compiler found there (``$CXX``, else ``g++``, else ``c++``; ``-O3 -march=native -fopenmp``), and cached
 under ``$MASKLM_CACHE`` (default ``~/.cache/masklm``) ``/kernels``, keyed by the source, the flags and the
 CPU's flags, so later processes load it in milliseconds. Without a compiler, or when the build or the load
-fails, or with ``MASKLM_CPU_KERNELS=0``, attention runs as before (``models.attention.attend``);
-``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
+fails, or with ``MASKLM_CPU_KERNELS=0``, the models run on PyTorch's ops as before (``models.attention.attend``
+and the rest); ``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
 (``torchrun``) never load half a file.
 
 Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
 of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
-of 16 (``usable``); everything else
-(inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or the PyTorch ops. Dropout's masks
+of 16 (``usable``); everything else (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or
+the PyTorch ops. Dropout's masks
 come from the kernels' own SFC64 streams, seeded by one draw of torch's generator per call, so
 ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
 """
@@ -50,7 +50,7 @@ from masklm.models.attention import AttentionMask
 SOURCE = Path(__file__).with_name("kernels") / "cpu_kernels.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
 
-_why_not: list[str] = []  # the reason the kernel is not available, once known
+_why_not: list[str] = []  # the reason the kernels are not available, once known
 
 
 def _cache_dir() -> Path:
@@ -91,7 +91,7 @@ def _build(compiler: str, target: Path) -> None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built at the first call of a process that finds none in the cache; None when it
+    """The compiled kernels, built at the first call of a process that finds none in the cache; None when they
     cannot be had (the reason goes to ``unavailable()``)."""
     if os.environ.get("MASKLM_CPU_KERNELS", "1") == "0":
         _why_not.append("MASKLM_CPU_KERNELS=0")
@@ -126,7 +126,7 @@ def _library() -> ctypes.CDLL | None:
 
 
 def unavailable() -> str | None:
-    """Why the fused CPU kernel cannot be used in this process, or None when it can (builds it if needed)."""
+    """Why the fused CPU kernels cannot be used in this process, or None when they can (builds them if needed)."""
     return None if _library() is not None else _why_not[-1]
 
 
@@ -218,7 +218,8 @@ def attend_fused(q_src: torch.Tensor, kv: torch.Tensor | None, attn: AttentionMa
 
     q_src: ``[B, T, 3, H, d]`` (q, k and v as the fused QKV projection lays them out; kv None), or the queries
     ``[B, M, H, d]`` with ``kv`` ``[B, T, 2, H, d]``. attn: any dense form (no mask, key padding, causal, a
-    dense mask; ``keep_rows`` applied); not ``split`` or ``flex``. -> ``[B, M, H, d]`` (M = T when packed).
+    dense mask; ``keep_rows`` applied; ``split`` and ``flex`` are made dense first). -> ``[B, M, H, d]``
+    (M = T when packed).
     """
     T = q_src.shape[1] if kv is None else kv.shape[1]
     if attn.segments is not None or attn.block_mask is not None:
