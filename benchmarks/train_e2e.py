@@ -287,6 +287,10 @@ def summary(args: argparse.Namespace, rows: list[dict], fpt: float) -> dict:
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else None
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
                          **versions}
+    if args.device == "cpu" and args.precision == "fp32":  # masklm's side used its fused CPU kernels, or why not
+        from masklm.models import cpu_kernels
+
+        result["machine"]["masklm_cpu_kernels"] = cpu_kernels.unavailable() or "used"
     return result
 
 

@@ -123,6 +123,7 @@ class PartClock:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from masklm.models import cpu_kernels
     from masklm.training import trainer as trainer_module
     from masklm.training.config import TrainConfig
     from masklm.training.distributed import setup
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     share = {key: round(median[key] / median["step_ms"], 3) for key in (*PARTS, "other")}
     print(json.dumps({"summary": True, "arch": args.arch, "size": args.size, "batch": args.batch_size,
                       "seq_len": args.seq_len, "precision": args.precision, "device": args.device,
-                      "compile": args.compile,
+                      "compile": args.compile, "cpu_kernels": cpu_kernels.unavailable() or "available",
                       "torch": torch.__version__, "median_ms": median, "share": share,
                       **({"matmul": profiled} if profiled else {})}))
     return 0

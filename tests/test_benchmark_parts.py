@@ -32,6 +32,9 @@ def test_train_step_parts_times_every_part(monkeypatch, capsys):
     assert 0 < matmul["matmul_ms"] < matmul["profiled_step_ms"] and matmul["matmul_gflop"] > 0
     assert abs(matmul["matmul_ms"] + matmul["rest_ms"] - matmul["profiled_step_ms"]) < 0.2
     assert rounds[0]["minor_faults"] >= 0 and rounds[0]["system_ms"] >= 0
+    from masklm.models import cpu_kernels
+
+    assert summary["cpu_kernels"] == (cpu_kernels.unavailable() or "available")
     sys.modules.pop("train_step_parts", None)
 
 
@@ -79,5 +82,6 @@ def test_train_e2e_runs_twice_in_one_work_folder(monkeypatch, capsys, tmp_path):
         assert train_e2e.main(["--quick", "--skip-hf", "--work", str(tmp_path)]) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["masklm_tokens_per_s"] > 0 and summary["rounds"] == 1
+        assert summary["machine"]["masklm_cpu_kernels"]  # "used", or why not
     assert len(list(tmp_path.glob("runs-*"))) == 2 and len(list(tmp_path.glob("prep-*"))) == 1
     sys.modules.pop("train_e2e", None)
