@@ -216,7 +216,7 @@ def test_bert_training_step_uses_the_kernel_and_matches_the_explicit_path(monkey
 
     fused = grads(_tiny_bert(0.0))
     assert len(calls) == 2  # both layers; the last one through its sparse queries
-    monkeypatch.setattr(cpu_kernels, "usable", lambda x, multiple=16: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda x, width=None, multiple=16: False)
     explicit = grads(_tiny_bert(0.0))
     assert len(calls) == 2 and fused.keys() == explicit.keys()
     for name in fused:
@@ -322,7 +322,7 @@ def test_masklm_train_says_when_the_kernels_cannot_be_used(tmp_path, monkeypatch
 
     corpus = write_corpus(tmp_path / "toy.txt")
     monkeypatch.setattr(cpu_kernels, "unavailable", lambda: "no C++ compiler found (install g++ or set CXX)")
-    monkeypatch.setattr(cpu_kernels, "usable", lambda x, multiple=16: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda x, width=None, multiple=16: False)
     assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--vocab-size", "120",
                  "--size", "tiny", "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", "--no-progress"]) == 0
     err = capsys.readouterr().err

@@ -145,7 +145,7 @@ class BertAddNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
-        if cpu_kernels.usable(x) and self.dense.out_features % 16 == 0:  # training on a CPU: one kernel
+        if cpu_kernels.usable(x, width=self.dense.out_features):  # training on a CPU: one kernel
             return cpu_kernels.add_norm(F.linear(x, self.dense.weight), self.dense.bias, residual, self.LayerNorm, p)
         return self.LayerNorm(residual + dropout(self.dense(x), p, True))
 
@@ -173,7 +173,7 @@ class BertIntermediate(nn.Module):
         self.exact_gelu = config.hidden_act == "gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.exact_gelu and cpu_kernels.usable(x) and self.dense.out_features % 16 == 0:
+        if self.exact_gelu and cpu_kernels.usable(x, width=self.dense.out_features):
             return cpu_kernels.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias)  # training on a CPU
         return self.act(self.dense(x))
 

@@ -130,14 +130,16 @@ def unavailable() -> str | None:
     return None if _library() is not None else _why_not[-1]
 
 
-def usable(x: torch.Tensor, multiple: int = 16) -> bool:
-    """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit and GELU: their input;
-    the loss: the logits, with ``multiple=1``): CPU, fp32, a gradient to be taken, the last dimension a
-    multiple of ``multiple``, not under autocast, not inside ``torch.compile`` (Inductor fuses the PyTorch ops
-    itself, and cannot trace a foreign call), and the kernels available."""
+def usable(x: torch.Tensor, width: int | None = None, multiple: int = 16) -> bool:
+    """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit and GELU: their input,
+    with ``width`` the dense layer's output width; the loss: the logits, with ``multiple=1``): CPU, fp32, a
+    gradient to be taken, the width the kernel works on (default: x's last dimension) a multiple of
+    ``multiple``, not under autocast, not inside ``torch.compile`` (Inductor fuses the PyTorch ops itself, and
+    cannot trace a foreign call), and the kernels available."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")  # an fp32 input may still meet a bf16 matmul
-            and x.shape[-1] % multiple == 0 and not torch.compiler.is_compiling() and _library() is not None)
+            and (x.shape[-1] if width is None else width) % multiple == 0 and not torch.compiler.is_compiling()
+            and _library() is not None)
 
 
 def _check_fp32(*tensors: torch.Tensor | None) -> None:
@@ -306,24 +308,29 @@ class _BiasGelu(torch.autograd.Function):
 
 def bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``gelu(h + bias)`` (exact) through the fused kernel (``usable(h)`` first); h ``[..., D]``, a dense
-    layer's output without its bias, bias ``[D]``. Within fp32 rounding of ``F.gelu`` (erfc by a Chebyshev fit,
-    fractional error < 1.2e-7)."""
+    layer's output without its bias, bias ``[D]``. erf is Abramowitz-Stegun 7.1.26 (absolute error < 1.5e-7), the
+    formula of PyTorch's own vectorised CPU GELU."""
     return _BiasGelu.apply(h, bias)
+
+
+def _ce_args(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+             excluded: int | None) -> tuple[list, list, int, int]:
+    """-> the kernels' leading arguments (logits, targets as int64, weights as fp32 or NULL, excluded or -1),
+    the tensors behind those pointers (hold them until the call returns), N and V."""
+    _check_fp32(logits)
+    x, t = logits.detach().contiguous(), target.to(torch.int64).contiguous()
+    w = None if weights is None else weights.to(torch.float32).contiguous()
+    args = [x.data_ptr(), t.data_ptr(), None if w is None else w.data_ptr(), -1 if excluded is None else int(excluded)]
+    return args, [x, t, w], x.shape[0], x.shape[1]
 
 
 def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                           excluded: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_n w_n CE(logits[n], target[n]), ``excluded`` left out of the softmax -> (0-dim fp32 loss, the rows'
     logsumexp ``[N]`` for ``cross_entropy_backward``). logits ``[N, V]`` fp32, target ``[N]``, weights ``[N]``."""
-    _check_fp32(logits)
-    x = logits.detach().contiguous()
-    N, V = x.shape
-    target = target.to(torch.int64).contiguous()
-    w = None if weights is None else weights.to(torch.float32).contiguous()
+    args, _held, N, V = _ce_args(logits, target, weights, excluded)
     lse, losses = torch.empty(N, dtype=torch.float32), torch.empty(N, dtype=torch.float64)
-    _library().ce_forward(x.data_ptr(), target.data_ptr(), None if w is None else w.data_ptr(),
-                          -1 if excluded is None else int(excluded), lse.data_ptr(), losses.data_ptr(), N, V,
-                          torch.get_num_threads())
+    _library().ce_forward(*args, lse.data_ptr(), losses.data_ptr(), N, V, torch.get_num_threads())
     return losses.sum().to(torch.float32), lse
 
 
@@ -331,12 +338,7 @@ def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, weights: 
                            excluded: int | None, lse: torch.Tensor, grad_loss: float) -> torch.Tensor:
     """The gradient of ``cross_entropy_forward``'s loss times ``grad_loss`` -> ``[N, V]``, one pass:
     grad_loss w_n (softmax - onehot), exactly 0 at ``excluded``."""
-    x = logits.detach().contiguous()
-    N, V = x.shape
-    target = target.to(torch.int64).contiguous()
-    w = None if weights is None else weights.to(torch.float32).contiguous()
+    args, _held, N, V = _ce_args(logits, target, weights, excluded)
     grad = torch.empty(N, V, dtype=torch.float32)
-    _library().ce_backward(x.data_ptr(), target.data_ptr(), None if w is None else w.data_ptr(),
-                           -1 if excluded is None else int(excluded), lse.data_ptr(), float(grad_loss),
-                           grad.data_ptr(), N, V, torch.get_num_threads())
+    _library().ce_backward(*args, lse.data_ptr(), float(grad_loss), grad.data_ptr(), N, V, torch.get_num_threads())
     return grad

@@ -134,12 +134,19 @@ struct SFC64 {
     }
 };
 
-// the dropout multiplier of a row: scale where the 16-bit draw >= thr, else 0 (Tk16 entries, padding 0)
-static inline void row_keep(SFC64 &rng, int16_t *bits, float *keep, long Tk, long Tk16, int thr, float scale) {
+// dropout's rule: keep where the signed 16-bit draw >= thr (probability 1 - p within 1/65536), scale kept ones
+struct DropRule {
+    int thr;
+    float scale;
+    explicit DropRule(float p) : thr(-32768 + (int)(p * 65536.0f + 0.5f)), scale(p > 0 ? 1.0f / (1.0f - p) : 1.0f) {}
+};
+
+// the dropout multiplier of a row: rule.scale where the 16-bit draw >= rule.thr, else 0 (Tk16 entries, padding 0)
+static inline void row_keep(SFC64 &rng, int16_t *bits, float *keep, long Tk, long Tk16, const DropRule &rule) {
     rng.bits(bits, Tk16);
     for (long j = 0; j < Tk16; j += VW) {
         vi b = __builtin_convertvector(*(const vs16 *)(bits + j), vi);
-        vf m = (b >= thr) ? vset(scale) : vset(0.0f);
+        vf m = (b >= rule.thr) ? vset(rule.scale) : vset(0.0f);
         vstore(keep + j, m);
     }
     for (long j = Tk; j < Tk16; j++) keep[j] = 0.0f;
@@ -148,20 +155,37 @@ static inline void row_keep(SFC64 &rng, int16_t *bits, float *keep, long Tk, lon
 static inline long up16(long n) { return (n + VW - 1) / VW * VW; }
 static inline void *alloc_floats(long n) { return aligned_alloc(64, sizeof(float) * up16(n + 32)); }
 
-struct Strides { long b, h, t; };  // element strides of a [B, H, T, d] view (d contiguous)
-
-// dropout's rule: keep where the signed 16-bit draw >= thr (probability 1 - p within 1/65536), scale kept ones
-struct DropRule {
-    int thr;
-    float scale;
-    explicit DropRule(float p) : thr(-32768 + (int)(p * 65536.0f + 0.5f)), scale(p > 0 ? 1.0f / (1.0f - p) : 1.0f) {}
+// Column sums of a [N, W] result over rows, for bias (and LayerNorm) gradients: each thread adds its rows in
+// float for 64 rows at a time, then into its own double slice of parts [threads][W]; reduce_parts adds the
+// slices in thread order, so a run gives the same sums every time (no atomics, no order of arrival).
+struct ColumnSums {
+    long W, rows = 0;
+    float *acc;
+    double *part;
+    ColumnSums(long W_, double *parts)
+        : W(W_), acc((float *)alloc_floats(W_)), part(parts + (size_t)omp_get_thread_num() * W_) {
+        memset(acc, 0, sizeof(float) * W);
+    }
+    inline void row_done() {
+        if (++rows == 64) { flush(); rows = 0; }
+    }
+    inline void flush() { for (long j = 0; j < W; j++) { part[j] += acc[j]; acc[j] = 0.0f; } }
+    ~ColumnSums() { flush(); free(acc); }
 };
+
+// parts [used][W] -> their sum in parts[0..W), thread 0 first
+static inline void reduce_parts(double *parts, int used, long W) {
+    for (int t = 1; t < used; t++)
+        for (long j = 0; j < W; j++) parts[j] += parts[(size_t)t * W + j];
+}
 
 // the SFC64 stream of one (sequence, head) pair of an attention call
 static inline uint64_t pair_seed(uint64_t seed, long pair) { return seed + (uint64_t)pair * 0xD1B54A32D192ED03ull; }
 
 // the [T, d] block of sequence b, head h in a [B, H, T, d] view with element strides s (b, h, t)
-static inline const float *block(const float *base, const long *s, long b, long h) { return base + b * s[0] + h * s[1]; }
+static inline const float *block(const float *base, const long *s, long b, long h) {
+    return base + b * s[0] + h * s[1];
+}
 static inline float *block(float *base, const long *s, long b, long h) { return base + b * s[0] + h * s[1]; }
 
 // K^T of one pair: dst[c][j] = src[j * ld + c], c < d, j < T; columns T..T16 zero
@@ -210,7 +234,7 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                 vf vinv = vset(1.0f / hsum(sum));
                 float *pp = Pp + i * Tk16;
                 if (p > 0) {
-                    row_keep(rng, bits, keep, Tk, Tk16, rule.thr, rule.scale);
+                    row_keep(rng, bits, keep, Tk, Tk16, rule);
                     for (long j = 0; j < Tk16; j += VW) {
                         vf pr = vload(s + j) * vinv;
                         vstore(pp + j, pr);
@@ -256,7 +280,7 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                 float *g = G + i * Tk16, *pd = Pd + i * Tk16, *ds = dS + i * Tk16;
                 vf dot = vset(0.0f);
                 if (p > 0) {
-                    row_keep(rng, bits, keep, Tk, Tk16, rule.thr, rule.scale);
+                    row_keep(rng, bits, keep, Tk, Tk16, rule);
                     for (long j = 0; j < Tk16; j += VW) {
                         vf m = vload(keep + j), x = vload(pr + j), gj = vload(g + j) * m;
                         vstore(pd + j, x * m);
@@ -304,7 +328,7 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
         for (long n = 0; n < N; n++) {
             const float *hn = h + n * D, *rn = residual + n * D;
             float *xn = xhat + n * D, *yn = y + n * D;
-            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule.thr, rule.scale); }
+            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule); }
             vf sum = vset(0.0f);
             for (long j = 0; j < D; j += VW) {
                 vf z = vload(hn + j) + vload(bias + j);
@@ -338,15 +362,14 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
     {
         #pragma omp single
         used = omp_get_num_threads();
-        float *keep = (float *)alloc_floats(D), *acc = (float *)alloc_floats(3 * D);
+        float *keep = (float *)alloc_floats(D);
         int16_t *bits = (int16_t *)alloc_floats(D);
-        double *part = parts + (size_t)omp_get_thread_num() * 3 * D;
-        memset(acc, 0, sizeof(float) * 3 * D);
-        long in_acc = 0;
+        ColumnSums sums(3 * D, parts);  // dbias, dgamma, dbeta
+        float *acc = sums.acc;
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             const float *g = dy + n * D, *xh = xhat + n * D;
-            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule.thr, rule.scale); }
+            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule); }
             vf s1 = vset(0.0f), s2 = vset(0.0f);
             for (long j = 0; j < D; j += VW) {
                 vf gx = vload(g + j) * vload(gamma + j), x = vload(xh + j);
@@ -364,16 +387,11 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
                 vstore(dhn + j, d);
                 vstore(acc + j, vload(acc + j) + d);  // dbias
             }
-            if (++in_acc == 64) {  // float sums over 64 rows, then into double
-                for (long j = 0; j < 3 * D; j++) { part[j] += acc[j]; acc[j] = 0.0f; }
-                in_acc = 0;
-            }
+            sums.row_done();
         }
-        for (long j = 0; j < 3 * D; j++) part[j] += acc[j];
-        free(keep); free(acc); free(bits);
+        free(keep); free(bits);
     }
-    for (int t = 1; t < used; t++)  // in thread order: the same sums on every run
-        for (long j = 0; j < 3 * D; j++) parts[j] += parts[(size_t)t * 3 * D + j];
+    reduce_parts(parts, used, 3 * D);
     for (long j = 0; j < D; j++) { dbias[j] = parts[j]; dgamma[j] = parts[D + j]; dbeta[j] = parts[2 * D + j]; }
     free(parts);
 }
@@ -395,21 +413,6 @@ static inline vf verf(vf x) {
     vf e = vset(1.0f) - p * t * vexp(-(a * a));
     return x < 0.0f ? -e : e;
 }
-
-// column sums over rows, per thread: float over 64 rows, then double (see addnorm_backward)
-struct ColumnSums {
-    long D, rows = 0;
-    float *acc;
-    double *part;
-    ColumnSums(long D_, double *part_) : D(D_), acc((float *)alloc_floats(D_)), part(part_) {
-        memset(acc, 0, sizeof(float) * D);
-    }
-    inline void row_done() {
-        if (++rows == 64) { flush(); rows = 0; }
-    }
-    inline void flush() { for (long j = 0; j < D; j++) { part[j] += acc[j]; acc[j] = 0.0f; } }
-    ~ColumnSums() { flush(); free(acc); }
-};
 
 extern "C" {
 
@@ -435,7 +438,7 @@ void gelu_backward(const float *dy, const float *h, const float *bias, float *dz
     {
         #pragma omp single
         used = omp_get_num_threads();
-        ColumnSums sums(D, parts + (size_t)omp_get_thread_num() * D);
+        ColumnSums sums(D, parts);
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             const float *hn = h + n * D, *gn = dy + n * D;
@@ -451,8 +454,7 @@ void gelu_backward(const float *dy, const float *h, const float *bias, float *dz
             sums.row_done();
         }
     }
-    for (int t = 1; t < used; t++)
-        for (long j = 0; j < D; j++) parts[j] += parts[(size_t)t * D + j];
+    reduce_parts(parts, used, D);
     for (long j = 0; j < D; j++) dbias[j] = parts[j];
     free(parts);
 }
