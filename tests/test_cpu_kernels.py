@@ -19,6 +19,9 @@ pytestmark = pytest.mark.skipif(cpu_kernels.unavailable() is not None, reason="n
 M64 = (1 << 64) - 1
 
 
+M32 = (1 << 32) - 1
+
+
 def _splitmix(state):
     state = (state + 0x9E3779B97F4A7C15) & M64
     z = state
@@ -27,44 +30,37 @@ def _splitmix(state):
     return state, z ^ (z >> 31)
 
 
-class _SFC64:
-    """The kernel's generator, written out in Python for the reference mask."""
-
-    def __init__(self, seed):
-        seed, self.a = _splitmix(seed)
-        seed, self.b = _splitmix(seed)
-        seed, self.c = _splitmix(seed)
-        self.w = 1
-        for _ in range(12):
-            self.next()
-
-    def next(self):
-        t = (self.a + self.b + self.w) & M64
-        self.w += 1
-        self.a = self.b ^ (self.b >> 11)
-        self.b = (self.c + (self.c << 3)) & M64
-        self.c = ((((self.c << 24) | (self.c >> 40)) & M64) + t) & M64
-        return t
+def _mix32(x):
+    """Wellons' lowbias32 on an int64 tensor of 32-bit words."""
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & M32
+    x = x ^ (x >> 15)
+    x = (x * 0xD35A2D97) & M32
+    return x ^ (x >> 15)
 
 
-def _bits(rng, n):
-    """n signed 16-bit draws, four per 64-bit draw, low bits first."""
-    out = []
-    for _ in range(n // 4):
-        x = rng.next()
-        out += [((x >> (16 * k)) & 0xFFFF) for k in range(4)]
-    return torch.tensor([b - 65536 if b >= 32768 else b for b in out])
+def _draws(seed, stream, first_word, n):
+    """The kernels' generator written out: n signed 16-bit draws of stream ``stream`` from word
+    ``first_word`` on; each run of 32 draws is the low halves of 16 words, then their high halves."""
+    key = _splitmix((seed + stream * 0x9E3779B97F4A7C15) & M64)[1]
+    k0, k1 = key & M32, key >> 32
+    blocks = (n + 31) // 32
+    words = _mix32(_mix32((torch.arange(16 * blocks, dtype=torch.int64) + first_word + k0) & M32) ^ k1)
+    words = words.view(blocks, 16)
+    draws = torch.cat([words & 0xFFFF, words >> 16], dim=1).reshape(-1)[:n]
+    return torch.where(draws >= 32768, draws - 65536, draws)
 
 
 def _keep_mask(seed, B, H, M, T, p):
-    """[B, H, M, T] 0/1: the kernel's rule (one stream per pair, rows padded to 16 draws, 4 per 64 bits)."""
+    """[B, H, M, T] 0/1: the kernel's rule (one stream per pair; rows padded to 16 draws, each row starting
+    at a multiple of 16 words per 32 draws)."""
     thr = -32768 + int(p * 65536 + 0.5)
     T16 = (T + 15) // 16 * 16
+    row_words = (T16 + 31) // 32 * 16
     keep = torch.zeros(B, H, M, T)
     for pair in range(B * H):
-        rng = _SFC64((seed + pair * 0xD1B54A32D192ED03) & M64)
         for i in range(M):
-            keep[pair // H, pair % H, i] = (_bits(rng, T16)[:T] >= thr).float()
+            keep[pair // H, pair % H, i] = (_draws(seed, pair, i * row_words, T16)[:T] >= thr).float()
     return keep
 
 
@@ -134,6 +130,44 @@ def test_separate_queries_with_padding_and_kept_rows():
     assert torch.allclose(gkv.double(), kv.grad.double(), atol=1e-4)
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_projection_bias_is_added_to_q_k_v_and_its_gradient_taken(packed):
+    """BERT runs the QKV projection without its bias and hands the bias to the kernel: the result and every
+    gradient (the bias's too) equal attention over q, k and v with the bias added, in float64."""
+    B, T, M, H, d, p = 2, 20, 20 if packed else 6, 2, 16, 0.2
+    torch.manual_seed(6)
+    valid = torch.ones(B, T, dtype=torch.long)
+    valid[1, 13:] = 0
+    attn = build_attention_mask(valid, None, False, T)
+    if packed:
+        q_src, kv = torch.randn(B, T, 3, H, d, requires_grad=True), None
+        q_bias, kv_bias = torch.randn(3 * H * d, requires_grad=True), None
+        leaves = (q_src, q_bias)
+    else:
+        q_src, kv = torch.randn(B, M, H, d, requires_grad=True), torch.randn(B, T, 2, H, d, requires_grad=True)
+        q_bias, kv_bias = torch.randn(H * d, requires_grad=True), torch.randn(2 * H * d, requires_grad=True)
+        leaves = (q_src, kv, q_bias, kv_bias)
+    seed = _seed_after(13)
+    torch.manual_seed(13)
+    out = cpu_kernels.attend_fused(q_src, kv, attn, p, 0.5, q_bias, kv_bias)
+    grad = torch.randn_like(out)
+    (out * grad).sum().backward()
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    if packed:
+        q, k, v = (q_src + q_bias.view(3, H, d)).permute(2, 0, 3, 1, 4).unbind(0)
+    else:
+        q = (q_src + q_bias.view(H, d)).transpose(1, 2)
+        k, v = (kv + kv_bias.view(2, H, d)).permute(2, 0, 3, 1, 4).unbind(0)
+    ref = _reference(q, k, v, attn.bias(T, torch.float32, q_src.device), _keep_mask(seed, B, H, M, T, p), p,
+                     0.5).transpose(1, 2)
+    (ref * grad.double()).sum().backward()
+    assert torch.allclose(out.double(), ref, atol=1e-5), (out.double() - ref).abs().max()
+    for mine, t in zip(got, leaves):
+        assert torch.allclose(mine.double(), t.grad.double(), atol=1e-4), (mine - t.grad).abs().max()
+
+
 def test_dropout_keeps_one_minus_p_and_masks_differ_between_pairs():
     """With v the identity the output is the dropped probabilities themselves: count what is kept."""
     B, T, H, p = 8, 16, 4, 0.1
@@ -149,7 +183,7 @@ def test_dropout_keeps_one_minus_p_and_masks_differ_between_pairs():
 
 @pytest.mark.parametrize("p", [0.0, 0.2])
 def test_add_norm_equals_reference_forward_and_backward(p):
-    """LayerNorm(residual + dropout(h + bias)), one SFC64 stream per row."""
+    """LayerNorm(residual + dropout(h + bias)), one dropout stream per row."""
     N, D, eps = 37, 48, 1e-7
     torch.manual_seed(2)
     h, residual = torch.randn(N, D, requires_grad=True), torch.randn(N, D, requires_grad=True)
@@ -168,7 +202,7 @@ def test_add_norm_equals_reference_forward_and_backward(p):
     for t in leaves:
         t.grad = None
     thr = -32768 + int(p * 65536 + 0.5)
-    keep = torch.stack([(_bits(_SFC64((seed + n * 0x9FB21C651E98DF25) & M64), D) >= thr).float()
+    keep = torch.stack([(_draws(seed, n, 0, D) >= thr).float()
                         for n in range(N)]) / (1 - p) if p > 0 else torch.ones(N, D)
     ref = torch.nn.functional.layer_norm(residual.double() + keep.double() * (h.double() + bias.double()), (D,),
                                          norm.weight.double(), norm.bias.double(), eps)

@@ -109,20 +109,27 @@ class BertSelfAttention(nn.Module):
         B, T, D = x.shape
         H, d = self.num_heads, D // self.num_heads
         p = self.dropout_p if self.training else 0.0
+        # training on a CPU: the fused kernel, which adds the projection's bias to q, k and v itself
+        fused = cache is None and cpu_kernels.usable(x, width=d)
         if queries is None:
             # One [D, 3D] matmul instead of three [D, D] ones; concatenating the weights is tiny next to
             # it, and while decoding the weights are fixed, so that happens once per cache.
             w, b = self._fused_qkv() if cache is None else cache.memo("qkv", self._fused_qkv)
+            if fused:
+                y = cpu_kernels.attend_fused(F.linear(x, w).view(B, T, 3, H, d), None, attn, p, 1.0, b)
+                return y.reshape(B, T, D)
             q_src, kv = F.linear(x, w, b).view(B, T, 3, H, d), None
         else:
             M, s = queries.shape[1], d ** -0.5
-            q_src = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, d)
             w = torch.cat([self.key.weight, self.value.weight])
             b = torch.cat([self.key.bias, self.value.bias])
+            if fused:
+                y = cpu_kernels.attend_fused(F.linear(queries, self.query.weight * s).view(B, M, H, d),
+                                             F.linear(x, w).view(B, T, 2, H, d), attn, p, 1.0,
+                                             self.query.bias * s, b)
+                return y.reshape(B, M, D)
+            q_src = F.linear(queries, self.query.weight * s, self.query.bias * s).view(B, M, H, d)
             kv = F.linear(x, w, b).view(B, T, 2, H, d)
-        if cache is None and cpu_kernels.usable(q_src):  # training on a CPU: the fused kernel
-            y = cpu_kernels.attend_fused(q_src, kv, attn, p, scale=1.0)  # [B, M, H, d]
-            return y.reshape(B, y.shape[1], D)
         if kv is None:
             q, k, v = q_src.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, d]; one gradient copy in backward
             if cache is not None:

@@ -5,7 +5,8 @@ in that file's header), each with its backward:
   a CPU is a chain of passes over ``[B, H, T, T]`` tensors in memory plus copies of q, k and v into
   contiguous blocks and of their gradients back into the fused QKV layout; SDPA's CPU kernels cannot do
   dropout. The kernel keeps each (sequence, head) pair in cache, reads q, k and v where the QKV
-  projection wrote them and writes their gradients straight into the QKV gradient.
+  projection wrote them, adds the projection's bias itself (the projection runs without it) and writes
+  their gradients straight into the QKV gradient, the bias's gradient beside them.
 - ``add_norm``: BERT's sublayer exit, LayerNorm(residual + dropout(h + bias)), one pass per row forward and
   one backward, where eager PyTorch takes a pass per op (and addmm a copy of the bias);
 - ``bias_gelu``: the FFN's GELU(h + bias) with the bias's gradient in the backward pass;
@@ -26,9 +27,9 @@ and the rest); ``unavailable()`` says why. The build writes to a temporary file 
 Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
 of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
 of 16 (``usable``); everything else (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or
-the PyTorch ops. Dropout's masks
-come from the kernels' own SFC64 streams, seeded by one draw of torch's generator per call, so
-``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
+the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a function of seed, stream and position, vectorised; the
+C++ header says how), seeded by one draw of torch's generator per call, so ``torch.manual_seed`` (and a
+checkpoint's RNG state) still fixes them.
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def _library() -> ctypes.CDLL | None:
         _why_not.append(f"the fused CPU kernels could not be built or loaded ({error})")
         return None
     P, L, F, U, N = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_uint64, ctypes.c_int
-    lib.attn_forward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, L, L, L, P, L, L, F, F, U, N]
-    lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F, F, U, N]
+    lib.attn_forward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, P, L, L, F, F, U, N]
+    lib.attn_backward.argtypes = [P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, P, L, L, L, L, L, F,
+                                  F, U, N]
     lib.addnorm_forward.argtypes = [P, P, P, P, P, P, P, P, L, L, F, F, U, N]
     lib.addnorm_backward.argtypes = [P, P, P, P, P, P, P, P, P, L, L, F, U, N]
     lib.gelu_forward.argtypes = [P, P, P, L, L, N]
@@ -150,7 +152,7 @@ def _check_fp32(*tensors: torch.Tensor | None) -> None:
 
 
 def _seed() -> int:
-    """One draw of torch's generator: the seed of a call's SFC64 streams."""
+    """One draw of torch's generator: the seed of a call's dropout streams."""
     return int(torch.randint(0, 2**62, (), dtype=torch.int64))
 
 
@@ -165,73 +167,101 @@ def _strides(t: torch.Tensor) -> ctypes.Array:
     return (ctypes.c_long * 3)(*t.stride()[:3])
 
 
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _head_biases(q_bias: torch.Tensor | None, kv_bias: torch.Tensor | None, packed: bool) -> tuple:
+    """The projection's bias (``[3, H, d]`` packed; ``[H, d]`` and ``[2, H, d]`` with separate queries) ->
+    (q, k, v) biases ``[H, d]``, each None when absent."""
+    if packed:
+        return (None, None, None) if q_bias is None else tuple(q_bias.unbind(0))
+    return (q_bias, *((None, None) if kv_bias is None else kv_bias.unbind(0)))
+
+
 class _FusedAttention(torch.autograd.Function):
-    """q_src ``[B, T, 3, H, d]`` (kv None) or ``[B, M, H, d]`` with kv ``[B, T, 2, H, d]`` -> ``[B, M, H, d]``."""
+    """q_src ``[B, T, 3, H, d]`` (kv None) or ``[B, M, H, d]`` with kv ``[B, T, 2, H, d]``, the projection's
+    biases alike without B and T (or None) -> ``[B, M, H, d]``."""
 
     @staticmethod
-    def forward(ctx, q_src, kv, bias, dropout_p: float, scale: float):
-        _check_fp32(q_src, kv, bias)
+    def forward(ctx, q_src, kv, q_bias, kv_bias, mask, dropout_p: float, scale: float):
+        _check_fp32(q_src, kv, q_bias, kv_bias, mask)
         q_src, kv = q_src.contiguous(), None if kv is None else kv.contiguous()
+        q_bias, kv_bias = (None if b is None else b.contiguous() for b in (q_bias, kv_bias))
         q, k, v = _heads(q_src) if kv is None else (*_heads(q_src), *_heads(kv))
+        qb, kb, vb = _head_biases(q_bias, kv_bias, kv is None)
         B, H, M, d = q.shape
         T = k.shape[2]
         out = torch.empty(B, M, H, d, dtype=torch.float32)
         probs = torch.empty(B, H, M, (T + 15) // 16 * 16, dtype=torch.float32)  # softmax (no dropout), rows padded
         seed = _seed()
-        bias_b = bias_q = 0
-        if bias is not None:  # [B or 1, 1, M or 1, T]
-            bias_b = bias.stride(0) if bias.shape[0] > 1 else 0
-            bias_q = bias.stride(2) if bias.shape[2] > 1 else 0
+        mask_b = mask_q = 0
+        if mask is not None:  # [B or 1, 1, M or 1, T]
+            mask_b = mask.stride(0) if mask.shape[0] > 1 else 0
+            mask_q = mask.stride(2) if mask.shape[2] > 1 else 0
         o = out.transpose(1, 2)
         _library().attn_forward(
-            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), o.data_ptr(),
-            _strides(o), probs.data_ptr(), B, H, M, T, d, None if bias is None else bias.data_ptr(), bias_b,
-            bias_q, scale, dropout_p, seed, torch.get_num_threads())
-        ctx.save_for_backward(q_src, kv, probs)
+            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), _ptr(qb), _ptr(kb),
+            _ptr(vb), o.data_ptr(), _strides(o), probs.data_ptr(), B, H, M, T, d, _ptr(mask), mask_b, mask_q,
+            scale, dropout_p, seed, torch.get_num_threads())
+        ctx.save_for_backward(q_src, kv, q_bias, kv_bias, probs)
         ctx.config = (dropout_p, scale, seed)
         return out
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: say so, never be wrong
     def backward(ctx, grad_out):
-        q_src, kv, probs = ctx.saved_tensors
+        q_src, kv, q_bias, kv_bias, probs = ctx.saved_tensors
         dropout_p, scale, seed = ctx.config
         grad_q_src = torch.empty_like(q_src)
         grad_kv = None if kv is None else torch.empty_like(kv)
+        grad_q_bias = None if q_bias is None else torch.empty_like(q_bias)
+        grad_kv_bias = None if kv_bias is None else torch.empty_like(kv_bias)
         if kv is None:
             (q, k, v), (dq, dk, dv) = _heads(q_src), _heads(grad_q_src)
         else:
             (q, k, v), (dq, dk, dv) = (*_heads(q_src), *_heads(kv)), (*_heads(grad_q_src), *_heads(grad_kv))
+        qb, kb, vb = _head_biases(q_bias, kv_bias, kv is None)
+        dqb, dkb, dvb = _head_biases(grad_q_bias, grad_kv_bias, kv is None)
         _check_fp32(grad_out)
         g = grad_out.transpose(1, 2)
         if g.stride(-1) != 1:
             g = g.contiguous()
         B, H, M, d = q.shape
         _library().attn_backward(
-            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), g.data_ptr(),
-            _strides(g), probs.data_ptr(), dq.data_ptr(), _strides(dq), dk.data_ptr(), _strides(dk),
-            dv.data_ptr(), _strides(dv), B, H, M, k.shape[2], d, scale, dropout_p, seed, torch.get_num_threads())
-        return grad_q_src, grad_kv, None, None, None
+            q.data_ptr(), _strides(q), k.data_ptr(), _strides(k), v.data_ptr(), _strides(v), _ptr(qb), _ptr(kb),
+            _ptr(vb), g.data_ptr(), _strides(g), probs.data_ptr(), dq.data_ptr(), _strides(dq), dk.data_ptr(),
+            _strides(dk), dv.data_ptr(), _strides(dv), _ptr(dqb), _ptr(dkb), _ptr(dvb), B, H, M, k.shape[2], d,
+            scale, dropout_p, seed, torch.get_num_threads())
+        return grad_q_src, grad_kv, grad_q_bias, grad_kv_bias, None, None, None
 
 
 def attend_fused(q_src: torch.Tensor, kv: torch.Tensor | None, attn: AttentionMask, dropout_p: float,
-                 scale: float) -> torch.Tensor:
+                 scale: float, q_bias: torch.Tensor | None = None,
+                 kv_bias: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(scale q k^T + mask) with dropout, times v, through the fused kernel (``usable`` first).
 
     q_src: ``[B, T, 3, H, d]`` (q, k and v as the fused QKV projection lays them out; kv None), or the queries
-    ``[B, M, H, d]`` with ``kv`` ``[B, T, 2, H, d]``. attn: any dense form (no mask, key padding, causal, a
+    ``[B, M, H, d]`` with ``kv`` ``[B, T, 2, H, d]``. q_bias, kv_bias: the projection's bias, which the
+    kernel adds to q, k and v (so the projection can run without it): ``[3 * H * d]`` packed (kv_bias None),
+    or ``[H * d]`` and ``[2 * H * d]``; None: no bias. attn: any dense form (no mask, key padding, causal, a
     dense mask; ``keep_rows`` applied; ``split`` and ``flex`` are made dense first). -> ``[B, M, H, d]``
     (M = T when packed).
     """
     T = q_src.shape[1] if kv is None else kv.shape[1]
+    H, d = q_src.shape[-2:]
     if attn.segments is not None or attn.block_mask is not None:
         attn = attn.dense(T)
-    bias = None
+    mask = None
     if attn.mask is not None or attn.is_causal:
-        bias = attn.bias(T, torch.float32, q_src.device)  # [B or 1, 1, M or 1, T]; causal: [1, 1, T, T]
-        if bias.stride(-1) != 1:
-            bias = bias.contiguous()
-    out = _FusedAttention.apply(q_src, kv, bias, float(dropout_p), float(scale))
+        mask = attn.bias(T, torch.float32, q_src.device)  # [B or 1, 1, M or 1, T]; causal: [1, 1, T, T]
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+    if q_bias is not None:
+        q_bias = q_bias.view(3, H, d) if kv is None else q_bias.view(H, d)
+    if kv_bias is not None:
+        kv_bias = kv_bias.view(2, H, d)
+    out = _FusedAttention.apply(q_src, kv, q_bias, kv_bias, mask, float(dropout_p), float(scale))
     if attn.keep_rows is not None:
         out = out * attn.keep_rows.transpose(1, 2)  # [B, 1, M or 1, 1] -> [B, M or 1, 1, 1]
     return out

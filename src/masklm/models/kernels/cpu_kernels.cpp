@@ -18,12 +18,21 @@
 // Cross-entropy's forward reads the logits once and writes only each row's logsumexp; its backward writes
 // w (softmax - onehot) in one pass (log_softmax writes a full [N, V] array forward and reads it back).
 //
-// Attention's dropout draws 16 bits per probability from one SFC64 stream per (sequence, head) pair (Chris
-// Doty-Humphrey's Small Fast Chaotic generator, the one numpy ships), seeded from one 64-bit draw of torch's
-// generator per call, and keeps an element when its 16-bit draw, read as a signed integer, is >= thr: the
-// same rule and keep probability as models.attention.dropout. Backward replays the stream instead of saving
-// the mask; the sublayer exit has one stream per row, so no mask depends on the thread count. exp() is
-// Cephes' single-precision method (range reduction to n ln2 + r, a degree-6 polynomial).
+// Dropout draws 16 bits per element from a counter-based generator: word w of a stream is
+// mix(mix(w + k0) ^ k1), mix being Chris Wellons' "lowbias32" integer hash (two multiply-xorshift rounds) and
+// (k0, k1) the two halves of splitmix64(seed + stream * golden ratio); one stream per (sequence, head) pair of
+// an attention call and one per row of a sublayer exit, the seed one 64-bit draw of torch's generator per
+// call. A run of 32 draws takes 16 consecutive words: the low 16 bits of each, then the high 16 bits (no
+// shuffles: 16 vector lanes compute 16 words at once). An element is kept when its draw, read as a signed
+// 16-bit integer, is >= thr: the same rule and keep probability as models.attention.dropout. A draw is a
+// function of (seed, stream, position) alone, like Philox's on GPUs: backward recomputes the mask instead of
+// saving it, and no mask depends on the thread count. exp() is Cephes' single-precision method (range
+// reduction to n ln2 + r, a degree-6 polynomial).
+//
+// Both attention passes read q, k and v straight from the QKV projection's output and add the projection's
+// bias themselves (the matmul runs without it: addmm's copy of the bias into its [N, 3D] output is gone),
+// and the backward takes the bias's gradient, the column sums of dq, dk and dv, while the pair's block is
+// still in cache (AddmmBackward's separate pass over the [N, 3D] gradient is gone too).
 //
 // The vector type is GCC's generic 64-byte vector: AVX-512 registers where the CPU has them, pairs of AVX2
 // or four SSE/NEON registers otherwise (the build passes -march=native).
@@ -32,16 +41,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define VW 16
 typedef float vf __attribute__((vector_size(64)));
 typedef float vfu __attribute__((vector_size(64), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(64)));
-typedef int16_t vs16 __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t vu __attribute__((vector_size(64)));
 
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf x) { *(vfu *)p = x; }
-static inline vf vset(float x) { return vf{} + x; }
+// x in every lane (a plain broadcast: vf{} + x would add 0.0, which is no identity for -0.0, so the compiler
+// must keep the addition)
+static inline vf vset(float x) {
+#ifdef __AVX512F__
+    return (vf)_mm512_set1_ps(x);
+#else
+    return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#endif
+}
 
 // exp(x) for x <= 0 (scores minus their row maximum); x below -87.3, -inf included, gives exactly 0.
 // Cephes' single-precision method: x = n ln2 + r, a degree-6 polynomial for e^r, 2^n into the exponent.
@@ -109,28 +129,31 @@ static void gemm(const float *A, long sr, long sk, long M, long K, const float *
     }
 }
 
-struct SFC64 {
-    uint64_t a, b, c, w;
-    static uint64_t splitmix(uint64_t &s) {
-        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
-    explicit SFC64(uint64_t seed) {
-        a = splitmix(seed); b = splitmix(seed); c = splitmix(seed); w = 1;
-        for (int i = 0; i < 12; i++) next();
-    }
-    inline uint64_t next() {
-        uint64_t t = a + b + w++;
-        a = b ^ (b >> 11);
-        b = c + (c << 3);
-        c = ((c << 24) | (c >> 40)) + t;
-        return t;
-    }
-    // n 16-bit draws (n a multiple of 4) into out, four per 64-bit draw, low bits first
-    inline void bits(int16_t *out, long n) {
-        for (long j = 0; j < n; j += 4) { uint64_t x = next(); memcpy(out + j, &x, 8); }
+// splitmix64's output function (Steele, Lea and Flood 2014): a 64-bit seed -> a well-mixed 64-bit key
+static inline uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Wellons' lowbias32, on 16 words at once
+static inline vu mix32(vu x) {
+    x ^= x >> 16;
+    x *= 0x21F0AAADu;
+    x ^= x >> 15;
+    x *= 0xD35A2D97u;
+    x ^= x >> 15;
+    return x;
+}
+
+// the dropout stream of one (seed, stream): its key halves
+struct Stream {
+    uint32_t k0, k1;
+    Stream(uint64_t seed, uint64_t stream) {
+        uint64_t key = splitmix64(seed + stream * 0x9E3779B97F4A7C15ull);
+        k0 = (uint32_t)key;
+        k1 = (uint32_t)(key >> 32);
     }
 };
 
@@ -141,16 +164,22 @@ struct DropRule {
     explicit DropRule(float p) : thr(-32768 + (int)(p * 65536.0f + 0.5f)), scale(p > 0 ? 1.0f / (1.0f - p) : 1.0f) {}
 };
 
-// the dropout multiplier of a row: rule.scale where the 16-bit draw >= rule.thr, else 0 (Tk16 entries, padding 0)
-static inline void row_keep(SFC64 &rng, int16_t *bits, float *keep, long Tk, long Tk16, const DropRule &rule) {
-    rng.bits(bits, Tk16);
-    for (long j = 0; j < Tk16; j += VW) {
-        vi b = __builtin_convertvector(*(const vs16 *)(bits + j), vi);
-        vf m = (b >= rule.thr) ? vset(rule.scale) : vset(0.0f);
-        vstore(keep + j, m);
+// the dropout multipliers of n16 elements (a multiple of 16) whose draws start at word `word` of the stream:
+// keep[j] = rule.scale where draw j >= rule.thr, else 0; entries from n on are set to 0
+static inline void row_keep(const Stream &st, uint32_t word, float *keep, long n, long n16, const DropRule &rule) {
+    const vu lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const vf kept = vset(rule.scale), dropped = vset(0.0f);
+    for (long j = 0; j < n16; j += 2 * VW, word += VW) {
+        vu w = mix32(mix32(lane + (word + st.k0)) ^ st.k1);
+        vi lo = (vi)(w << 16) >> 16, hi = (vi)w >> 16;  // sign-extended halves
+        vstore(keep + j, lo >= rule.thr ? kept : dropped);
+        if (j + VW < n16) vstore(keep + j + VW, hi >= rule.thr ? kept : dropped);
     }
-    for (long j = Tk; j < Tk16; j++) keep[j] = 0.0f;
+    for (long j = n; j < n16; j++) keep[j] = 0.0f;
 }
+
+// words per row of n16 draws: rows of a stream start at multiples of this
+static inline uint32_t row_words(long n16) { return (uint32_t)((n16 + 2 * VW - 1) / (2 * VW) * VW); }
 
 static inline long up16(long n) { return (n + VW - 1) / VW * VW; }
 static inline void *alloc_floats(long n) { return aligned_alloc(64, sizeof(float) * up16(n + 32)); }
@@ -179,52 +208,111 @@ static inline void reduce_parts(double *parts, int used, long W) {
         for (long j = 0; j < W; j++) parts[j] += parts[(size_t)t * W + j];
 }
 
-// the SFC64 stream of one (sequence, head) pair of an attention call
-static inline uint64_t pair_seed(uint64_t seed, long pair) { return seed + (uint64_t)pair * 0xD1B54A32D192ED03ull; }
-
 // the [T, d] block of sequence b, head h in a [B, H, T, d] view with element strides s (b, h, t)
 static inline const float *block(const float *base, const long *s, long b, long h) {
     return base + b * s[0] + h * s[1];
 }
 static inline float *block(float *base, const long *s, long b, long h) { return base + b * s[0] + h * s[1]; }
 
-// K^T of one pair: dst[c][j] = src[j * ld + c], c < d, j < T; columns T..T16 zero
-static inline void transpose(const float *src, long ld, long T, long d, float *dst, long T16) {
-    for (long j = 0; j < T; j++) {
-        const float *row = src + j * ld;
-        for (long c = 0; c < d; c++) dst[c * T16 + j] = row[c];
+// dst[j][c] = src[j * ld + c] + bias[c] (bias NULL: + 0), j < T, c < d: one pair's q, k or v with the
+// projection's bias, contiguous
+static inline void with_bias(const float *src, long ld, const float *bias, long T, long d, float *dst) {
+    for (long j = 0; j < T; j++)
+        for (long c = 0; c < d; c += VW)
+            vstore(dst + j * d + c, bias ? vload(src + j * ld + c) + vload(bias + c) : vload(src + j * ld + c));
+}
+
+#ifdef __AVX512F__
+// the 16 x 16 block in r[0..16) transposed in registers (unpack, then 128-bit lane shuffles)
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        t[k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        t[4 + k] = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+        t[8 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        t[12 + k] = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
+        r[4 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
+        r[12 + k] = _mm512_shuffle_f32x4(t[4 + k], t[12 + k], 0xDD);
+    }
+}
+#endif
+
+// (k + bias)^T of one pair: dst[c][j] = src[j * ld + c] + bias[c] (bias NULL: + 0), c < d, j < T; columns
+// T..T16 zero; d a multiple of 16
+static inline void transpose(const float *src, long ld, const float *bias, long T, long d, float *dst, long T16) {
+#ifdef __AVX512F__
+    for (long c = 0; c < d; c += VW) {
+        __m512 b = bias ? _mm512_loadu_ps(bias + c) : _mm512_setzero_ps();
+        for (long j = 0; j < T16; j += VW) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = j + i < T ? _mm512_add_ps(_mm512_loadu_ps(src + (j + i) * ld + c), b) : _mm512_setzero_ps();
+            transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + (c + i) * T16 + j, r[i]);
+        }
+    }
+#else
+    for (long j = 0; j < T; j++)
+        for (long c = 0; c < d; c++) dst[c * T16 + j] = src[j * ld + c] + (bias ? bias[c] : 0.0f);
     for (long c = 0; c < d; c++) for (long j = T; j < T16; j++) dst[c * T16 + j] = 0.0f;
+#endif
+}
+
+// the column sums of a [T, d] block (rows ld floats apart) added to out[0..d) (double)
+static inline void add_column_sums(const float *src, long ld, long T, long d, double *out) {
+    for (long c = 0; c < d; c += VW) {
+        vf acc = vset(0.0f);
+        for (long j = 0; j < T; j++) acc += vload(src + j * ld + c);
+        for (int l = 0; l < VW; l++) out[c + l] += acc[l];
+    }
 }
 
 extern "C" {
 
-// q [B,H,Tq,d], k/v [B,H,Tk,d] strided views (strides b, h, t; d contiguous, d % 16 == 0); out likewise;
+// q [B,H,Tq,d], k/v [B,H,Tk,d] strided views (strides b, h, t; d contiguous, d % 16 == 0); qb/kb/vb: the
+// projection's biases [H, d] (head h at h * d), added to q, k and v, or NULL; out like q;
 // P [B,H,Tq,Tk16] contiguous, the softmax (before dropout) saved for backward, zero past Tk.
-// bias: additive, element (b, i, j) at bias[b * bias_b + i * bias_q + j], or NULL.
+// mask: additive, element (b, i, j) at mask[b * mask_b + i * mask_q + j], or NULL.
 void attn_forward(const float *q, const long *qs, const float *k, const long *ks, const float *v, const long *vs,
-                  float *out, const long *os, float *P, long B, long H, long Tq, long Tk, long d,
-                  const float *bias, long bias_b, long bias_q, float scale, float p, uint64_t seed, int threads) {
+                  const float *qb, const float *kb, const float *vb, float *out, const long *os, float *P, long B,
+                  long H, long Tq, long Tk, long d, const float *mask, long mask_b, long mask_q, float scale,
+                  float p, uint64_t seed, int threads) {
     const long Tk16 = up16(Tk);
     const DropRule rule(p);
+    const uint32_t words = row_words(Tk16);
     #pragma omp parallel num_threads(threads)
     {
-        float *Kt = (float *)alloc_floats(d * Tk16 + Tq * Tk16 + Tk16);
-        float *S = Kt + d * Tk16, *keep = S + Tq * Tk16;
-        int16_t *bits = (int16_t *)alloc_floats(Tk16);
+        float *Kt = (float *)alloc_floats(d * Tk16 + Tq * Tk16 + Tk16 + Tq * d + Tk * d);
+        float *S = Kt + d * Tk16, *keep = S + Tq * Tk16, *Qp = keep + Tk16, *Vp = Qp + Tq * d;
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
-            transpose(block(k, ks, b, h), ks[2], Tk, d, Kt, Tk16);
-            gemm(block(q, qs, b, h), qs[2], 1, Tq, d, Kt, Tk16, S, Tk16, Tk16);
-            SFC64 rng(pair_seed(seed, pair));
+            transpose(block(k, ks, b, h), ks[2], kb ? kb + h * d : nullptr, Tk, d, Kt, Tk16);
+            with_bias(block(q, qs, b, h), qs[2], qb ? qb + h * d : nullptr, Tq, d, Qp);
+            with_bias(block(v, vs, b, h), vs[2], vb ? vb + h * d : nullptr, Tk, d, Vp);
+            gemm(Qp, d, 1, Tq, d, Kt, Tk16, S, Tk16, Tk16);
+            const Stream st(seed, pair);
             float *Pp = P + pair * Tq * Tk16;
             for (long i = 0; i < Tq; i++) {
                 float *s = S + i * Tk16;
                 if (scale != 1.0f) for (long j = 0; j < Tk; j++) s[j] *= scale;
-                if (bias) {
-                    const float *bi = bias + b * bias_b + i * bias_q;
-                    for (long j = 0; j < Tk; j++) s[j] += bi[j];
+                if (mask) {
+                    const float *mi = mask + b * mask_b + i * mask_q;
+                    for (long j = 0; j < Tk; j++) s[j] += mi[j];
                 }
                 for (long j = Tk; j < Tk16; j++) s[j] = -__builtin_inff();
                 vf mx = vset(-__builtin_inff());
@@ -234,7 +322,7 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                 vf vinv = vset(1.0f / hsum(sum));
                 float *pp = Pp + i * Tk16;
                 if (p > 0) {
-                    row_keep(rng, bits, keep, Tk, Tk16, rule);
+                    row_keep(st, i * words, keep, Tk, Tk16, rule);
                     for (long j = 0; j < Tk16; j += VW) {
                         vf pr = vload(s + j) * vinv;
                         vstore(pp + j, pr);
@@ -248,31 +336,41 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
                     }
                 }
             }
-            gemm(S, Tk16, 1, Tq, Tk, block(v, vs, b, h), vs[2], block(out, os, b, h), os[2], d);
+            gemm(S, Tk16, 1, Tq, Tk, Vp, d, block(out, os, b, h), os[2], d);
         }
-        free(Kt); free(bits);
+        free(Kt);
     }
 }
 
-// gradients: dout [B,H,Tq,d] strided; dq/dk/dv strided like q/k/v, each written entirely
+// gradients: dout [B,H,Tq,d] strided; dq/dk/dv strided like q/k/v, each written entirely; dqb/dkb/dvb: the
+// biases' gradients [H, d] (written entirely; NULL where the bias was NULL)
 void attn_backward(const float *q, const long *qs, const float *k, const long *ks, const float *v, const long *vs,
-                   const float *dout, const long *dos, const float *P, float *dq, const long *dqs, float *dk,
-                   const long *dks, float *dv, const long *dvs, long B, long H, long Tq, long Tk, long d,
+                   const float *qb, const float *kb, const float *vb, const float *dout, const long *dos,
+                   const float *P, float *dq, const long *dqs, float *dk, const long *dks, float *dv,
+                   const long *dvs, float *dqb, float *dkb, float *dvb, long B, long H, long Tq, long Tk, long d,
                    float scale, float p, uint64_t seed, int threads) {
-    const long Tk16 = up16(Tk);
+    const long Tk16 = up16(Tk), HD = H * d;
     const DropRule rule(p);
+    const uint32_t words = row_words(Tk16);
+    double *parts = (double *)calloc((size_t)threads * 3 * HD, sizeof(double));  // per thread: dqb, dkb, dvb
+    int used = 1;
     #pragma omp parallel num_threads(threads)
     {
-        float *Vt = (float *)alloc_floats(d * Tk16 + 3 * Tq * Tk16 + Tk16);
+        #pragma omp single
+        used = omp_get_num_threads();
+        double *part = parts + (size_t)omp_get_thread_num() * 3 * HD;
+        float *Vt = (float *)alloc_floats(d * Tk16 + 3 * Tq * Tk16 + Tk16 + Tq * d + Tk * d);
         float *G = Vt + d * Tk16, *Pd = G + Tq * Tk16, *dS = Pd + Tq * Tk16, *keep = dS + Tq * Tk16;
-        int16_t *bits = (int16_t *)alloc_floats(Tk16);
+        float *Qp = keep + Tk16, *Kp = Qp + Tq * d;
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
             const float *gp = block(dout, dos, b, h);
-            transpose(block(v, vs, b, h), vs[2], Tk, d, Vt, Tk16);
+            transpose(block(v, vs, b, h), vs[2], vb ? vb + h * d : nullptr, Tk, d, Vt, Tk16);
+            with_bias(block(q, qs, b, h), qs[2], qb ? qb + h * d : nullptr, Tq, d, Qp);
+            with_bias(block(k, ks, b, h), ks[2], kb ? kb + h * d : nullptr, Tk, d, Kp);
             gemm(gp, dos[2], 1, Tq, d, Vt, Tk16, G, Tk16, Tk16);  // dPd = dO V^T
-            SFC64 rng(pair_seed(seed, pair));
+            const Stream st(seed, pair);
             const float *Pp = P + pair * Tq * Tk16;
             vf vscale = vset(scale);
             for (long i = 0; i < Tq; i++) {
@@ -280,7 +378,7 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                 float *g = G + i * Tk16, *pd = Pd + i * Tk16, *ds = dS + i * Tk16;
                 vf dot = vset(0.0f);
                 if (p > 0) {
-                    row_keep(rng, bits, keep, Tk, Tk16, rule);
+                    row_keep(st, i * words, keep, Tk, Tk16, rule);
                     for (long j = 0; j < Tk16; j += VW) {
                         vf m = vload(keep + j), x = vload(pr + j), gj = vload(g + j) * m;
                         vstore(pd + j, x * m);
@@ -297,20 +395,28 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
                 vf vdot = vset(hsum(dot));
                 for (long j = 0; j < Tk16; j += VW) vstore(ds + j, vload(pr + j) * (vload(g + j) - vdot) * vscale);
             }
-            gemm(Pd, 1, Tk16, Tk, Tq, gp, dos[2], block(dv, dvs, b, h), dvs[2], d);  // dV = Pd^T dO
-            gemm(dS, 1, Tk16, Tk, Tq, block(q, qs, b, h), qs[2], block(dk, dks, b, h), dks[2], d);  // dK = dS^T Q
-            gemm(dS, Tk16, 1, Tq, Tk, block(k, ks, b, h), ks[2], block(dq, dqs, b, h), dqs[2], d);  // dQ = dS K
+            float *dvp = block(dv, dvs, b, h), *dkp = block(dk, dks, b, h), *dqp = block(dq, dqs, b, h);
+            gemm(Pd, 1, Tk16, Tk, Tq, gp, dos[2], dvp, dvs[2], d);  // dV = Pd^T dO
+            gemm(dS, 1, Tk16, Tk, Tq, Qp, d, dkp, dks[2], d);  // dK = dS^T Q
+            gemm(dS, Tk16, 1, Tq, Tk, Kp, d, dqp, dqs[2], d);  // dQ = dS K
+            if (qb) add_column_sums(dqp, dqs[2], Tq, d, part + h * d);
+            if (kb) add_column_sums(dkp, dks[2], Tk, d, part + HD + h * d);
+            if (vb) add_column_sums(dvp, dvs[2], Tk, d, part + 2 * HD + h * d);
         }
-        free(Vt); free(bits);
+        free(Vt);
     }
+    reduce_parts(parts, used, 3 * HD);
+    float *outs[3] = {dqb, dkb, dvb};
+    for (int w = 0; w < 3; w++)
+        if (outs[w]) for (long j = 0; j < HD; j++) outs[w][j] = (float)parts[w * HD + j];
+    free(parts);
 }
 
 }
 
 // ---- post-LN sublayer exit: LayerNorm(residual + dropout(h + bias)) ----------------------------------------
 
-// One SFC64 stream per row (seed + row * odd constant), so the mask does not depend on the thread count.
-static inline uint64_t row_seed(uint64_t seed, long row) { return seed + (uint64_t)row * 0x9FB21C651E98DF25ull; }
+// One dropout stream per row (the row's index), so the mask does not depend on the thread count.
 
 extern "C" {
 
@@ -323,12 +429,11 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
     #pragma omp parallel num_threads(threads)
     {
         float *keep = (float *)alloc_floats(D);
-        int16_t *bits = (int16_t *)alloc_floats(D);
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             const float *hn = h + n * D, *rn = residual + n * D;
             float *xn = xhat + n * D, *yn = y + n * D;
-            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule); }
+            if (p > 0) row_keep(Stream(seed, n), 0, keep, D, D, rule);
             vf sum = vset(0.0f);
             for (long j = 0; j < D; j += VW) {
                 vf z = vload(hn + j) + vload(bias + j);
@@ -347,7 +452,7 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
                 vstore(yn + j, xh * vload(gamma + j) + vload(beta + j));
             }
         }
-        free(keep); free(bits);
+        free(keep);
     }
 }
 
@@ -363,13 +468,12 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
         #pragma omp single
         used = omp_get_num_threads();
         float *keep = (float *)alloc_floats(D);
-        int16_t *bits = (int16_t *)alloc_floats(D);
         ColumnSums sums(3 * D, parts);  // dbias, dgamma, dbeta
         float *acc = sums.acc;
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             const float *g = dy + n * D, *xh = xhat + n * D;
-            if (p > 0) { SFC64 rng(row_seed(seed, n)); row_keep(rng, bits, keep, D, D, rule); }
+            if (p > 0) row_keep(Stream(seed, n), 0, keep, D, D, rule);
             vf s1 = vset(0.0f), s2 = vset(0.0f);
             for (long j = 0; j < D; j += VW) {
                 vf gx = vload(g + j) * vload(gamma + j), x = vload(xh + j);
@@ -389,7 +493,7 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
             }
             sums.row_done();
         }
-        free(keep); free(bits);
+        free(keep);
     }
     reduce_parts(parts, used, 3 * D);
     for (long j = 0; j < D; j++) { dbias[j] = parts[j]; dgamma[j] = parts[D + j]; dbeta[j] = parts[2 * D + j]; }
@@ -400,18 +504,33 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
 
 // ---- the FFN's first activation: GELU(h + bias), exact (erf) form ----------------------------------------
 
-// erf(x) = sign(x) (1 - t P(t) exp(-x^2)), t = 1 / (1 + 0.3275911 |x|), P of degree 4: Abramowitz and Stegun
-// 7.1.26 (Hastings; absolute error < 1.5e-7), the formula PyTorch's own vectorised CPU erf uses for GELU.
-static inline vf verf(vf x) {
-    vf a = x < 0.0f ? -x : x;
-    vf t = vset(1.0f) / (vset(1.0f) + vset(0.3275911f) * a);
-    vf p = vset(1.061405429f);
-    p = p * t + vset(-1.453152027f);
-    p = p * t + vset(1.421413741f);
-    p = p * t + vset(-0.284496736f);
-    p = p * t + vset(0.254829592f);
-    vf e = vset(1.0f) - p * t * vexp(-(a * a));
-    return x < 0.0f ? -e : e;
+// 1 / x: the 14-bit hardware estimate and one Newton step (relative error about 2^-28) where AVX-512 has
+// one; a division (several times slower per vector) elsewhere
+static inline vf vrcp(vf x) {
+#ifdef __AVX512F__
+    vf r = (vf)_mm512_rcp14_ps((__m512)x);
+    return r * (vset(2.0f) - x * r);
+#else
+    return vset(1.0f) / x;
+#endif
+}
+
+// GELU's pieces at z, sharing one exp: the normal cdf Phi(z) = (1 + erf(z / sqrt 2)) / 2 and, when pdf is
+// given, the density phi(z) = exp(-z^2 / 2) / sqrt(2 pi). erf(x) = sign(x) (1 - t P(t) exp(-x^2)),
+// t = 1 / (1 + 0.3275911 |x|), P of degree 4: Abramowitz and Stegun 7.1.26 (Hastings; absolute error
+// < 1.5e-7), the formula PyTorch's own vectorised CPU erf uses; here exp(-x^2) = exp(-z^2 / 2) is phi's too.
+static inline vf normal_cdf(vf z, vf *pdf) {
+    vf x = z * vset(0.70710678118654752f), a = x < 0.0f ? -x : x;
+    vf t = vrcp(vset(1.0f) + vset(0.3275911f) * a);
+    vf poly = vset(1.061405429f);
+    poly = poly * t + vset(-1.453152027f);
+    poly = poly * t + vset(1.421413741f);
+    poly = poly * t + vset(-0.284496736f);
+    poly = poly * t + vset(0.254829592f);
+    vf g = vexp(-(a * a));
+    if (pdf) *pdf = g * vset(0.39894228040143268f);
+    vf e = vset(1.0f) - poly * t * g;
+    return vset(0.5f) * (vset(1.0f) + (x < 0.0f ? -e : e));
 }
 
 extern "C" {
@@ -424,7 +543,7 @@ void gelu_forward(const float *h, const float *bias, float *y, long N, long D, i
         float *yn = y + n * D;
         for (long j = 0; j < D; j += VW) {
             vf z = vload(hn + j) + vload(bias + j);
-            vstore(yn + j, vset(0.5f) * z * (vset(1.0f) + verf(z * vset(0.70710678118654752f))));
+            vstore(yn + j, z * normal_cdf(z, nullptr));
         }
     }
 }
@@ -445,8 +564,7 @@ void gelu_backward(const float *dy, const float *h, const float *bias, float *dz
             float *dn = dz + n * D;
             for (long j = 0; j < D; j += VW) {
                 vf z = vload(hn + j) + vload(bias + j);
-                vf cdf = vset(0.5f) * (vset(1.0f) + verf(z * vset(0.70710678118654752f)));
-                vf pdf = vexp(vset(-0.5f) * z * z) * vset(0.39894228040143268f);
+                vf pdf, cdf = normal_cdf(z, &pdf);
                 vf d = vload(gn + j) * (cdf + z * pdf);
                 vstore(dn + j, d);
                 vstore(sums.acc + j, vload(sums.acc + j) + d);
