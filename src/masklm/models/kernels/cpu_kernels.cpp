@@ -214,6 +214,13 @@ static inline const float *block(const float *base, const long *s, long b, long 
 }
 static inline float *block(float *base, const long *s, long b, long h) { return base + b * s[0] + h * s[1]; }
 
+// ask for the T rows (d floats each, ld floats apart) of a [T, d] block ahead of use: the rows of one pair's
+// q, k and v lie 3 H d floats apart in the QKV output, a stride the hardware prefetcher does not follow
+static inline void prefetch_rows(const float *src, long ld, long T, long d) {
+    for (long j = 0; j < T; j++)
+        for (long c = 0; c < d; c += VW) __builtin_prefetch(src + j * ld + c, 0, 1);
+}
+
 // dst[j][c] = src[j * ld + c] + bias[c] (bias NULL: + 0), j < T, c < d: one pair's q, k or v with the
 // projection's bias, contiguous
 static inline void with_bias(const float *src, long ld, const float *bias, long T, long d, float *dst) {
@@ -301,6 +308,12 @@ void attn_forward(const float *q, const long *qs, const float *k, const long *ks
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
+            if (pair + 1 < B * H) {  // the next pair's q, k and v (static schedule: usually this thread's)
+                long b1 = (pair + 1) / H, h1 = (pair + 1) % H;
+                prefetch_rows(block(q, qs, b1, h1), qs[2], Tq, d);
+                prefetch_rows(block(k, ks, b1, h1), ks[2], Tk, d);
+                prefetch_rows(block(v, vs, b1, h1), vs[2], Tk, d);
+            }
             transpose(block(k, ks, b, h), ks[2], kb ? kb + h * d : nullptr, Tk, d, Kt, Tk16);
             with_bias(block(q, qs, b, h), qs[2], qb ? qb + h * d : nullptr, Tq, d, Qp);
             with_bias(block(v, vs, b, h), vs[2], vb ? vb + h * d : nullptr, Tk, d, Vp);
@@ -365,6 +378,13 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
         #pragma omp for schedule(static)
         for (long pair = 0; pair < B * H; pair++) {
             long b = pair / H, h = pair % H;
+            if (pair + 1 < B * H) {  // the next pair's q, k, v and output gradient
+                long b1 = (pair + 1) / H, h1 = (pair + 1) % H;
+                prefetch_rows(block(q, qs, b1, h1), qs[2], Tq, d);
+                prefetch_rows(block(k, ks, b1, h1), ks[2], Tk, d);
+                prefetch_rows(block(v, vs, b1, h1), vs[2], Tk, d);
+                prefetch_rows(block(dout, dos, b1, h1), dos[2], Tq, d);
+            }
             const float *gp = block(dout, dos, b, h);
             transpose(block(v, vs, b, h), vs[2], vb ? vb + h * d : nullptr, Tk, d, Vt, Tk16);
             with_bias(block(q, qs, b, h), qs[2], qb ? qb + h * d : nullptr, Tq, d, Qp);
