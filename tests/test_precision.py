@@ -187,6 +187,31 @@ def test_precision_flag_is_checked(tmp_path, capsys):
         "masklm: error: precision must be one of fp32, bf16, fp16, got 'half'"]
 
 
+@pytest.mark.parametrize("clip", [0.05, 100.0])  # clipped, and left alone (norm below the limit)
+def test_clipping_left_to_fused_adamw_equals_clip_grad_norm(clip):
+    """grad_norm hands the clipping factor to a fused AdamW's step (grad_scale) instead of scaling every
+    gradient: the weights after that step, and the norm, equal clip_grad_norm_ followed by the step."""
+    def run(fold):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+        # eps large next to the gradients, so the step depends on their scale (Adam's otherwise does not)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1, eps=1.0, fused=True)
+        model(torch.randn(32, 8)).square().sum().backward()
+        norm = precision.grad_norm(model, clip, opt if fold else None)
+        assert (getattr(opt, "grad_scale", None) is not None) == fold
+        opt.step()
+        opt.grad_scale = None
+        return norm, [p.detach().clone() for p in model.parameters()]
+
+    (norm_fold, folded), (norm_plain, plain) = run(True), run(False)
+    assert norm_plain > 1.0  # so clip 0.05 does clip
+    assert torch.allclose(norm_fold, norm_plain)
+    for a, b in zip(folded, plain):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a - b).abs().max()
+    assert precision.clips_in_step(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True))
+    assert not precision.clips_in_step(torch.optim.AdamW([torch.zeros(1, requires_grad=True)]))
+
+
 def test_tf32_is_turned_on_for_cuda_only():
     before = torch.get_float32_matmul_precision()
     try:

@@ -96,12 +96,28 @@ class MixedPrecision:
         return self.scaler.get_scale() if self.scaler is not None else 1.0
 
 
-def grad_norm(model: nn.Module, clip_norm: float | None) -> torch.Tensor:
-    """The global L2 norm of the gradients (0-dim), clipping them to ``clip_norm`` when given."""
+def grad_norm(model: nn.Module, clip_norm: float | None,
+              optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+    """The global L2 norm of the gradients (0-dim), clipping them to ``clip_norm`` when given.
+
+    ``optimizer``: when it is a fused AdamW (and no loss scaler uses its ``grad_scale``), the clipping is left
+    to its next step instead of a pass over every gradient: ``grad_scale`` = max(1, (norm + 1e-6) /
+    clip_norm), which the fused kernel divides each gradient by as it reads it. That is
+    ``clip_grad_norm_``'s factor, min(1, clip_norm / (norm + 1e-6)), and the way torch's ``GradScaler``
+    hands its scale to fused optimizers. The caller clears ``grad_scale`` after that step."""
     params = [p for p in model.parameters() if p.grad is not None]
+    if clip_norm and clips_in_step(optimizer):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        optimizer.grad_scale = torch.clamp((norm.float() + 1e-6) / clip_norm, min=1.0)
+        return norm
     if clip_norm:
         return torch.nn.utils.clip_grad_norm_(params, clip_norm)
     return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
+def clips_in_step(optimizer: torch.optim.Optimizer | None) -> bool:
+    """Whether ``grad_norm`` can leave clipping to ``optimizer``'s step: a fused AdamW."""
+    return isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
 
 
 def finite(*values: float) -> bool:

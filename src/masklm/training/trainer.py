@@ -169,7 +169,8 @@ class Trainer:
         business: it skips the update and lowers the scale; only an overflow at a scale of 1 or less (the
         forward itself is non-finite) stops the run. Loss and norm are read in one device sync."""
         self.amp.unscale(self.optimizer)
-        norm = grad_norm(self.model, self.cfg.clip_norm)
+        # without a loss scaler, a fused AdamW's step applies the clipping factor (no pass of its own)
+        norm = grad_norm(self.model, self.cfg.clip_norm, None if self.amp.scaler is not None else self.optimizer)
         loss, norm_value = torch.stack([loss_sum.float(), norm.float().to(loss_sum.device)]).tolist()
         if self.amp.scaler is None and not finite(loss, norm_value):
             self._stop(step, f"the training loss is {loss:g} and the gradient norm {norm_value:g}")
@@ -180,6 +181,7 @@ class Trainer:
             self.log(f"step {step}: fp16 overflow, the loss scaler skipped this update (scale {scale:g} -> "
                      f"{scale / 2:g})")
         self.amp.step(self.optimizer)
+        self.optimizer.grad_scale = None  # grad_norm's clipping factor, applied by that step
         self.optimizer.zero_grad(set_to_none=True)
         return loss
 
