@@ -27,9 +27,9 @@ and the rest); ``unavailable()`` says why. The build writes to a temporary file 
 Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
 of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
 of 16 (``usable``); everything else (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or
-the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a function of seed, stream and position, vectorised; the
-C++ header says how), seeded by one draw of torch's generator per call, so ``torch.manual_seed`` (and a
-checkpoint's RNG state) still fixes them.
+the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a function of seed,
+stream and position, vectorised; the C++ header says how), seeded by one draw of torch's generator per call,
+so ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
 """
 
 from __future__ import annotations
