@@ -19,7 +19,8 @@ with the kernels on and off (figures in ``docs/benchmarks.md``, "Fused CPU kerne
 Like Inductor's generated code, the kernels are compiled on the machine that runs them, at first use, with the
 C++ compiler found there (``$CXX``, else ``g++``, else ``c++``; ``-O3 -march=native -fopenmp``), and cached
 under ``$MASKLM_CACHE`` (default ``~/.cache/masklm``) ``/kernels``, keyed by the source, the flags and the
-CPU's flags, so later processes load it in milliseconds. Without a compiler, or when the build or the load
+CPU's flags, so later processes load it in milliseconds (``MASKLM_CPU_KERNELS_MARCH`` builds for an older
+CPU level instead of ``native``; the tests use it to run the paths without AVX-512). Without a compiler, or when the build or the load
 fails, or with ``MASKLM_CPU_KERNELS=0``, the models run on PyTorch's ops as before (``models.attention.attend``
 and the rest); ``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
 (``torchrun``) never load half a file.
@@ -51,6 +52,13 @@ from masklm.models.attention import AttentionMask
 SOURCE = Path(__file__).with_name("kernels") / "cpu_kernels.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
 
+
+def _flags() -> tuple[str, ...]:
+    """FLAGS, with ``-march=$MASKLM_CPU_KERNELS_MARCH`` in place of ``-march=native`` when that is set (a build
+    for an older CPU than this one: the tests build ``x86-64-v2`` to check the code paths without AVX-512)."""
+    march = os.environ.get("MASKLM_CPU_KERNELS_MARCH")
+    return tuple(f"-march={march}" if f == "-march=native" and march else f for f in FLAGS)
+
 _why_not: list[str] = []  # the reason the kernels are not available, once known
 
 
@@ -80,7 +88,7 @@ def _build(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([compiler, *_flags(), "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise RuntimeError(f"{compiler} failed: {last}")
@@ -101,7 +109,7 @@ def _library() -> ctypes.CDLL | None:
     if compiler is None:
         _why_not.append("no C++ compiler found (install g++ or set CXX)")
         return None
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(_flags()).encode(),
                                      _cpu_flags().encode(), torch.__version__.encode()])).hexdigest()[:16]
     target = _cache_dir() / f"cpu_kernels-{key}.so"
     try:
