@@ -19,11 +19,11 @@ with the kernels on and off (figures in ``docs/benchmarks.md``, "Fused CPU kerne
 Like Inductor's generated code, the kernels are compiled on the machine that runs them, at first use, with the
 C++ compiler found there (``$CXX``, else ``g++``, else ``c++``; ``-O3 -march=native -fopenmp``), and cached
 under ``$MASKLM_CACHE`` (default ``~/.cache/masklm``) ``/kernels``, keyed by the source, the flags and the
-CPU's flags, so later processes load it in milliseconds (``MASKLM_CPU_KERNELS_MARCH`` builds for an older
-CPU level instead of ``native``; the tests use it to run the paths without AVX-512). Without a compiler, or when the build or the load
-fails, or with ``MASKLM_CPU_KERNELS=0``, the models run on PyTorch's ops as before (``models.attention.attend``
-and the rest); ``unavailable()`` says why. The build writes to a temporary file and renames it, so concurrent processes
-(``torchrun``) never load half a file.
+CPU's flags, so later processes load it in milliseconds (``MASKLM_CPU_KERNELS_MARCH`` builds for an older CPU
+level instead of ``native``; the tests use it to run the paths without AVX-512). Without a compiler, or when
+the build or the load fails, or with ``MASKLM_CPU_KERNELS=0``, the models run on PyTorch's ops as before
+(``models.attention.attend`` and the rest); ``unavailable()`` says why. The build writes to a temporary file
+and renames it, so concurrent processes (``torchrun``) never load half a file.
 
 Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
 of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
