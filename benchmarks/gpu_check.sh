@@ -15,6 +15,7 @@
 # Other helpers may append steps below the last one (keep the budget: BUDGET_S in total).
 # SMOKE=1 runs every step on the CPU with tiny shapes and --compile forced to its eager fallback: it checks
 # this script, not the GPU (the HF side still needs transformers and accelerate).
+# tests/test_gpu_scripts.py runs SMOKE=1, so a change that breaks a step fails the suite, not the GPU run.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}

@@ -2,6 +2,7 @@
 # GPU check for issue #17 points 2 and 5 (packed attention forms, sparse scoring); JSON into $OUT.
 # Under 3 minutes on one GPU: FlexAttention compiles once per shape (~30-60 s), the rest is small.
 #   OUT=/tmp/out bash benchmarks/gpu_check_attn.sh
+# Its checks run on the CPU in tests/test_gpu_scripts.py (gpu_check_attn.py --device cpu).
 set -u
 OUT=${OUT:-/tmp/gpu_check_attn}
 mkdir -p "$OUT"

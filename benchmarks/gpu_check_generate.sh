@@ -7,7 +7,8 @@
 #
 #   OUT=/tmp/gen MODEL=runs/gencache/final bash benchmarks/gpu_check_generate.sh
 #
-# SMOKE=1 runs generate_speed --quick on the CPU: it checks this script, not the GPU.
+# SMOKE=1 runs generate_speed --quick on the CPU: it checks this script, not the GPU (tests/test_gpu_scripts.py
+# runs it so).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check_generate}

@@ -103,3 +103,16 @@ def test_cli(model_dir, pipe, tmp_path, capsys):
     assert ".npy or .jsonl" in capsys.readouterr().err
     assert main(["embed", "--model", str(model_dir), "--out", str(tmp_path / "y.npy"), "the cat " * 40]) == 2
     assert "maximum" in capsys.readouterr().err and not (tmp_path / "y.npy").exists()
+
+
+def test_cli_names_an_input_that_holds_no_text(model_dir, tmp_path, capsys):
+    """An empty or blank --input is named in the one error line (embed and score read inputs alike)."""
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    for command in ("embed", "score"):
+        for name in ("blank.txt", "empty.jsonl"):
+            path = tmp_path / name
+            assert main([command, "--model", str(model_dir), "--input", str(path)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"masklm: error: input file {path} holds no texts") and "\n" not in err
+    assert not list(tmp_path.glob("*.npy"))

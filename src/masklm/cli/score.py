@@ -15,11 +15,21 @@ from masklm.scoring.pll import METRICS
 
 def read_texts(path: str | None, positional: list[str]) -> list[str]:
     """Texts from ``--input`` (``.txt``: one per non-blank line; ``.jsonl``: the ``text`` field; ``-``:
-    stdin lines) or from the command line, not both."""
+    stdin lines) or from the command line, not both. An input that holds no text is an error naming it."""
     if path is None:
         return list(positional)
     if positional:
         raise InputError("give texts either on the command line or with --input, not both")
+    texts = _texts_in(path)
+    if not texts:
+        where = "standard input" if path == "-" else f"input file {path}"
+        raise DataError(f"{where} holds no texts (it is empty or blank); put one text per line"
+                        + (' (.jsonl: an object with a "text" field per line)' if path.endswith(".jsonl") else ""))
+    return texts
+
+
+def _texts_in(path: str) -> list[str]:
+    """The texts of ``--input`` ``path`` (see ``read_texts``), possibly none."""
     if path == "-":
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
     file = Path(path)
