@@ -17,6 +17,11 @@ alike; each round prints one JSON line (with the load average), and the median o
 quality numbers come from the first round (same seed, same text in every round). A row that misses the
 quality bar says so in its ``bar`` column ("trades quality").
 
+Two lines after the table say why drafts pay or not on this device and model: what a round of k drafts
+costs in one-token steps (so (k + 1) / cost bounds its speed-up), and how often each masked draft after
+real text equals the causal greedy token (``draft_agreement``: what greedy speculative decoding keeps at
+best).
+
     python benchmarks/generate_speed.py                        # trains ~4 min once, then a few minutes
     python benchmarks/generate_speed.py --model runs/x/final --out gen.json
     python benchmarks/generate_speed.py --quick                # tiny settings: checks it runs end to end
@@ -165,6 +170,34 @@ def rows_for(pipe, length: int, args) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def draft_agreement(pipe, model_dir: Path, n_texts: int, prefix_tokens: int = 40, k: int = 4) -> list[float]:
+    """The share of ``n_texts`` real KJV prefixes at which masked draft i (i = 1..k) equals the causal greedy
+    token i: how many drafts greedy speculative decoding can keep at best. The prefix plus k ``[MASK]``s runs
+    bidirectionally and is read where the masked objective predicts (``mask_shift``); the causal
+    continuation is greedy left to right; special tokens are banned in both, as the decoders ban them."""
+    from masklm.objectives.reading import TrainedAs  # lazy, like the other library imports here
+
+    tok, model = pipe.tokenizer, pipe.model
+    device = next(model.parameters()).device
+    shift = TrainedAs.from_names(read_objectives(model_dir)).mask_shift
+    _, real = kjv_prompts(tok, n_texts, 0, prefix_tokens)
+    prefix = torch.tensor([[tok.cls_id] + ids for ids in real if len(ids) == prefix_tokens], device=device)
+    n = prefix.shape[1]
+
+    def argmax(hidden: torch.Tensor) -> torch.Tensor:
+        logits = model.predict(hidden).float()
+        logits[..., tok.special_ids] = -math.inf
+        return logits.argmax(-1)
+
+    greedy = prefix
+    for _ in range(k):
+        greedy = torch.cat([greedy, argmax(model.encode(greedy, causal=True)[:, -1:])], 1)
+    masked = torch.cat([prefix, torch.full((prefix.shape[0], k), tok.mask_id, device=device)], 1)
+    drafts = argmax(model.encode(masked, causal=False)[:, n - shift:n - shift + k])  # [N, k]
+    return (drafts == greedy[:, n:]).float().mean(0).tolist()
+
+
 def print_table(rows: list[dict]) -> None:
     print("\n| length | config | calls | tokens/call | tokens/s | vs AR | causal PPL (vs AR) | repeated 2-grams "
           "(vs real) | bar |", file=sys.stderr)
@@ -222,7 +255,8 @@ def main() -> int:
         model_dir = train_model(cache, args.train_minutes, 30 if args.quick else 100_000)
     pipe = masklm.load(model_dir, device=args.device)
     rows = [row for length in args.lengths for row in rows_for(pipe, length, args)]
-    result = {"model": str(model_dir), "objectives": read_objectives(model_dir),
+    agreement = draft_agreement(pipe, model_dir, 8 if args.quick else 64)
+    result = {"model": str(model_dir), "objectives": read_objectives(model_dir), "draft_agreement": agreement,
               "parameters": sum(p.numel() for p in pipe.model.parameters()), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "device": args.device, "rounds": args.rounds, "load_average_end": os.getloadavg(), "rows": rows}
@@ -231,6 +265,8 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print_table(rows)
+    print("masked draft i equals the causal greedy token i, after 40 tokens of real text (i = 1..4): "
+          + " / ".join(f"{a:.2f}" for a in agreement), file=sys.stderr)
     return 0
 
 

@@ -25,5 +25,6 @@ timeout "${LIMIT_S:-420}" "$PY" benchmarks/generate_speed.py "${ARGS[@]}" --out 
   >"$OUT/generate_speed.log" 2>&1
 echo "generate_speed rc=$?"
 grep '^|' "$OUT/generate_speed.log" || tail -n 5 "$OUT/generate_speed.log"
-# the measured cost of a speculative round in one-token steps: what DraftSizer.COSTS["cuda"] should hold
-grep '^round cost' "$OUT/generate_speed.log" || true
+# the measured cost of a speculative round in one-token steps (what DraftSizer.COSTS["cuda"] should hold), and
+# how often the masked drafts equal the causal greedy tokens
+grep -E '^(round cost|masked draft)' "$OUT/generate_speed.log" || true

@@ -47,6 +47,9 @@ def test_gpu_check_generate_smoke_measures_every_strategy(tmp_path):
     assert {"autoregressive T=1.0 (KV cache)", "default (no --strategy)"} <= configs
     assert all(row["tokens_per_s"] > 0 for row in rows if "tokens_per_s" in row)
     assert "round cost in one-token left-to-right steps" in stdout  # what DraftSizer.COSTS["cuda"] needs
+    assert "masked draft i equals the causal greedy token i" in stdout
+    agreement = json.loads((out / "generate_speed.json").read_text())["draft_agreement"]
+    assert len(agreement) == 4 and all(0.0 <= a <= 1.0 for a in agreement)
 
 
 @pytest.mark.slow
