@@ -505,3 +505,81 @@ def test_training_step_and_dropout():
 def test_rejects_bert_config():
     with pytest.raises(ValueError, match="ltg-bert or gpt-bert"):
         LtgBertForMaskedLM(ModelConfig(arch="bert"))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dwa_in_one_buffer_equals_the_autograd_sums(monkeypatch, causal):
+    """GPT-BERT's DWA in training (``models.dwa.DepthMix``: the states in one buffer, one matrix-vector product
+    a block, their gradients in a second buffer) gives the loss and every gradient of the autograd spelling
+    (``mix_states``), the embedding output's included; only the order of the sums differs."""
+    from masklm.models import dwa, ltg_bert
+
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(tiny_config("gpt-bert", num_hidden_layers=3, hidden_dropout_prob=0.1,
+                                           attention_probs_dropout_prob=0.1))
+    with torch.no_grad():  # away from the one-hot init, so every state weighs in
+        for alpha in model.transformer.dwa_alphas:
+            alpha.normal_()
+    ids = torch.randint(0, 40, (3, 16))
+    labels = torch.where(torch.rand(3, 16) < 0.4, ids, torch.full_like(ids, -100))
+    mixes = []
+    monkeypatch.setattr(dwa._Mix, "apply", lambda *a, real=dwa._Mix.apply: mixes.append(a) or real(*a))
+
+    def step(fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        monkeypatch.setattr(ltg_bert, "depth_mix_usable", lambda x: fused and dwa.depth_mix_usable(x))
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        out = model(ids, labels=labels, causal=causal)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, grads = step(True)
+    assert len(mixes) == 6  # the buffer path ran: one mix a block
+    ref_loss, ref_grads = step(False)
+    assert len(mixes) == 6
+    n = forward_terms(model.config, 16, softmax=True)
+    assert close(loss, ref_loss, n=n)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:  # an alpha's gradient is a sum over every entry of a [B, T, D] state
+        terms = ids.numel() * model.config.hidden_size if "dwa_alphas" in name else n
+        assert close(grads[name], ref_grads[name], n=terms), name
+    with torch.no_grad():  # inference keeps the autograd spelling
+        model(ids)
+    assert len(mixes) == 6
+
+
+def test_dwa_buffers_are_reused_and_never_shared(monkeypatch):
+    """DepthMixPool: the next step reuses the buffers; a forward while another pass holds them (two forwards,
+    then both backwards) gets its own, and both passes' gradients stay right."""
+    from masklm.models import ltg_bert
+
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(tiny_config("gpt-bert"))
+    with torch.no_grad():
+        for alpha in model.transformer.dwa_alphas:
+            alpha.normal_()
+    ids = [torch.randint(0, 40, (2, 12)) for _ in range(2)]
+    labels = [torch.where(torch.rand(2, 12) < 0.5, x, torch.full_like(x, -100)) for x in ids]
+
+    def grads(together: bool, fused: bool) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(ltg_bert, "depth_mix_usable", lambda x: fused)
+        model.zero_grad()
+        if together:  # both forwards first: the second may not write into the first one's buffers
+            losses = [model(x, labels=y).loss for x, y in zip(ids, labels)]
+            sum(losses).backward()
+        else:
+            for x, y in zip(ids, labels):
+                model(x, labels=y).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    want = grads(False, fused=False)
+    pool = model.transformer.dwa_pool
+    for together in (False, True, False):
+        got = grads(together, fused=True)
+        for name in want:
+            terms = 2 * 12 * model.config.hidden_size if "dwa_alphas" in name else forward_terms(model.config, 12)
+            assert close(got[name], want[name], n=terms), (together, name)
+        assert not pool.held  # handed back after each pass's last backward
+    first = pool.buffers[0].data_ptr()
+    grads(False, fused=True)
+    assert pool.buffers[0].data_ptr() == first  # the same memory, step after step

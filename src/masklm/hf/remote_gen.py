@@ -6,7 +6,7 @@ CI checks it), ``render()`` builds ours from source text, importing nothing:
 
 1. The template ``hf/remote_wrapper.py`` (transformers' ``PreTrainedModel`` classes) gives the docstring,
    and every definition in it is kept.
-2. Every top-level definition of ``models/attention.py`` and ``models/ltg_bert.py`` that kept code names,
+2. Every top-level definition of ``models/attention.py``, ``models/dwa.py`` and ``models/ltg_bert.py`` that kept code names,
    transitively, is copied verbatim, with the comments above it, in source order, ahead of the template's.
 3. Imports of masklm modules are dropped (their names are now defined in the file), except the
    configuration module shipped beside the file (imported relatively, as in a model folder) and the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the masklm package folder
-SOURCES = ("models/attention.py", "models/ltg_bert.py")
+SOURCES = ("models/attention.py", "models/dwa.py", "models/ltg_bert.py")
 TEMPLATE = "hf/remote_wrapper.py"
 TARGET = PACKAGE / "hf" / "remote" / "modeling_masklm_ltg.py"
 COMMAND = "python -m masklm.hf.remote_gen"

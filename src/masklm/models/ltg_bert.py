@@ -53,6 +53,7 @@ from masklm.models.attention import (
     dropout,
     query_rows,
 )
+from masklm.models.dwa import DepthMix, DepthMixPool, depth_mix_usable, mix_states
 from masklm.models.heads import masked_lm_forward
 from masklm.models.outputs import MaskedLMOutput
 
@@ -252,6 +253,7 @@ class Encoder(nn.Module):
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
                                             for j in range(2 * config.num_hidden_layers))
                            if config.dwa else None)
+        self.dwa_pool = DepthMixPool()  # training's DWA buffers, kept between steps (not parameters)
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -278,6 +280,8 @@ class Encoder(nn.Module):
             indices = table[start:start + T, :start + T]  # [T, S]
         mask = None if attn.segments is not None else _additive_mask(attn, T, x)
         states = [x]  # DWA's s_0, s_1, ...: the un-mixed output of every block
+        if self.dwa_alphas is not None and cache is None and at is None and depth_mix_usable(x):
+            states = DepthMix(x, len(self.dwa_alphas), self.dwa_pool)  # training: the states in one buffer
         for i, layer in enumerate(self.layers):
             if at is not None and i == len(self.layers) - 1:
                 return self._last_at(i, x, relative, indices, attn, states, at)
@@ -302,17 +306,14 @@ class Encoder(nn.Module):
         y = y + layer.mlp(y)
         return self._mix(2 * i + 1, states, y)
 
-    def _mix(self, block: int, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """DWA: store this block's output and return sum_m alpha_block[m] * s_m (identity without DWA)."""
+    def _mix(self, block: int, states: list[torch.Tensor] | DepthMix, x: torch.Tensor) -> torch.Tensor:
+        """DWA (``models.dwa``): store this block's output and return sum_m alpha_block[m] * s_m (identity
+        without DWA)."""
         if self.dwa_alphas is None:
             return x
-        states.append(x)
-        alpha = self.dwa_alphas[block]
-        # a running sum keeps only the states themselves alive for backward (stacking would copy them)
-        out = alpha[0] * states[0]
-        for m in range(1, len(states)):
-            out = out + alpha[m] * states[m]
-        return out
+        if isinstance(states, DepthMix):
+            return states.mixed(self.dwa_alphas[block], x)
+        return mix_states(self.dwa_alphas[block], states, x)
 
 
 class MaskClassifier(nn.Module):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
@@ -383,6 +384,117 @@ class KVCache(_Memo):
         return AttentionMask(mask=allowed[None, None])  # [1, 1, n, p+n]
 
 
+# ---- from masklm/models/dwa.py ---------------------------------------------------------------
+
+
+def mix_states(alpha: torch.Tensor, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Store ``x`` ``[B, T, D]`` in ``states`` and return sum_m alpha[m] * states[m]; alpha ``[len(states)]``
+    after the append. A running sum keeps only the states themselves alive for backward (stacking would
+    copy them)."""
+    states.append(x)
+    out = alpha[0] * states[0]
+    for m in range(1, len(states)):
+        out = out + alpha[m] * states[m]
+    return out
+
+
+def depth_mix_usable(x: torch.Tensor) -> bool:
+    """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): fp32, a gradient to be taken,
+    not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can trace)."""
+    return (x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling())
+
+
+class DepthMixPool:
+    """The buffers S and G kept between training steps. Fresh ones each step cost more than the mixing
+    itself: a CPU faults in every page of a large new allocation (GPT-BERT small: 150 MB each). A pass
+    takes them while no other pass holds them, and hands them back when its last backward (block 0's) has
+    run; a pass that starts while they are held (two forwards before a backward) gets buffers of its own."""
+
+    def __init__(self) -> None:
+        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.held = False
+
+    def __getstate__(self) -> dict:  # a copied or pickled model starts with no buffers
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def take(self, rows: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, G), each ``[rows, like.numel()]`` of like's dtype and device, not to be touched by anyone else
+        until ``give_back``."""
+        size = (rows, like.numel())
+        fits = self.buffers is not None and self.buffers[0].shape == size and \
+            self.buffers[0].dtype == like.dtype and self.buffers[0].device == like.device
+        if self.held:
+            return like.new_empty(size), like.new_empty(size)
+        if not fits:
+            self.buffers = (like.new_empty(size), like.new_empty(size))
+        self.held = True
+        return self.buffers
+
+    def give_back(self, states: torch.Tensor) -> None:
+        if self.buffers is not None and states is self.buffers[0]:
+            self.held = False
+
+
+class DepthMix:
+    """The states of one forward pass: ``DepthMix(s_0, blocks, pool)``, then ``mixed(alpha_j, s_{j+1})`` for
+    j = 0, 1, ... in order -> x_j ``[B, T, D]``."""
+
+    def __init__(self, first: torch.Tensor, blocks: int, pool: DepthMixPool):
+        self.first, self.shape, self.pool = first, first.shape, pool
+        self.states, self.grads = pool.take(blocks + 1, first)  # S: row m = s_m, flat; G alike
+        self.count = 0  # rows of S written
+        self.grad_rows = 0  # rows of G written (the first backward, the last block's, writes all it reads)
+
+    def mixed(self, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        first = self.first if self.count == 0 else None
+        return _Mix.apply(alpha, x, first, self)
+
+    def add_grads(self, alpha: torch.Tensor, g: torch.Tensor) -> None:
+        """G[m] += alpha[m] g for m < len(alpha); rows not written before are set instead (no zero fill)."""
+        n, done = alpha.numel(), min(self.grad_rows, alpha.numel())
+        if done < n:
+            torch.mul(alpha[done:, None], g[None, :], out=self.grads[done:n])
+        if done:
+            self.grads[:done].addr_(alpha[:done], g)
+        self.grad_rows = max(self.grad_rows, n)
+
+
+class _Mix(torch.autograd.Function):
+    """One block's mix: (alpha ``[k+1]``, s_k ``[B, T, D]``, s_0 or None, DepthMix) -> x ``[B, T, D]``."""
+
+    @staticmethod
+    def forward(ctx, alpha, x, first, dm: DepthMix):
+        if first is not None:
+            dm.states[0].copy_(first.reshape(-1))
+            dm.count = 1
+        k = dm.count
+        dm.states[k].copy_(x.reshape(-1))
+        dm.count = k + 1
+        out = torch.mv(dm.states[:k + 1].t(), alpha.to(dm.states.dtype))  # [B*T*D]: each state read once
+        ctx.save_for_backward(alpha)
+        ctx.dm, ctx.k, ctx.first = dm, k, first is not None
+        return out.view(dm.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (alpha,) = ctx.saved_tensors
+        dm, k = ctx.dm, ctx.k
+        g = grad_out.reshape(-1).to(dm.states.dtype)
+        dm.add_grads(alpha.to(g.dtype), g)  # every state's gradient: += alpha[m] * g
+        grad_alpha = torch.mv(dm.states[:k + 1], g).to(alpha.dtype)
+        # s_k's gradient is complete (later blocks' backwards ran first); copied out, as G is reused
+        grad_x = dm.grads[k].view(dm.shape).clone()
+        grad_first = dm.grads[0].view(dm.shape).clone() if ctx.first else None
+        if ctx.first:  # block 0's backward is the pass's last: its buffers are free again
+            dm.pool.give_back(dm.states)
+        return grad_alpha, grad_x, grad_first, None
+
+
 # ---- from masklm/models/ltg_bert.py ----------------------------------------------------------
 
 
@@ -582,6 +694,7 @@ class Encoder(nn.Module):
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
                                             for j in range(2 * config.num_hidden_layers))
                            if config.dwa else None)
+        self.dwa_pool = DepthMixPool()  # training's DWA buffers, kept between steps (not parameters)
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -608,6 +721,8 @@ class Encoder(nn.Module):
             indices = table[start:start + T, :start + T]  # [T, S]
         mask = None if attn.segments is not None else _additive_mask(attn, T, x)
         states = [x]  # DWA's s_0, s_1, ...: the un-mixed output of every block
+        if self.dwa_alphas is not None and cache is None and at is None and depth_mix_usable(x):
+            states = DepthMix(x, len(self.dwa_alphas), self.dwa_pool)  # training: the states in one buffer
         for i, layer in enumerate(self.layers):
             if at is not None and i == len(self.layers) - 1:
                 return self._last_at(i, x, relative, indices, attn, states, at)
@@ -632,17 +747,14 @@ class Encoder(nn.Module):
         y = y + layer.mlp(y)
         return self._mix(2 * i + 1, states, y)
 
-    def _mix(self, block: int, states: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """DWA: store this block's output and return sum_m alpha_block[m] * s_m (identity without DWA)."""
+    def _mix(self, block: int, states: list[torch.Tensor] | DepthMix, x: torch.Tensor) -> torch.Tensor:
+        """DWA (``models.dwa``): store this block's output and return sum_m alpha_block[m] * s_m (identity
+        without DWA)."""
         if self.dwa_alphas is None:
             return x
-        states.append(x)
-        alpha = self.dwa_alphas[block]
-        # a running sum keeps only the states themselves alive for backward (stacking would copy them)
-        out = alpha[0] * states[0]
-        for m in range(1, len(states)):
-            out = out + alpha[m] * states[m]
-        return out
+        if isinstance(states, DepthMix):
+            return states.mixed(self.dwa_alphas[block], x)
+        return mix_states(self.dwa_alphas[block], states, x)
 
 
 class MaskClassifier(nn.Module):
