@@ -232,3 +232,35 @@ def test_trainer_passes_no_document_ids_for_rows_of_one_document(tmp_path, monke
     assert None in seen  # some batches had one document per row: no document ids, no document mask
     assert all(top is None or top >= 1 for top in seen)  # ids only where a row holds two documents
     assert any(top is not None for top in seen)
+
+
+def test_attention_with_a_bias_drops_on_cpu_with_masklms_dropout(monkeypatch):
+    """LTG-BERT's attention (a per-head float bias) with dropout on a CPU: the explicit maths with
+    ``attention.dropout`` (SDPA's CPU fallback draws with bernoulli_), the same as SDPA without dropout, and
+    the bias gets its gradient."""
+    from masklm.models.attention import attend_with_bias, dropout
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    bias = torch.randn(2, 3, 5, 5, requires_grad=True)
+    blocked = torch.zeros(2, 3, 5, 5)
+    blocked[:, :, 1, 3] = float("-inf")
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, real=torch.nn.functional.scaled_dot_product_attention, **kw:
+                        calls.append(kw["dropout_p"]) or real(*a, **kw))
+    torch.manual_seed(7)
+    out = attend_with_bias(q, k, v, bias + blocked, 0.3, 0.5)
+    torch.manual_seed(7)
+    keep = dropout(torch.ones(2, 3, 5, 5), 0.3, True)  # the same draws: the mask depends on the seed alone
+    probs = torch.softmax(q @ k.transpose(-2, -1) * 0.5 + bias + blocked, -1)
+    assert close(out, (probs * keep) @ v, n=5)
+    assert calls == [] and bool((keep == 0).any()) and bool((keep > 1).any())
+    out.sum().backward()
+    assert bias.grad is not None and bool(torch.isfinite(bias.grad).all()) and bias.grad[:, :, 1, 3].eq(0).all()
+    plain = attend_with_bias(q, k, v, bias.detach() + blocked, 0.0, 0.5)  # no dropout: SDPA itself
+    assert calls == [0.0] and close(plain, probs.detach() @ v, n=5)
+    model = ltg_mod.LtgBertForMaskedLM(ModelConfig(arch="gpt-bert", vocab_size=40, hidden_size=16,
+                                                  num_hidden_layers=1, num_attention_heads=2, intermediate_size=24))
+    model.train()(torch.randint(0, 40, (2, 8)))  # LTG-BERT training on a CPU takes this path
+    assert calls == [0.0]

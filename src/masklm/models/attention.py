@@ -372,6 +372,23 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.mul_(1.0 / (1.0 - p)).to(x.dtype)
 
 
+def attend_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                     dropout_p: float, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v with dropout on the probabilities: q ``[B, H, Q, d]``, k and v
+    ``[B, H, S, d]``, bias a float tensor broadcastable to ``[B, H, Q, S]`` (-inf: not attended) or None ->
+    ``[B, H, Q, d]``. SDPA, except on a CPU with dropout: SDPA's CPU kernels cannot drop, and its fallback
+    draws the mask with ``bernoulli_``, several times slower than ``dropout`` here (benchmarks/dropout_speed.py),
+    so the same maths is spelled out with ``dropout``."""
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        scores = q @ k.transpose(-2, -1)  # [B, H, Q, S]; the matmul's backward does not read it: add in place
+        if scale != 1.0:
+            scores = scores * scale
+        if bias is not None:
+            scores = scores.add_(bias)
+        return dropout(torch.softmax(scores, dim=-1), dropout_p, True) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -396,15 +413,8 @@ def attend(
     if attn.block_mask is not None:
         attn = attn.dense(q.shape[-2])
     if dropout_p > 0.0 and q.device.type == "cpu":
-        scores = q @ k.transpose(-2, -1)  # [B, H, T, T]; the matmul's backward does not read it: add in place
-        if scale is None:
-            scale = q.shape[-1] ** -0.5
-        if scale != 1.0:
-            scores = scores * scale
-        bias = attn.bias(q.shape[-2], scores.dtype, q.device)
-        if bias is not None:
-            scores = scores.add_(bias)
-        out = dropout(torch.softmax(scores, dim=-1), dropout_p, True) @ v
+        bias = attn.bias(q.shape[-2], q.dtype, q.device)
+        out = attend_with_bias(q, k, v, bias, dropout_p, q.shape[-1] ** -0.5 if scale is None else scale)
     else:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn.mask, dropout_p=dropout_p, is_causal=attn.is_causal, scale=scale

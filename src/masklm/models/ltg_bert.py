@@ -48,6 +48,7 @@ from masklm.models.attention import (
     KVCache,
     LayerCache,
     attend_segments,
+    attend_with_bias,
     build_attention_mask,
     document_forms,
     dropout,
@@ -175,13 +176,13 @@ class Attention(nn.Module):
         index = (position_indices if position_indices.dim() == 2 else position_indices[:, None]).expand(B, H, Q, S)
         bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
         if attn.segments is not None:  # split form: each document run attends as its own sequence
-            y = attend_segments(q, attn.segments, lambda b, s, e: F.scaled_dot_product_attention(
-                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], dropout_p=p, scale=self.scale,
-                attn_mask=_run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype)))
+            y = attend_segments(q, attn.segments, lambda b, s, e: attend_with_bias(
+                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], _run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype),
+                p, self.scale))
         else:
             if mask is not None:
                 bias = bias + mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
+            y = attend_with_bias(q, k, v, bias.to(q.dtype), p, self.scale)
         if attn.keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
             y = y * attn.keep_rows
         y = y.transpose(1, 2).reshape(B, Q, D)

@@ -311,6 +311,23 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.mul_(1.0 / (1.0 - p)).to(x.dtype)
 
 
+def attend_with_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                     dropout_p: float, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v with dropout on the probabilities: q ``[B, H, Q, d]``, k and v
+    ``[B, H, S, d]``, bias a float tensor broadcastable to ``[B, H, Q, S]`` (-inf: not attended) or None ->
+    ``[B, H, Q, d]``. SDPA, except on a CPU with dropout: SDPA's CPU kernels cannot drop, and its fallback
+    draws the mask with ``bernoulli_``, several times slower than ``dropout`` here (benchmarks/dropout_speed.py),
+    so the same maths is spelled out with ``dropout``."""
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        scores = q @ k.transpose(-2, -1)  # [B, H, Q, S]; the matmul's backward does not read it: add in place
+        if scale != 1.0:
+            scores = scores * scale
+        if bias is not None:
+            scores = scores.add_(bias)
+        return dropout(torch.softmax(scores, dim=-1), dropout_p, True) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+
+
 class _Memo:
     """``memo(name, make)``: ``make()`` the first time ``name`` is asked for, the stored result afterwards.
 
@@ -616,13 +633,13 @@ class Attention(nn.Module):
         index = (position_indices if position_indices.dim() == 2 else position_indices[:, None]).expand(B, H, Q, S)
         bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
         if attn.segments is not None:  # split form: each document run attends as its own sequence
-            y = attend_segments(q, attn.segments, lambda b, s, e: F.scaled_dot_product_attention(
-                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], dropout_p=p, scale=self.scale,
-                attn_mask=_run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype)))
+            y = attend_segments(q, attn.segments, lambda b, s, e: attend_with_bias(
+                q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], _run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype),
+                p, self.scale))
         else:
             if mask is not None:
                 bias = bias + mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=self.scale)
+            y = attend_with_bias(q, k, v, bias.to(q.dtype), p, self.scale)
         if attn.keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
             y = y * attn.keep_rows
         y = y.transpose(1, 2).reshape(B, Q, D)
