@@ -1,6 +1,7 @@
 """benchmarks/train_step_parts.py wraps Trainer internals by name: this keeps it in step with the trainer.
 benchmarks/dropout_speed.py times masklm's dropout against torch's: it runs and reports every approach.
-benchmarks/cpu_kernels.py times the fused CPU kernels against the paths they replace, and leaves them on."""
+benchmarks/cpu_kernels.py times the fused CPU kernels against the paths they replace, and leaves them on.
+benchmarks/gpt_bert_step.py swaps GPT-BERT's DWA and attention for the spellings they replaced, and back."""
 
 from __future__ import annotations
 
@@ -85,3 +86,23 @@ def test_train_e2e_runs_twice_in_one_work_folder(monkeypatch, capsys, tmp_path):
         assert summary["machine"]["masklm_cpu_kernels"]  # "used", or why not
     assert len(list(tmp_path.glob("runs-*"))) == 2 and len(list(tmp_path.glob("prep-*"))) == 1
     sys.modules.pop("train_e2e", None)
+
+
+def test_gpt_bert_step_times_every_config_and_restores_today(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import gpt_bert_step
+
+    from masklm.models import dwa, ltg_bert
+
+    seen = []
+    monkeypatch.setattr(dwa._Mix, "apply", lambda *a, real=dwa._Mix.apply: seen.append("buffer") or real(*a))
+    gpt_bert_step.main(["--sizes", "tiny", "--rounds", "1", "--steps", "1", "--warmup", "1", "--vocab-size", "512"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and lines[0]["round"] == 0
+    result = lines[-1]["results"][0]
+    assert set(result["median_ms_per_step"]) == set(gpt_bert_step.CONFIGS)
+    assert all(ms > 0 for ms in result["median_ms_per_step"].values()) and result["over_now"]["now"] == 1.0
+    # the buffer path ran in the configs that use it (2 of 4), 4 blocks a step, 2 steps each, warm-up aside
+    assert len(seen) == 4 * (1 + 2 * 2)
+    assert (ltg_bert.depth_mix_usable, ltg_bert.attend_with_bias) == gpt_bert_step.NOW
+    sys.modules.pop("gpt_bert_step", None)
