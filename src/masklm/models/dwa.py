@@ -3,22 +3,23 @@ and a training form of it that reads each stored state once per block.
 
 Block j (attention and FFN blocks alike, j = 0 .. 2L-1) returns x_j = sum_{m <= j+1} alpha_j[m] s_m, where
 s_0 is the embedding output and s_{j+1} block j's own output before mixing. Spelled with autograd ops
-(``mix_states``), each of the (2L)^2 / 2 terms is a multiply and an add forward, and backward a multiply for the
-state's gradient, a product summed for alpha's, and an addition into the state's gradient buffer: about
-14 passes over a ``[B, T, D]`` tensor per term. In GPT-BERT small (12 layers) that was 18% of a CPU
-training step, in the demo's tiny model 12%.
+(``mix_states``), each of the (2L)^2 / 2 terms is a multiply and an add forward, and backward a multiply
+for the state's gradient, a product summed for alpha's, and an addition into the state's gradient: about
+14 passes over a ``[B, T, D]`` tensor a term, 324 terms a step in a 12-layer model.
 
 ``DepthMix`` keeps the states as rows of one buffer S ``[2L + 1, B*T*D]``. Block j's mix is one
 matrix-vector product, S[:j+2]^T alpha_j (each state read once). Backward keeps the states' gradients in a
 buffer G of the same shape: block j adds the rank-1 update alpha_j g_j^T to G[:j+2] (a read and a write a
 state; the last block's, which runs first, writes G without reading it) and takes alpha_j's gradient as
-S[:j+2] g_j (a read a state). S and G are kept between steps (``DepthMixPool``). Only blocks j' >= j read s_{j+1}, and
-autograd runs their backwards before block j's (each depends on block j's output), so G[j+1] is complete
-when block j's backward returns it as s_{j+1}'s gradient; block 0 returns G[0] for s_0 too. Four passes a
-term instead of 14, the same sums in another order (equal within float rounding: tests/test_ltg_bert.py).
+S[:j+2] g_j (a read a state). Only blocks j' >= j read s_{j+1}, and autograd runs their backwards before
+block j's (each depends on block j's output), so G[j+1] is complete when block j's backward returns it as
+s_{j+1}'s gradient; block 0 returns G[0] for s_0 too. Four passes a term instead of 14, the same sums in
+another order (equal within float rounding: tests/test_ltg_bert.py). S and G are kept between steps
+(``DepthMixPool``). A GPT-BERT small CPU step took 9% longer with the autograd sums, the demo's tiny one
+2% (benchmarks/gpt_bert_step.py; docs/benchmarks.md).
 
-Used for fp32 training with a gradient to take (``depth_mix_usable``); inference, the key/value cache,
-scoring's sparse last layer, autocast and ``torch.compile`` keep ``mix_states``.
+Used for fp32 training on a CPU (``depth_mix_usable``); GPUs, inference, the key/value cache, scoring's
+sparse last layer, autocast and ``torch.compile`` keep ``mix_states``.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def mix_states(alpha: torch.Tensor, states: list[torch.Tensor], x: torch.Tensor)
 
 
 def depth_mix_usable(x: torch.Tensor) -> bool:
-    """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): fp32, a gradient to be taken,
-    not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can trace)."""
-    return (x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling())
+    """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): on a CPU (where it was
+    measured; a GPU keeps the autograd sums, and the memory the second buffer would hold), fp32, a gradient
+    to be taken, not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can
+    trace)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 class DepthMixPool:

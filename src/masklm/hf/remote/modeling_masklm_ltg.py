@@ -416,10 +416,12 @@ def mix_states(alpha: torch.Tensor, states: list[torch.Tensor], x: torch.Tensor)
 
 
 def depth_mix_usable(x: torch.Tensor) -> bool:
-    """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): fp32, a gradient to be taken,
-    not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can trace)."""
-    return (x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling())
+    """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): on a CPU (where it was
+    measured; a GPU keeps the autograd sums, and the memory the second buffer would hold), fp32, a gradient
+    to be taken, not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can
+    trace)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 class DepthMixPool:
