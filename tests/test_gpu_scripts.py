@@ -61,9 +61,13 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     for name in steps:
         assert f"== {name}: exit 0" in stdout, stdout
     assert "skipped" not in stdout
+    # the HF anchor needs the .[bench] extra; the script checks for it the same way
+    hf = subprocess.run([sys.executable, "-c", "import transformers, accelerate"], capture_output=True).returncode == 0
+    assert ("transformers or accelerate is missing" in stdout) is not hf
     for name in ("train_e2e_base_128", "train_e2e_base_512"):
         summary = json.loads((out / f"{name}.json").read_text())
-        assert summary["masklm_tokens_per_s"] > 0 and summary["hf_tokens_per_s"] > 0
+        assert summary["masklm_tokens_per_s"] > 0
+        assert (summary["hf_tokens_per_s"] > 0) if hf else ("hf_tokens_per_s" not in summary), summary
     assert json.loads((out / "precision_cuda.json").read_text())["within_2pct"] is True
     assert json.loads((out / "inference_cuda.json").read_text())["same_top1"] is True
     assert json.loads((out / "compile_cuda.json").read_text())["speedup"] > 0
