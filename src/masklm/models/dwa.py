@@ -68,11 +68,10 @@ class DepthMixPool:
         """(S, G), each ``[rows, like.numel()]`` of like's dtype and device, not to be touched by anyone else
         until ``give_back``."""
         size = (rows, like.numel())
-        fits = self.buffers is not None and self.buffers[0].shape == size and \
-            self.buffers[0].dtype == like.dtype and self.buffers[0].device == like.device
         if self.held:
             return like.new_empty(size), like.new_empty(size)
-        if not fits:
+        kept = self.buffers[0] if self.buffers is not None else None
+        if kept is None or (kept.shape, kept.dtype, kept.device) != (size, like.dtype, like.device):
             self.buffers = (like.new_empty(size), like.new_empty(size))
         self.held = True
         return self.buffers

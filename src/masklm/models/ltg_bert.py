@@ -254,7 +254,7 @@ class Encoder(nn.Module):
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
                                             for j in range(2 * config.num_hidden_layers))
                            if config.dwa else None)
-        self.dwa_pool = DepthMixPool()  # training's DWA buffers, kept between steps (not parameters)
+        self.dwa_pool = DepthMixPool() if config.dwa else None  # training's DWA buffers, kept between steps
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,

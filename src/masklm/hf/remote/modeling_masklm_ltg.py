@@ -444,11 +444,10 @@ class DepthMixPool:
         """(S, G), each ``[rows, like.numel()]`` of like's dtype and device, not to be touched by anyone else
         until ``give_back``."""
         size = (rows, like.numel())
-        fits = self.buffers is not None and self.buffers[0].shape == size and \
-            self.buffers[0].dtype == like.dtype and self.buffers[0].device == like.device
         if self.held:
             return like.new_empty(size), like.new_empty(size)
-        if not fits:
+        kept = self.buffers[0] if self.buffers is not None else None
+        if kept is None or (kept.shape, kept.dtype, kept.device) != (size, like.dtype, like.device):
             self.buffers = (like.new_empty(size), like.new_empty(size))
         self.held = True
         return self.buffers
@@ -713,7 +712,7 @@ class Encoder(nn.Module):
         self.dwa_alphas = (nn.ParameterList(nn.Parameter(torch.zeros(j + 2))
                                             for j in range(2 * config.num_hidden_layers))
                            if config.dwa else None)
-        self.dwa_pool = DepthMixPool()  # training's DWA buffers, kept between steps (not parameters)
+        self.dwa_pool = DepthMixPool() if config.dwa else None  # training's DWA buffers, kept between steps
 
     def forward(self, x: torch.Tensor, relative: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 causal: bool = False, document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
