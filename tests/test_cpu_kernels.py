@@ -251,7 +251,7 @@ def test_bert_training_step_uses_the_kernel_and_matches_the_explicit_path(monkey
 
     fused = grads(_tiny_bert(0.0))
     assert len(calls) == 2  # both layers; the last one through its sparse queries
-    monkeypatch.setattr(cpu_kernels, "usable", lambda x, width=None, multiple=16: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *a, **k: False)
     explicit = grads(_tiny_bert(0.0))
     assert len(calls) == 2 and fused.keys() == explicit.keys()
     for name in fused:
@@ -290,7 +290,7 @@ def test_build_without_avx512_passes_the_reference_tests(tmp_path):
     GELU, the generic broadcast) run only on other CPUs: build for x86-64-v2 (SSE4.2, no AVX) and run this
     file's reference tests on that build."""
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "(reference or projection_bias or dropout_keeps or bias_gelu or cross_entropy) and not avx512"],
+                           "(reference or projection_bias or dropout_keeps or bias_gelu or cross_entropy or bf16_forms) and not avx512"],
                           capture_output=True, text=True,
                           env={**os.environ, "MASKLM_CACHE": str(tmp_path), "MASKLM_CPU_KERNELS_MARCH": "x86-64-v2"})
     assert done.returncode == 0, done.stdout[-3000:]
@@ -299,18 +299,117 @@ def test_build_without_avx512_passes_the_reference_tests(tmp_path):
 
 
 def test_not_under_autocast_and_never_on_other_dtypes():
-    """Under bf16 autocast an fp32 input may meet a bf16 matmul: the kernels stay out (a bf16 run once read
-    bf16 memory as fp32 and stopped on a NaN gradient); called directly on bf16 they refuse."""
+    """Under bf16 autocast an fp32 input may meet a bf16 matmul: only the kernels with a bf16 form take it
+    (``bf16=True``; a bf16 run once read bf16 memory as fp32 and stopped on a NaN gradient), none under fp16
+    autocast; called directly on fp16 they refuse."""
     x = torch.randn(2, 4, 32, requires_grad=True)
-    assert cpu_kernels.usable(x)
+    assert cpu_kernels.usable(x) and cpu_kernels.usable(x, bf16=True)
+    assert not cpu_kernels.usable(x.detach().bfloat16().requires_grad_())  # attention: fp32 only
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not cpu_kernels.usable(x)
+        assert cpu_kernels.usable(x, bf16=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not cpu_kernels.usable(x, bf16=True)
     with torch.no_grad():
-        assert not cpu_kernels.usable(x)
+        assert not cpu_kernels.usable(x, bf16=True)
     assert not cpu_kernels.usable(torch.randn(2, 4, 24, requires_grad=True))  # not a multiple of 16
-    h = torch.randn(2, 4, 32, dtype=torch.bfloat16, requires_grad=True)
+    h = torch.randn(2, 4, 32, dtype=torch.float16, requires_grad=True)
     with pytest.raises(TypeError, match="fp32"):
         cpu_kernels.add_norm(h, torch.zeros(32), torch.zeros(2, 4, 32), torch.nn.LayerNorm(32), 0.1)
+    with pytest.raises(TypeError, match="fp32"):  # bf16 h, but a bf16 residual: the kernel reads it as fp32
+        cpu_kernels.add_norm(h.bfloat16(), torch.zeros(32), torch.zeros(2, 4, 32, dtype=torch.bfloat16),
+                             torch.nn.LayerNorm(32), 0.1)
+
+
+def _bf16_awkward(*shape: int) -> torch.Tensor:
+    """Random bf16 values with the ones that test rounding: exact ties a bias of 1/32 makes (ulp 1/16 at 8..16),
+    values that round past bf16's largest, infinities and a NaN."""
+    x = (torch.randn(*shape) * 3).bfloat16()
+    flat = x.view(-1)
+    flat[:8] = torch.tensor([8.0, 8.0625, 9.0, 9.0625, 3.3895e38, -3.3895e38, float("inf"), float("nan")])
+    return x
+
+
+def test_bf16_forms_equal_the_fp32_kernels_rounded_once():
+    """The bf16 forms read bf16 exactly as fp32 and round each result once, to nearest even (a NaN stays
+    NaN): equal, bit for bit, to the fp32 kernels on the widened inputs with their results rounded by torch."""
+    torch.manual_seed(5)
+    N, D = 70, 48
+    bias = torch.full((D,), 1 / 32)
+    bias[8:] = torch.randn(D - 8)
+    bias[4:6] = 1e36  # 3.3895e38 + 1e36: finite in fp32, past bf16's largest: rounds to inf
+    same = dict(rtol=0, atol=0, equal_nan=True)
+
+    h = _bf16_awkward(N, D).requires_grad_()
+    h32 = h.detach().float().requires_grad_()
+    y, y32 = cpu_kernels.bias_gelu(h, bias), cpu_kernels.bias_gelu(h32, bias)
+    assert y.dtype == torch.bfloat16 and torch.isinf(y[0, 4]) and torch.isnan(y[0, 7])
+    torch.testing.assert_close(y, y32.bfloat16(), **same)
+    g = torch.randn(N, D).bfloat16()
+    y.backward(g)
+    y32.backward(g.float())
+    torch.testing.assert_close(h.grad, h32.grad.bfloat16(), **same)
+
+    h = (torch.randn(N, D) * 2).bfloat16().requires_grad_()
+    h32 = h.detach().float().requires_grad_()
+    residual, bias = torch.randn(N, D), torch.randn(D, requires_grad=True)
+    norm = torch.nn.LayerNorm(D)
+    torch.manual_seed(6)
+    y = cpu_kernels.add_norm(h, bias, residual, norm, 0.1)
+    torch.manual_seed(6)
+    y32 = cpu_kernels.add_norm(h32, bias, residual, norm, 0.1)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, y32, **same)  # the same fp32 maths on the same values, the same mask
+    g = torch.randn(N, D)
+    y.backward(g)
+    bias_grad, bias.grad = bias.grad.clone(), None
+    y32.backward(g)
+    assert h.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(h.grad, h32.grad.bfloat16(), **same)
+    torch.testing.assert_close(bias_grad, bias.grad, **same)
+
+    from masklm.models.heads import cross_entropy_sum
+
+    x = (torch.randn(9, 37) * 4).bfloat16().requires_grad_()  # V = 37: a scalar tail
+    x32 = x.detach().float().requires_grad_()
+    target = torch.randint(0, 37, (9,))
+    loss, loss32 = cross_entropy_sum(x, target, excluded=3), cross_entropy_sum(x32, target, excluded=3)
+    assert loss.item() == loss32.item()
+    loss.backward()
+    loss32.backward()
+    assert x.grad.dtype == torch.bfloat16 and (x.grad[:, 3] == 0).all()
+    torch.testing.assert_close(x.grad, x32.grad.bfloat16(), **same)
+
+
+def test_bert_bf16_autocast_step_uses_the_kernels_and_matches_pytorchs_ops(monkeypatch):
+    """Under bf16 autocast, BERT's sublayer exits, GELU and loss go through the kernels' bf16 forms (attention
+    keeps SDPA), and the loss and gradients match the same step on PyTorch's ops to bf16's precision."""
+    from masklm.models.heads import cross_entropy_sum
+
+    ids = torch.randint(5, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    labels = torch.full_like(ids, -100)
+    labels[:, ::3] = ids[:, ::3]
+    calls = []
+    for name in ("add_norm", "bias_gelu", "cross_entropy_forward", "attend_fused"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
+
+    def step(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids, labels=labels, return_loss=False).logits
+        loss = cross_entropy_sum(logits, labels[labels != -100])  # outside autocast, as the trainer takes it
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, fused = step(_tiny_bert(0.0))
+    assert sorted(set(calls)) == ["add_norm", "bias_gelu", "cross_entropy_forward"]
+    assert calls.count("add_norm") == 4 and calls.count("bias_gelu") == 2
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *a, **k: False)
+    ref_loss, explicit = step(_tiny_bert(0.0))
+    assert abs(loss - ref_loss) < 1e-2 * ref_loss
+    for name in fused:
+        scale = explicit[name].abs().max().item()
+        assert (fused[name] - explicit[name]).abs().max().item() <= 0.03 * scale + 1e-6, name
 
 
 def test_bias_gelu_equals_exact_gelu_forward_and_backward():
@@ -371,7 +470,7 @@ def test_masklm_train_says_when_the_kernels_cannot_be_used(tmp_path, monkeypatch
 
     corpus = write_corpus(tmp_path / "toy.txt")
     monkeypatch.setattr(cpu_kernels, "unavailable", lambda: "no C++ compiler found (install g++ or set CXX)")
-    monkeypatch.setattr(cpu_kernels, "usable", lambda x, width=None, multiple=16: False)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *a, **k: False)
     assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "run"), "--vocab-size", "120",
                  "--size", "tiny", "--max-steps", "2", "--batch-size", "4", "--seq-len", "32", "--no-progress"]) == 0
     err = capsys.readouterr().err

@@ -152,7 +152,8 @@ class BertAddNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
-        if cpu_kernels.usable(x, width=self.dense.out_features):  # training on a CPU: one kernel
+        # training on a CPU (fp32, or bf16 autocast over fp32 weights): one kernel
+        if cpu_kernels.usable(x, width=self.dense.out_features, bf16=self.dense.bias.dtype == torch.float32):
             return cpu_kernels.add_norm(F.linear(x, self.dense.weight), self.dense.bias, residual, self.LayerNorm, p)
         return self.LayerNorm(residual + dropout(self.dense(x), p, True))
 
@@ -180,7 +181,8 @@ class BertIntermediate(nn.Module):
         self.exact_gelu = config.hidden_act == "gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.exact_gelu and cpu_kernels.usable(x, width=self.dense.out_features):
+        if self.exact_gelu and cpu_kernels.usable(x, width=self.dense.out_features,
+                                                  bf16=self.dense.bias.dtype == torch.float32):
             return cpu_kernels.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias)  # training on a CPU
         return self.act(self.dense(x))
 

@@ -129,8 +129,12 @@ def _library() -> ctypes.CDLL | None:
     lib.gelu_backward.argtypes = [P, P, P, P, P, L, L, N]
     lib.ce_forward.argtypes = [P, P, P, L, P, P, L, L, N]
     lib.ce_backward.argtypes = [P, P, P, L, P, F, P, L, L, N]
+    for name in ("addnorm_forward", "addnorm_backward", "gelu_forward", "gelu_backward", "ce_forward", "ce_backward"):
+        getattr(lib, name + "_bf16").argtypes = getattr(lib, name).argtypes  # bf16 where the fp32 form has h/x
     for fn in (lib.attn_forward, lib.attn_backward, lib.addnorm_forward, lib.addnorm_backward, lib.gelu_forward,
-               lib.gelu_backward, lib.ce_forward, lib.ce_backward):
+               lib.gelu_backward, lib.ce_forward, lib.ce_backward, lib.addnorm_forward_bf16,
+               lib.addnorm_backward_bf16, lib.gelu_forward_bf16, lib.gelu_backward_bf16, lib.ce_forward_bf16,
+               lib.ce_backward_bf16):
         fn.restype = None
     return lib
 
@@ -140,14 +144,22 @@ def unavailable() -> str | None:
     return None if _library() is not None else _why_not[-1]
 
 
-def usable(x: torch.Tensor, width: int | None = None, multiple: int = 16) -> bool:
+def usable(x: torch.Tensor, width: int | None = None, multiple: int = 16, bf16: bool = False) -> bool:
     """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit and GELU: their input,
     with ``width`` the dense layer's output width; the loss: the logits, with ``multiple=1``): CPU, fp32, a
     gradient to be taken, the width the kernel works on (default: x's last dimension) a multiple of
     ``multiple``, not under autocast, not inside ``torch.compile`` (Inductor fuses the PyTorch ops itself, and
-    cannot trace a foreign call), and the kernels available."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")  # an fp32 input may still meet a bf16 matmul
+    cannot trace a foreign call), and the kernels available.
+
+    ``bf16=True`` where the kernel has a bf16 form (the sublayer exit, GELU, the loss) and its parameters are
+    fp32: then ``x`` may be bf16 too, and CPU autocast to bf16 may be on (the kernel takes the matmul's bf16
+    output, computes in fp32 and hands bf16 back where autocast would). Attention has no bf16 form: under
+    autocast its bf16 matmuls run on the CPU's matrix units, which its fp32 products cannot match."""
+    autocast = torch.is_autocast_enabled("cpu")  # an fp32 input may still meet a bf16 (or fp16) matmul
+    if autocast and not (bf16 and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return False
+    return (x.device.type == "cpu" and x.dtype in ((torch.float32, torch.bfloat16) if bf16 else (torch.float32,))
+            and x.requires_grad and torch.is_grad_enabled()
             and (x.shape[-1] if width is None else width) % multiple == 0 and not torch.compiler.is_compiling()
             and _library() is not None)
 
@@ -157,6 +169,15 @@ def _check_fp32(*tensors: torch.Tensor | None) -> None:
     for t in tensors:
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             raise TypeError(f"the fused CPU kernels take fp32 CPU tensors, got {t.dtype} on {t.device}")
+
+
+def _form(t: torch.Tensor, fn: str) -> ctypes._CFuncPtr:
+    """The kernel ``fn`` for ``t``'s dtype: fp32, or its bf16 form (``fn + '_bf16'``); anything else is refused
+    rather than read wrongly."""
+    if t.device.type == "cpu" and t.dtype == torch.bfloat16:
+        return getattr(_library(), fn + "_bf16")
+    _check_fp32(t)
+    return getattr(_library(), fn)
 
 
 def _seed() -> int:
@@ -276,35 +297,36 @@ def attend_fused(q_src: torch.Tensor, kv: torch.Tensor | None, attn: AttentionMa
 
 
 class _AddNorm(torch.autograd.Function):
-    """LayerNorm(residual + dropout(h + bias)) over the last dimension; h, residual ``[..., D]``."""
+    """LayerNorm(residual + dropout(h + bias)) over the last dimension; h (fp32, or bf16 under autocast),
+    residual ``[..., D]`` fp32 -> fp32, as autocast's own ops would give (the bf16 h meets an fp32 bias)."""
 
     @staticmethod
     def forward(ctx, h, bias, residual, weight, norm_bias, eps: float, dropout_p: float):
-        _check_fp32(h, bias, residual, weight, norm_bias)
+        _check_fp32(bias, residual, weight, norm_bias)
+        kernel = _form(h, "addnorm_forward")
         shape, D = h.shape, h.shape[-1]
         h2, r2 = h.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
         N = h2.shape[0]
         y, xhat, rstd = (torch.empty(n, dtype=torch.float32) for n in ((N, D), (N, D), (N,)))
         weight, bias, norm_bias = weight.contiguous(), bias.contiguous(), norm_bias.contiguous()
         seed = _seed()
-        _library().addnorm_forward(h2.data_ptr(), bias.data_ptr(), r2.data_ptr(), weight.data_ptr(),
-                                   norm_bias.data_ptr(), y.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), N, D,
-                                   eps, dropout_p, seed, torch.get_num_threads())
+        kernel(h2.data_ptr(), bias.data_ptr(), r2.data_ptr(), weight.data_ptr(), norm_bias.data_ptr(), y.data_ptr(),
+               xhat.data_ptr(), rstd.data_ptr(), N, D, eps, dropout_p, seed, torch.get_num_threads())
         ctx.save_for_backward(xhat, rstd, weight)
-        ctx.config = (shape, dropout_p, seed)
+        ctx.config = (shape, dropout_p, seed, h.dtype)
         return y.view(shape)
 
     @staticmethod
     @once_differentiable  # the kernels' backward is not itself differentiable: say so, never be wrong
     def backward(ctx, grad_y):
         xhat, rstd, weight = ctx.saved_tensors
-        shape, dropout_p, seed = ctx.config
+        shape, dropout_p, seed, h_dtype = ctx.config
         N, D = xhat.shape
         _check_fp32(grad_y)
         g = grad_y.reshape(N, D).contiguous()
-        d_res, d_h, d_bias, d_weight, d_norm_bias = (torch.empty(n, dtype=torch.float32)
-                                                     for n in ((N, D), (N, D), (D,), (D,), (D,)))
-        _library().addnorm_backward(g.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), weight.data_ptr(),
+        d_res, d_bias, d_weight, d_norm_bias = (torch.empty(n, dtype=torch.float32) for n in ((N, D), (D,), (D,), (D,)))
+        d_h = torch.empty(N, D, dtype=h_dtype)
+        _form(d_h, "addnorm_backward")(g.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), weight.data_ptr(),
                                     d_res.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), d_weight.data_ptr(),
                                     d_norm_bias.data_ptr(), N, D, dropout_p, seed, torch.get_num_threads())
         return d_h.view(shape), d_bias, d_res.view(shape), d_weight, d_norm_bias, None, None
@@ -318,15 +340,17 @@ def add_norm(h: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: 
 
 
 class _BiasGelu(torch.autograd.Function):
-    """GELU(h + bias), exact (erf) form; h ``[..., D]``, bias ``[D]``."""
+    """GELU(h + bias), exact (erf) form; h ``[..., D]`` (fp32, or bf16 under autocast: the result is then bf16
+    too, the fp32 result rounded once, as the next matmul's autocast would round it), bias ``[D]`` fp32."""
 
     @staticmethod
     def forward(ctx, h, bias):
-        _check_fp32(h, bias)
+        _check_fp32(bias)
+        kernel = _form(h, "gelu_forward")
         shape, D = h.shape, h.shape[-1]
         h2, bias = h.reshape(-1, D).contiguous(), bias.contiguous()
         y = torch.empty_like(h2)
-        _library().gelu_forward(h2.data_ptr(), bias.data_ptr(), y.data_ptr(), h2.shape[0], D, torch.get_num_threads())
+        kernel(h2.data_ptr(), bias.data_ptr(), y.data_ptr(), h2.shape[0], D, torch.get_num_threads())
         ctx.save_for_backward(h2, bias)
         ctx.shape = shape
         return y.view(shape)
@@ -335,11 +359,10 @@ class _BiasGelu(torch.autograd.Function):
     @once_differentiable  # the kernels' backward is not itself differentiable: say so, never be wrong
     def backward(ctx, grad_y):
         h2, bias = ctx.saved_tensors
-        _check_fp32(grad_y)
         N, D = h2.shape
-        g = grad_y.reshape(N, D).contiguous()
-        d_h, d_bias = torch.empty(N, D, dtype=torch.float32), torch.empty(D, dtype=torch.float32)
-        _library().gelu_backward(g.data_ptr(), h2.data_ptr(), bias.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), N,
+        g = grad_y.reshape(N, D).to(h2.dtype).contiguous()
+        d_h, d_bias = torch.empty(N, D, dtype=h2.dtype), torch.empty(D, dtype=torch.float32)
+        _form(h2, "gelu_backward")(g.data_ptr(), h2.data_ptr(), bias.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), N,
                                  D, torch.get_num_threads())
         return d_h.view(ctx.shape), d_bias
 
@@ -355,7 +378,6 @@ def _ce_args(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor |
              excluded: int | None) -> tuple[list, list, int, int]:
     """-> the kernels' leading arguments (logits, targets as int64, weights as fp32 or NULL, excluded or -1),
     the tensors behind those pointers (hold them until the call returns), N and V."""
-    _check_fp32(logits)
     x, t = logits.detach().contiguous(), target.to(torch.int64).contiguous()
     w = None if weights is None else weights.to(torch.float32).contiguous()
     args = [x.data_ptr(), t.data_ptr(), None if w is None else w.data_ptr(), -1 if excluded is None else int(excluded)]
@@ -365,18 +387,22 @@ def _ce_args(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor |
 def cross_entropy_forward(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                           excluded: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_n w_n CE(logits[n], target[n]), ``excluded`` left out of the softmax -> (0-dim fp32 loss, the rows'
-    logsumexp ``[N]`` for ``cross_entropy_backward``). logits ``[N, V]`` fp32, target ``[N]``, weights ``[N]``."""
+    logsumexp ``[N]`` for ``cross_entropy_backward``). logits ``[N, V]`` fp32 or bf16 (read as fp32), target
+    ``[N]``, weights ``[N]``."""
+    kernel = _form(logits, "ce_forward")
     args, _held, N, V = _ce_args(logits, target, weights, excluded)
     lse, losses = torch.empty(N, dtype=torch.float32), torch.empty(N, dtype=torch.float64)
-    _library().ce_forward(*args, lse.data_ptr(), losses.data_ptr(), N, V, torch.get_num_threads())
+    kernel(*args, lse.data_ptr(), losses.data_ptr(), N, V, torch.get_num_threads())
     return losses.sum().to(torch.float32), lse
 
 
 def cross_entropy_backward(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                            excluded: int | None, lse: torch.Tensor, grad_loss: float) -> torch.Tensor:
     """The gradient of ``cross_entropy_forward``'s loss times ``grad_loss`` -> ``[N, V]``, one pass:
-    grad_loss w_n (softmax - onehot), exactly 0 at ``excluded``."""
+    grad_loss w_n (softmax - onehot), exactly 0 at ``excluded``; in the logits' dtype (computed in fp32, rounded
+    once)."""
+    kernel = _form(logits, "ce_backward")
     args, _held, N, V = _ce_args(logits, target, weights, excluded)
-    grad = torch.empty(N, V, dtype=torch.float32)
-    _library().ce_backward(*args, lse.data_ptr(), float(grad_loss), grad.data_ptr(), N, V, torch.get_num_threads())
+    grad = torch.empty(N, V, dtype=logits.dtype)
+    kernel(*args, lse.data_ptr(), float(grad_loss), grad.data_ptr(), N, V, torch.get_num_threads())
     return grad

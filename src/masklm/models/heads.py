@@ -90,7 +90,8 @@ def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor, weights: torch
     target ``[N]``, weights ``[N]`` or None (all 1), ``excluded``: a token id removed from the softmax
     (probability exactly 0, the rest renormalised). The backward is one pass over ``[N, V]``."""
     # decided here: inside the Function's forward, grad mode is off and the kernel's test would always fail
-    return _CrossEntropySum.apply(logits, target, weights, excluded, cpu_kernels.usable(logits, multiple=1))
+    kernel = cpu_kernels.usable(logits, multiple=1, bf16=True)  # fp32 or bf16 logits, read as fp32
+    return _CrossEntropySum.apply(logits, target, weights, excluded, kernel)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

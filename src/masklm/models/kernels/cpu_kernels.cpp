@@ -34,6 +34,12 @@
 // and the backward takes the bias's gradient, the column sums of dq, dk and dv, while the pair's block is
 // still in cache (AddmmBackward's separate pass over the [N, 3D] gradient is gone too).
 //
+// Under bf16 autocast the sublayer exit, GELU and the loss take bf16 where autocast would hand them bf16 (the
+// matmuls' outputs, and their gradients back) and compute in fp32, as autocast's own fp32 ops would: a bf16
+// element is the top half of an fp32 one, widened on load; results are rounded to nearest even on store, NaN
+// kept a NaN (c10::BFloat16's rule). The attention kernel stays fp32: under autocast its bf16 matmuls run on the
+// CPU's matrix units (AMX), which its own fp32 products cannot match.
+//
 // The vector type is GCC's generic 64-byte vector: AVX-512 registers where the CPU has them, pairs of AVX2
 // or four SSE/NEON registers otherwise (the build passes -march=native).
 
@@ -53,6 +59,31 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf x) { *(vfu *)p = x; }
+
+// bf16: 16 of them in 32 bytes
+typedef uint16_t bf16;
+typedef uint16_t vh __attribute__((vector_size(32)));
+typedef uint16_t vhu __attribute__((vector_size(32), aligned(2)));
+static inline vf vload(const bf16 *p) { return (vf)(__builtin_convertvector(*(const vhu *)p, vu) << 16); }
+static inline void vstore(bf16 *p, vf x) {
+    vu u = (vu)x;
+    vu r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;  // round to nearest, ties to even
+    r = x != x ? (vu{} + 0x7FC0u) : r;  // a NaN stays a NaN (the rounding could carry it to +-0 or inf)
+    *(vhu *)p = __builtin_convertvector(r, vh);
+}
+static inline float load1(const float *p) { return *p; }
+static inline float load1(const bf16 *p) {
+    uint32_t u = (uint32_t)*p << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline void store1(float *p, float x) { *p = x; }
+static inline void store1(bf16 *p, float x) {
+    vh h;
+    vstore((bf16 *)&h, vf{} + x);  // lane 0 is x; the rest are discarded
+    *p = h[0];
+}
 // x in every lane (a plain broadcast: vf{} + x would add 0.0, which is no identity for -0.0, so the compiler
 // must keep the addition)
 static inline vf vset(float x) {
@@ -438,11 +469,11 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
 
 // One dropout stream per row (the row's index), so the mask does not depend on the thread count.
 
-extern "C" {
-
 // h, residual, y, xhat: [N, D] contiguous (D % 16 == 0); rstd: [N]. y = LN(residual + keep * (h + bias)),
 // keep = scale or 0 per the 16-bit rule; xhat (normalised, before gamma/beta) and rstd are saved for backward.
-void addnorm_forward(const float *h, const float *bias, const float *residual, const float *gamma,
+// h is T (fp32, or bf16 under autocast); the rest fp32.
+template <typename T>
+static void addnorm_fwd(const T *h, const float *bias, const float *residual, const float *gamma,
                      const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
                      uint64_t seed, int threads) {
     const DropRule rule(p);
@@ -451,7 +482,8 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
         float *keep = (float *)alloc_floats(D);
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
-            const float *hn = h + n * D, *rn = residual + n * D;
+            const T *hn = h + n * D;
+            const float *rn = residual + n * D;
             float *xn = xhat + n * D, *yn = y + n * D;
             if (p > 0) row_keep(Stream(seed, n), 0, keep, D, D, rule);
             vf sum = vset(0.0f);
@@ -476,9 +508,11 @@ void addnorm_forward(const float *h, const float *bias, const float *residual, c
     }
 }
 
-// dy: [N, D]; writes dres = d(residual) [N, D], dh [N, D], and the column sums dbias, dgamma, dbeta [D]
-void addnorm_backward(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
-                      float *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p, uint64_t seed,
+// dy: [N, D]; writes dres = d(residual) [N, D], dh [N, D] (T, like h), and the column sums dbias, dgamma,
+// dbeta [D]
+template <typename T>
+static void addnorm_bwd(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
+                        T *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p, uint64_t seed,
                       int threads) {
     const DropRule rule(p);
     double *parts = (double *)calloc((size_t)threads * 3 * D, sizeof(double));  // per thread: dbias, dgamma, dbeta
@@ -503,7 +537,8 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
                 vstore(acc + 2 * D + j, vload(acc + 2 * D + j) + vload(g + j));  // dbeta
             }
             vf m1 = vset(hsum(s1) / D), m2 = vset(hsum(s2) / D), r = vset(rstd[n]);
-            float *dr = dres + n * D, *dhn = dh + n * D;
+            float *dr = dres + n * D;
+            T *dhn = dh + n * D;
             for (long j = 0; j < D; j += VW) {
                 vf dz = r * (vload(g + j) * vload(gamma + j) - m1 - vload(xh + j) * m2);
                 vstore(dr + j, dz);
@@ -518,6 +553,29 @@ void addnorm_backward(const float *dy, const float *xhat, const float *rstd, con
     reduce_parts(parts, used, 3 * D);
     for (long j = 0; j < D; j++) { dbias[j] = parts[j]; dgamma[j] = parts[D + j]; dbeta[j] = parts[2 * D + j]; }
     free(parts);
+}
+
+extern "C" {
+
+void addnorm_forward(const float *h, const float *bias, const float *residual, const float *gamma,
+                     const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
+                     uint64_t seed, int threads) {
+    addnorm_fwd(h, bias, residual, gamma, beta, y, xhat, rstd, N, D, eps, p, seed, threads);
+}
+void addnorm_forward_bf16(const bf16 *h, const float *bias, const float *residual, const float *gamma,
+                          const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
+                          uint64_t seed, int threads) {
+    addnorm_fwd(h, bias, residual, gamma, beta, y, xhat, rstd, N, D, eps, p, seed, threads);
+}
+void addnorm_backward(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
+                      float *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p, uint64_t seed,
+                      int threads) {
+    addnorm_bwd(dy, xhat, rstd, gamma, dres, dh, dbias, dgamma, dbeta, N, D, p, seed, threads);
+}
+void addnorm_backward_bf16(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
+                           bf16 *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p,
+                           uint64_t seed, int threads) {
+    addnorm_bwd(dy, xhat, rstd, gamma, dres, dh, dbias, dgamma, dbeta, N, D, p, seed, threads);
 }
 
 }
@@ -553,14 +611,13 @@ static inline vf normal_cdf(vf z, vf *pdf) {
     return vset(0.5f) * (vset(1.0f) + (x < 0.0f ? -e : e));
 }
 
-extern "C" {
-
-// h, y: [N, D] contiguous (D % 16 == 0): y = gelu(h + bias)
-void gelu_forward(const float *h, const float *bias, float *y, long N, long D, int threads) {
+// h, y: [N, D] contiguous (D % 16 == 0), T (fp32, or bf16 under autocast): y = gelu(h + bias)
+template <typename T>
+static void gelu_fwd(const T *h, const float *bias, T *y, long N, long D, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long n = 0; n < N; n++) {
-        const float *hn = h + n * D;
-        float *yn = y + n * D;
+        const T *hn = h + n * D;
+        T *yn = y + n * D;
         for (long j = 0; j < D; j += VW) {
             vf z = vload(hn + j) + vload(bias + j);
             vstore(yn + j, z * normal_cdf(z, nullptr));
@@ -568,9 +625,9 @@ void gelu_forward(const float *h, const float *bias, float *y, long N, long D, i
     }
 }
 
-// dz = dy * gelu'(h + bias) [N, D]; dbias = column sums of dz [D]
-void gelu_backward(const float *dy, const float *h, const float *bias, float *dz, float *dbias, long N, long D,
-                   int threads) {
+// dz = dy * gelu'(h + bias) [N, D] (dy, h, dz: T); dbias = column sums of dz [D], taken before any rounding
+template <typename T>
+static void gelu_bwd(const T *dy, const T *h, const float *bias, T *dz, float *dbias, long N, long D, int threads) {
     double *parts = (double *)calloc((size_t)threads * D, sizeof(double));
     int used = 1;
     #pragma omp parallel num_threads(threads)
@@ -580,8 +637,8 @@ void gelu_backward(const float *dy, const float *h, const float *bias, float *dz
         ColumnSums sums(D, parts);
         #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
-            const float *hn = h + n * D, *gn = dy + n * D;
-            float *dn = dz + n * D;
+            const T *hn = h + n * D, *gn = dy + n * D;
+            T *dn = dz + n * D;
             for (long j = 0; j < D; j += VW) {
                 vf z = vload(hn + j) + vload(bias + j);
                 vf pdf, cdf = normal_cdf(z, &pdf);
@@ -600,48 +657,86 @@ void gelu_backward(const float *dy, const float *h, const float *bias, float *dz
 // ---- cross-entropy over [N, V] logits with its one-pass backward ------------------------------------------
 
 // per row: loss[n] = w_n (logsumexp_j x[n, j] - x[n, t_n]) in double, the excluded column (or -1) left out
-// of the softmax; lse [N] saved for backward
-static inline vf load_except(const float *row, long j, long excluded) {
+// of the softmax; lse [N] saved for backward. x: T (fp32, or bf16 under autocast)
+template <typename T>
+static inline vf load_except(const T *row, long j, long excluded) {
     vf v = vload(row + j);
     if (excluded >= j && excluded < j + VW) v[excluded - j] = -__builtin_inff();
     return v;
 }
 
-void ce_forward(const float *x, const int64_t *target, const float *weights, long excluded, float *lse,
-                double *loss, long N, long V, int threads) {
+template <typename T>
+static void ce_fwd(const T *x, const int64_t *target, const float *weights, long excluded, float *lse,
+                   double *loss, long N, long V, int threads) {
     const long V16 = V / VW * VW;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long n = 0; n < N; n++) {
-        const float *xn = x + n * V;
+        const T *xn = x + n * V;
         vf mx = vset(-__builtin_inff());
         for (long j = 0; j < V16; j += VW) { vf v = load_except(xn, j, excluded); mx = v > mx ? v : mx; }
         float m = hmax(mx);
-        for (long j = V16; j < V; j++) if (j != excluded && xn[j] > m) m = xn[j];
+        for (long j = V16; j < V; j++) if (j != excluded && load1(xn + j) > m) m = load1(xn + j);
         vf vm = vset(m), s = vset(0.0f);
         for (long j = 0; j < V16; j += VW) s += vexp(load_except(xn, j, excluded) - vm);
         float sum = hsum(s);
-        for (long j = V16; j < V; j++) if (j != excluded) sum += vexp(vset(xn[j] - m))[0];
+        for (long j = V16; j < V; j++) if (j != excluded) sum += vexp(vset(load1(xn + j) - m))[0];
         float l = m + __builtin_logf(sum);
         lse[n] = l;
-        loss[n] = (double)(weights ? weights[n] : 1.0f) * ((double)l - (double)xn[target[n]]);
+        loss[n] = (double)(weights ? weights[n] : 1.0f) * ((double)l - (double)load1(xn + target[n]));
     }
 }
 
-// grad[n, j] = g w_n (exp(x[n, j] - lse[n]) - [j == t_n]); exactly 0 at the excluded column
-void ce_backward(const float *x, const int64_t *target, const float *weights, long excluded, const float *lse,
-                 float g, float *grad, long N, long V, int threads) {
+// grad[n, j] = g w_n (exp(x[n, j] - lse[n]) - [j == t_n]) (grad: T); exactly 0 at the excluded column
+template <typename T>
+static void ce_bwd(const T *x, const int64_t *target, const float *weights, long excluded, const float *lse,
+                   float g, T *grad, long N, long V, int threads) {
     const long V16 = V / VW * VW;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long n = 0; n < N; n++) {
-        const float *xn = x + n * V;
-        float *gn = grad + n * V;
+        const T *xn = x + n * V;
+        T *gn = grad + n * V;
         float w = g * (weights ? weights[n] : 1.0f);
         vf vl = vset(lse[n]), vw = vset(w);
         for (long j = 0; j < V16; j += VW) vstore(gn + j, vexp(vload(xn + j) - vl) * vw);
-        for (long j = V16; j < V; j++) gn[j] = vexp(vset(xn[j] - lse[n]))[0] * w;
-        gn[target[n]] -= w;
-        if (excluded >= 0) gn[excluded] = 0.0f;
+        for (long j = V16; j < V; j++) store1(gn + j, vexp(vset(load1(xn + j) - lse[n]))[0] * w);
+        // the target's entry again, minus w before its one rounding
+        long t = target[n];
+        store1(gn + t, vexp(vset(load1(xn + t) - lse[n]))[0] * w - w);
+        if (excluded >= 0) store1(gn + excluded, 0.0f);
     }
+}
+
+extern "C" {
+
+void gelu_forward(const float *h, const float *bias, float *y, long N, long D, int threads) {
+    gelu_fwd(h, bias, y, N, D, threads);
+}
+void gelu_forward_bf16(const bf16 *h, const float *bias, bf16 *y, long N, long D, int threads) {
+    gelu_fwd(h, bias, y, N, D, threads);
+}
+void gelu_backward(const float *dy, const float *h, const float *bias, float *dz, float *dbias, long N, long D,
+                   int threads) {
+    gelu_bwd(dy, h, bias, dz, dbias, N, D, threads);
+}
+void gelu_backward_bf16(const bf16 *dy, const bf16 *h, const float *bias, bf16 *dz, float *dbias, long N, long D,
+                        int threads) {
+    gelu_bwd(dy, h, bias, dz, dbias, N, D, threads);
+}
+void ce_forward(const float *x, const int64_t *target, const float *weights, long excluded, float *lse,
+                double *loss, long N, long V, int threads) {
+    ce_fwd(x, target, weights, excluded, lse, loss, N, V, threads);
+}
+void ce_forward_bf16(const bf16 *x, const int64_t *target, const float *weights, long excluded, float *lse,
+                     double *loss, long N, long V, int threads) {
+    ce_fwd(x, target, weights, excluded, lse, loss, N, V, threads);
+}
+void ce_backward(const float *x, const int64_t *target, const float *weights, long excluded, const float *lse,
+                 float g, float *grad, long N, long V, int threads) {
+    ce_bwd(x, target, weights, excluded, lse, g, grad, N, V, threads);
+}
+void ce_backward_bf16(const bf16 *x, const int64_t *target, const float *weights, long excluded, const float *lse,
+                      float g, bf16 *grad, long N, long V, int threads) {
+    ce_bwd(x, target, weights, excluded, lse, g, grad, N, V, threads);
 }
 
 }
