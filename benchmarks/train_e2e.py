@@ -26,6 +26,7 @@ from `--peak-tflops` (default on CUDA: 989, an H100/H200 SXM's dense bf16; give 
 
     python benchmarks/train_e2e.py                                   # BERT small, 32x128, CPU, fp32, 3 rounds of 80 steps (30 untimed)
     python benchmarks/train_e2e.py --quick                           # a minute-scale check that it all runs
+    python benchmarks/train_e2e.py --precision bf16 --rounds 5       # a CPU with AMX: both sides in bf16
     python benchmarks/train_e2e.py --device cuda --precision bf16 --size base --seq-len 512
 
 Needs transformers and accelerate (Hugging Face Trainer) for the HF side; `--skip-hf` runs masklm alone.
@@ -287,10 +288,14 @@ def summary(args: argparse.Namespace, rows: list[dict], fpt: float) -> dict:
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else None
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
                          **versions}
-    if args.device == "cpu" and args.precision == "fp32":  # masklm's side used its fused CPU kernels, or why not
+    if args.device == "cpu":
         from masklm.models import cpu_kernels
 
-        result["machine"]["masklm_cpu_kernels"] = cpu_kernels.unavailable() or "used"
+        if args.precision in ("fp32", "bf16"):  # masklm's side used its fused CPU kernels (bf16: their bf16 forms)
+            result["machine"]["masklm_cpu_kernels"] = cpu_kernels.unavailable() or "used"
+        # what bf16 matmuls run on: AMX makes them several times faster than fp32; without it they are slower
+        flags = set(cpu_kernels.cpu_flags().split())
+        result["machine"]["cpu_bf16_matmul"] = next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "none")
     return result
 
 

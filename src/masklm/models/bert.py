@@ -21,6 +21,7 @@ What makes training fast, without changing the maths:
 - when training on a CPU in fp32, attention with its dropout is one fused C++ kernel that reads q, k and v
   where the QKV matmul wrote them and writes their gradients straight back, and each sublayer exit (bias,
   dropout, residual, LayerNorm) another, and the FFN's bias with its GELU a third (``models.cpu_kernels``);
+  under bf16 autocast the last two run in their bf16 forms, beside SDPA's bf16 attention;
 - positions and the (always type-0) token-type embedding are added as one broadcast ``[T, D]`` table
   instead of two ``[B, T, D]`` gathers.
 

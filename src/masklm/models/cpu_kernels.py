@@ -27,8 +27,11 @@ and renames it, so concurrent processes (``torchrun``) never load half a file.
 
 Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
 of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
-of 16 (``usable``); everything else (inference, GPUs, bf16/fp16 autocast, the key/value cache) keeps SDPA or
-the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a function of seed,
+of 16 (``usable``). Under bf16 autocast (``--precision bf16`` on a CPU) the sublayer exit, GELU and the loss run
+in their bf16 forms: bf16 in and out where autocast has bf16 (the matmuls' outputs and their gradients), fp32
+inside, each result rounded once to nearest even; attention keeps SDPA there, whose bf16 matmuls run on the
+CPU's matrix units (AMX) where it has them. Everything else (inference, GPUs, fp16 autocast, the key/value
+cache) keeps SDPA or the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a function of seed,
 stream and position, vectorised; the C++ header says how), seeded by one draw of torch's generator per call,
 so ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
 """
@@ -71,7 +74,7 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
     """The CPU's feature flags (``-march=native`` compiles for them), or '' where /proc/cpuinfo is absent."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,7 +113,7 @@ def _library() -> ctypes.CDLL | None:
         _why_not.append("no C++ compiler found (install g++ or set CXX)")
         return None
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(_flags()).encode(),
-                                     _cpu_flags().encode(), torch.__version__.encode()])).hexdigest()[:16]
+                                     cpu_flags().encode(), torch.__version__.encode()])).hexdigest()[:16]
     target = _cache_dir() / f"cpu_kernels-{key}.so"
     try:
         if not target.exists():

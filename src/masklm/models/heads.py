@@ -15,8 +15,8 @@ A model is an encoder (``[B, T, D]`` out) with heads attached, as in Hugging Fac
   backward). ``objectives.objective_loss`` trains with it; ``cross_entropy`` is its mean (BERT's own
   loss; LTG-BERT keeps ``F.cross_entropy``, which rounds differently in the last bits).
   ``log_probs_excluding`` is its forward's log-softmax, which evaluation reads too. When training on a CPU
-  in fp32 both passes are one fused kernel (``models.cpu_kernels``): the forward keeps only each row's
-  logsumexp instead of the ``[N, V]`` log-probabilities.
+  with fp32 or bf16 logits both passes are one fused kernel (``models.cpu_kernels``): the forward keeps only
+  each row's logsumexp instead of the ``[N, V]`` log-probabilities, and bf16 logits are read as fp32.
 - ``pool``: one vector per sequence (mean or [CLS]), for embeddings and fine-tuned sequence heads.
 """
 

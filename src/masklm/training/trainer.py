@@ -283,7 +283,7 @@ class Trainer:
         device = self.info.device
         enable_tf32(device)
         keep_freed_memory(device)
-        if device.type == "cpu" and self.cfg.precision == "fp32" and not self.cfg.compile:
+        if device.type == "cpu" and self.cfg.precision in ("fp32", "bf16") and not self.cfg.compile:
             why = cpu_kernels.unavailable()  # builds them now (seconds, once per machine), not inside step 1
             if why and why != "MASKLM_CPU_KERNELS=0":
                 self.log(f"fused CPU kernels not used: {why}; training runs on PyTorch's ops (slower)")
