@@ -27,13 +27,13 @@ and renames it, so concurrent processes (``torchrun``) never load half a file.
 
 Used by BERT (``models.bert``: self-attention, both sublayer exits, the exact GELU) and by the training loss
 of every model (``models.heads``) when a gradient will be taken on a CPU in fp32 and the widths are multiples
-of 16 (``usable``). Under bf16 autocast (``--precision bf16`` on a CPU) the sublayer exit, GELU and the loss run
-in their bf16 forms: bf16 in and out where autocast has bf16 (the matmuls' outputs and their gradients), fp32
-inside, each result rounded once to nearest even; attention keeps SDPA there, whose bf16 matmuls run on the
-CPU's matrix units (AMX) where it has them. Everything else (inference, GPUs, fp16 autocast, the key/value
-cache) keeps SDPA or the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a function of seed,
-stream and position, vectorised; the C++ header says how), seeded by one draw of torch's generator per call,
-so ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
+of 16 (``usable``). Under bf16 autocast (``--precision bf16`` on a CPU) the sublayer exit, GELU and the loss
+run in their bf16 forms: bf16 in and out where autocast has bf16 (the matmuls' outputs and their gradients),
+fp32 inside, each result rounded once to nearest even; attention keeps SDPA there, whose bf16 matmuls run on
+the CPU's matrix units (AMX) where it has them. Everything else (inference, GPUs, fp16 autocast, the key/value
+cache) keeps SDPA or the PyTorch ops. Dropout's masks come from the kernels' own counter-based generator (a
+function of seed, stream and position, vectorised; the C++ header says how), seeded by one draw of torch's
+generator per call, so ``torch.manual_seed`` (and a checkpoint's RNG state) still fixes them.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ce_forward.argtypes = [P, P, P, L, P, P, L, L, N]
     lib.ce_backward.argtypes = [P, P, P, L, P, F, P, L, L, N]
     for name in ("addnorm_forward", "addnorm_backward", "gelu_forward", "gelu_backward", "ce_forward", "ce_backward"):
-        getattr(lib, name + "_bf16").argtypes = getattr(lib, name).argtypes  # bf16 where the fp32 form has h/x
+        # the same arguments; h or x, and the outputs beside them (y, dh, dz, the logits' gradient), are bf16
+        getattr(lib, name + "_bf16").argtypes = getattr(lib, name).argtypes
     for fn in (lib.attn_forward, lib.attn_backward, lib.addnorm_forward, lib.addnorm_backward, lib.gelu_forward,
                lib.gelu_backward, lib.ce_forward, lib.ce_backward, lib.addnorm_forward_bf16,
                lib.addnorm_backward_bf16, lib.gelu_forward_bf16, lib.gelu_backward_bf16, lib.ce_forward_bf16,
@@ -151,7 +152,7 @@ def usable(x: torch.Tensor, width: int | None = None, multiple: int = 16, bf16: 
     """Whether the kernels take a call on ``x`` (attention: q_src; the sublayer exit and GELU: their input,
     with ``width`` the dense layer's output width; the loss: the logits, with ``multiple=1``): CPU, fp32, a
     gradient to be taken, the width the kernel works on (default: x's last dimension) a multiple of
-    ``multiple``, not under autocast, not inside ``torch.compile`` (Inductor fuses the PyTorch ops itself, and
+    ``multiple``, not under autocast (but see ``bf16``), not inside ``torch.compile`` (Inductor fuses the PyTorch ops itself, and
     cannot trace a foreign call), and the kernels available.
 
     ``bf16=True`` where the kernel has a bf16 form (the sublayer exit, GELU, the loss) and its parameters are
@@ -330,8 +331,8 @@ class _AddNorm(torch.autograd.Function):
         d_res, d_bias, d_weight, d_norm_bias = (torch.empty(n, dtype=torch.float32) for n in ((N, D), (D,), (D,), (D,)))
         d_h = torch.empty(N, D, dtype=h_dtype)
         _form(d_h, "addnorm_backward")(g.data_ptr(), xhat.data_ptr(), rstd.data_ptr(), weight.data_ptr(),
-                                    d_res.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), d_weight.data_ptr(),
-                                    d_norm_bias.data_ptr(), N, D, dropout_p, seed, torch.get_num_threads())
+                                       d_res.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), d_weight.data_ptr(),
+                                       d_norm_bias.data_ptr(), N, D, dropout_p, seed, torch.get_num_threads())
         return d_h.view(shape), d_bias, d_res.view(shape), d_weight, d_norm_bias, None, None
 
 
@@ -365,8 +366,8 @@ class _BiasGelu(torch.autograd.Function):
         N, D = h2.shape
         g = grad_y.reshape(N, D).to(h2.dtype).contiguous()
         d_h, d_bias = torch.empty(N, D, dtype=h2.dtype), torch.empty(D, dtype=torch.float32)
-        _form(h2, "gelu_backward")(g.data_ptr(), h2.data_ptr(), bias.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(), N,
-                                 D, torch.get_num_threads())
+        _form(h2, "gelu_backward")(g.data_ptr(), h2.data_ptr(), bias.data_ptr(), d_h.data_ptr(), d_bias.data_ptr(),
+                                   N, D, torch.get_num_threads())
         return d_h.view(ctx.shape), d_bias
 
 

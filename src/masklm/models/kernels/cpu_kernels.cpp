@@ -60,6 +60,16 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf x) { *(vfu *)p = x; }
 
+// x in every lane (a plain broadcast: vf{} + x would add 0.0, which is no identity for -0.0, so the compiler
+// must keep the addition)
+static inline vf vset(float x) {
+#ifdef __AVX512F__
+    return (vf)_mm512_set1_ps(x);
+#else
+    return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#endif
+}
+
 // bf16: 16 of them in 32 bytes
 typedef uint16_t bf16;
 typedef uint16_t vh __attribute__((vector_size(32)));
@@ -81,17 +91,8 @@ static inline float load1(const bf16 *p) {
 static inline void store1(float *p, float x) { *p = x; }
 static inline void store1(bf16 *p, float x) {
     vh h;
-    vstore((bf16 *)&h, vf{} + x);  // lane 0 is x; the rest are discarded
+    vstore((bf16 *)&h, vset(x));  // one rounding rule for every store
     *p = h[0];
-}
-// x in every lane (a plain broadcast: vf{} + x would add 0.0, which is no identity for -0.0, so the compiler
-// must keep the addition)
-static inline vf vset(float x) {
-#ifdef __AVX512F__
-    return (vf)_mm512_set1_ps(x);
-#else
-    return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
-#endif
 }
 
 // exp(x) for x <= 0 (scores minus their row maximum); x below -87.3, -inf included, gives exactly 0.
@@ -474,8 +475,8 @@ void attn_backward(const float *q, const long *qs, const float *k, const long *k
 // h is T (fp32, or bf16 under autocast); the rest fp32.
 template <typename T>
 static void addnorm_fwd(const T *h, const float *bias, const float *residual, const float *gamma,
-                     const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
-                     uint64_t seed, int threads) {
+                        const float *beta, float *y, float *xhat, float *rstd, long N, long D, float eps, float p,
+                        uint64_t seed, int threads) {
     const DropRule rule(p);
     #pragma omp parallel num_threads(threads)
     {
@@ -513,7 +514,7 @@ static void addnorm_fwd(const T *h, const float *bias, const float *residual, co
 template <typename T>
 static void addnorm_bwd(const float *dy, const float *xhat, const float *rstd, const float *gamma, float *dres,
                         T *dh, float *dbias, float *dgamma, float *dbeta, long N, long D, float p, uint64_t seed,
-                      int threads) {
+                        int threads) {
     const DropRule rule(p);
     double *parts = (double *)calloc((size_t)threads * 3 * D, sizeof(double));  // per thread: dbias, dgamma, dbeta
     int used = 1;
