@@ -18,6 +18,11 @@ TF32: on NVIDIA Ampere and later GPUs, fp32 matmuls can run on tensor cores with
 for CUDA, as Hugging Face's ``--tf32`` and most training recipes do; ``NVIDIA_TF32_OVERRIDE=0`` turns it
 off for the whole process. Inference keeps torch's default: ``--dtype`` is its explicit choice.
 
+On CPUs the fast precision depends on the chip: with AMX (Intel Xeon 4th generation and later; ``amx_bf16``
+in /proc/cpuinfo) bf16 matmuls run several times faster than fp32 ones and a BERT small step takes about half
+the time in bf16; without it bf16 converts back and forth and is slower than fp32 (docs/benchmarks.md, "bf16
+on a CPU with AMX"). ``cpu_precision_advice`` says so in one line when a run's choice is the slow one.
+
 Compilation: ``torch.compile`` (TorchDynamo captures graphs, Inductor generates C++/OpenMP code on CPU and
 Triton kernels on CUDA). Inductor needs a C++ compiler on CPU and Triton on CUDA; without them, or when a
 graph fails to compile, the code runs eagerly after one line saying so. The first call of each new shape
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -56,6 +62,23 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def cpu_precision_advice(precision: str, cpu_flags: str) -> str | None:
+    """One line for a training run on an x86 CPU whose ``--precision`` is the slow choice there, else None.
+
+    ``cpu_flags``: the CPU's feature flags (``models.cpu_kernels.cpu_flags``). fp32 where the CPU has AMX
+    (``amx_bf16``), bf16 where it has not; other CPUs (ARM's bf16 instructions are another matter) and fp16
+    get no advice."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    amx = "amx_bf16" in cpu_flags.split()
+    if precision == "fp32" and amx:
+        return ("this CPU has AMX: masklm train --precision bf16 runs faster here (bf16 matmuls on its matrix units, "
+                "fp32 master weights)")
+    if precision == "bf16" and not amx:
+        return "this CPU has no AMX: --precision bf16 runs slower than fp32 here"
+    return None
 
 
 class MixedPrecision:

@@ -58,7 +58,14 @@ from masklm.training.evaluate import evaluate_heldout, heldout_rows
 from masklm.training.metrics import LossWindow, MetricsLog, StepStats
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.plots import plot_metrics
-from masklm.training.precision import MixedPrecision, enable_tf32, finite, grad_norm, maybe_compile
+from masklm.training.precision import (
+    MixedPrecision,
+    cpu_precision_advice,
+    enable_tf32,
+    finite,
+    grad_norm,
+    maybe_compile,
+)
 from masklm.training.row_order import RowOrder
 
 TIME_LIMIT_PROBE_STEPS = 5  # steps timed before a time limit fixes the run's length
@@ -283,6 +290,9 @@ class Trainer:
         device = self.info.device
         enable_tf32(device)
         keep_freed_memory(device)
+        advice = cpu_precision_advice(self.cfg.precision, cpu_kernels.cpu_flags()) if device.type == "cpu" else None
+        if advice:
+            self.log(advice)
         if device.type == "cpu" and self.cfg.precision in ("fp32", "bf16") and not self.cfg.compile:
             why = cpu_kernels.unavailable()  # builds them now (seconds, once per machine), not inside step 1
             if why and why != "MASKLM_CPU_KERNELS=0":
