@@ -548,6 +548,41 @@ def test_dwa_in_one_buffer_equals_the_autograd_sums(monkeypatch, causal):
     assert len(mixes) == 6
 
 
+def test_dwa_in_one_buffer_under_bf16_autocast(monkeypatch):
+    """Under bf16 autocast (``--precision bf16`` on a CPU; the matmuls in bf16, the states fp32 after each
+    block's LayerNorm) the buffer path runs too, and matches the autograd sums to bf16's precision."""
+    from masklm.models import dwa, ltg_bert
+
+    torch.manual_seed(0)
+    model = LtgBertForMaskedLM(tiny_config("gpt-bert", num_hidden_layers=3, hidden_dropout_prob=0.0,
+                                           attention_probs_dropout_prob=0.0))
+    with torch.no_grad():
+        for alpha in model.transformer.dwa_alphas:
+            alpha.normal_()
+    ids = torch.randint(0, 40, (3, 16))
+    labels = torch.where(torch.rand(3, 16) < 0.4, ids, torch.full_like(ids, -100))
+    dtypes = []
+    monkeypatch.setattr(dwa._Mix, "apply", lambda *a, real=dwa._Mix.apply: dtypes.append(a[1].dtype) or real(*a))
+
+    def step(fused: bool) -> tuple[float, dict[str, torch.Tensor]]:
+        monkeypatch.setattr(ltg_bert, "depth_mix_usable", lambda x: fused and dwa.depth_mix_usable(x))
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, labels=labels)
+        out.loss.backward()
+        return out.loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, grads = step(True)
+    assert len(dtypes) == 6  # the buffer path ran
+    ref_loss, ref_grads = step(False)
+    assert len(dtypes) == 6
+    assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss)
+    for name in grads:
+        assert grads[name].dtype == torch.float32
+        scale = ref_grads[name].abs().max().item()
+        assert (grads[name] - ref_grads[name]).abs().max().item() <= 0.03 * scale + 1e-6, name
+
+
 def test_dwa_buffers_are_reused_and_never_shared(monkeypatch):
     """DepthMixPool: the next step reuses the buffers; a forward while another pass holds them (two forwards,
     then both backwards) gets its own, and both passes' gradients stay right."""

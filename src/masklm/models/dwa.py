@@ -18,8 +18,12 @@ another order (equal within float rounding: tests/test_ltg_bert.py). S and G are
 (``DepthMixPool``). A GPT-BERT small CPU step took 9% longer with the autograd sums, the demo's tiny one
 2% (benchmarks/gpt_bert_step.py; docs/benchmarks.md).
 
-Used for fp32 training on a CPU (``depth_mix_usable``); GPUs, inference, the key/value cache, scoring's
-sparse last layer, autocast and ``torch.compile`` keep ``mix_states``.
+Used for training on a CPU (``depth_mix_usable``), in fp32 and under autocast alike. Under autocast the
+states are still fp32 (LayerNorm outputs; a state of a lower dtype would be widened into the buffer, as the
+autograd sums promote it, and get its gradient back in its own dtype), and the mix runs with autocast off:
+the fp32 sums the autograd spelling computes (before, ``--precision bf16`` fell back to those sums, and a
+GPT-BERT small CPU step spent more time in their multiplies than in its matmuls). GPUs, inference, the
+key/value cache, scoring's sparse last layer and ``torch.compile`` keep ``mix_states``.
 """
 
 from __future__ import annotations
@@ -41,11 +45,11 @@ def mix_states(alpha: torch.Tensor, states: list[torch.Tensor], x: torch.Tensor)
 
 def depth_mix_usable(x: torch.Tensor) -> bool:
     """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): on a CPU (where it was
-    measured; a GPU keeps the autograd sums, and the memory the second buffer would hold), fp32, a gradient
-    to be taken, not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can
-    trace)."""
+    measured; a GPU keeps the autograd sums, and the memory the second buffer would hold), fp32 (under
+    autocast too), a gradient to be taken, not inside ``torch.compile`` (a buffer written in place is no graph
+    Inductor can trace)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling())
 
 
 class DepthMixPool:
@@ -114,11 +118,12 @@ class _Mix(torch.autograd.Function):
             dm.states[0].copy_(first.reshape(-1))
             dm.count = 1
         k = dm.count
-        dm.states[k].copy_(x.reshape(-1))
+        dm.states[k].copy_(x.reshape(-1))  # a bf16 block output (autocast) is widened: exact
         dm.count = k + 1
-        out = torch.mv(dm.states[:k + 1].t(), alpha.to(dm.states.dtype))  # [B*T*D]: each state read once
+        with torch.autocast(dm.states.device.type, enabled=False):  # the fp32 sums autocast's promotion gives
+            out = torch.mv(dm.states[:k + 1].t(), alpha.to(dm.states.dtype))  # [B*T*D]: each state read once
         ctx.save_for_backward(alpha)
-        ctx.dm, ctx.k, ctx.first = dm, k, first is not None
+        ctx.dm, ctx.k, ctx.first, ctx.x_dtype = dm, k, first is not None, x.dtype
         return out.view(dm.shape)
 
     @staticmethod
@@ -129,8 +134,8 @@ class _Mix(torch.autograd.Function):
         g = grad_out.reshape(-1).to(dm.states.dtype)
         dm.add_grads(alpha.to(g.dtype), g)  # every state's gradient: += alpha[m] * g
         grad_alpha = torch.mv(dm.states[:k + 1], g).to(alpha.dtype)
-        # s_k's gradient is complete (later blocks' backwards ran first); copied out, as G is reused
-        grad_x = dm.grads[k].view(dm.shape).clone()
+        # s_k's gradient is complete (later blocks' backwards ran first); copied out (in s_k's dtype), as G is reused
+        grad_x = dm.grads[k].view(dm.shape).to(ctx.x_dtype, copy=True)
         grad_first = dm.grads[0].view(dm.shape).clone() if ctx.first else None
         if ctx.first:  # block 0's backward is the pass's last: its buffers are free again
             dm.pool.give_back(dm.states)

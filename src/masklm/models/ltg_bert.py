@@ -181,7 +181,7 @@ class Attention(nn.Module):
                 p, self.scale))
         else:
             if mask is not None:
-                bias = bias + mask
+                bias = bias + mask.to(bias.dtype)  # under autocast bias is bf16: no fp32 [B, H, Q, S] copy
             y = attend_with_bias(q, k, v, bias.to(q.dtype), p, self.scale)
         if attn.keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
             y = y * attn.keep_rows

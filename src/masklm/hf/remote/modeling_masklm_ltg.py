@@ -417,11 +417,11 @@ def mix_states(alpha: torch.Tensor, states: list[torch.Tensor], x: torch.Tensor)
 
 def depth_mix_usable(x: torch.Tensor) -> bool:
     """Whether ``DepthMix`` takes a forward pass on ``x`` (the embedding output): on a CPU (where it was
-    measured; a GPU keeps the autograd sums, and the memory the second buffer would hold), fp32, a gradient
-    to be taken, not under autocast or ``torch.compile`` (a buffer written in place is no graph Inductor can
-    trace)."""
+    measured; a GPU keeps the autograd sums, and the memory the second buffer would hold), fp32 (under
+    autocast too), a gradient to be taken, not inside ``torch.compile`` (a buffer written in place is no graph
+    Inductor can trace)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling())
 
 
 class DepthMixPool:
@@ -490,11 +490,12 @@ class _Mix(torch.autograd.Function):
             dm.states[0].copy_(first.reshape(-1))
             dm.count = 1
         k = dm.count
-        dm.states[k].copy_(x.reshape(-1))
+        dm.states[k].copy_(x.reshape(-1))  # a bf16 block output (autocast) is widened: exact
         dm.count = k + 1
-        out = torch.mv(dm.states[:k + 1].t(), alpha.to(dm.states.dtype))  # [B*T*D]: each state read once
+        with torch.autocast(dm.states.device.type, enabled=False):  # the fp32 sums autocast's promotion gives
+            out = torch.mv(dm.states[:k + 1].t(), alpha.to(dm.states.dtype))  # [B*T*D]: each state read once
         ctx.save_for_backward(alpha)
-        ctx.dm, ctx.k, ctx.first = dm, k, first is not None
+        ctx.dm, ctx.k, ctx.first, ctx.x_dtype = dm, k, first is not None, x.dtype
         return out.view(dm.shape)
 
     @staticmethod
@@ -505,8 +506,8 @@ class _Mix(torch.autograd.Function):
         g = grad_out.reshape(-1).to(dm.states.dtype)
         dm.add_grads(alpha.to(g.dtype), g)  # every state's gradient: += alpha[m] * g
         grad_alpha = torch.mv(dm.states[:k + 1], g).to(alpha.dtype)
-        # s_k's gradient is complete (later blocks' backwards ran first); copied out, as G is reused
-        grad_x = dm.grads[k].view(dm.shape).clone()
+        # s_k's gradient is complete (later blocks' backwards ran first); copied out (in s_k's dtype), as G is reused
+        grad_x = dm.grads[k].view(dm.shape).to(ctx.x_dtype, copy=True)
         grad_first = dm.grads[0].view(dm.shape).clone() if ctx.first else None
         if ctx.first:  # block 0's backward is the pass's last: its buffers are free again
             dm.pool.give_back(dm.states)
@@ -639,7 +640,7 @@ class Attention(nn.Module):
                 p, self.scale))
         else:
             if mask is not None:
-                bias = bias + mask
+                bias = bias + mask.to(bias.dtype)  # under autocast bias is bf16: no fp32 [B, H, Q, S] copy
             y = attend_with_bias(q, k, v, bias.to(q.dtype), p, self.scale)
         if attn.keep_rows is not None:  # rows with no key attended everywhere (see build_attention_mask): zero them
             y = y * attn.keep_rows
