@@ -173,6 +173,38 @@ def test_classification_learns_and_serves(root, base, capsys):
     assert "not a fine-tuned model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_classification_learns_in_mixed_precision(root, base, capsys, precision):
+    """``--precision`` as in ``masklm train``: autocast over fp32 weights (fp16 with its loss scaler); the run
+    learns the task, its first epoch's loss is fp32's to within rounding but not equal (autocast ran), and it
+    keeps fp32 weights and records the precision."""
+    train, valid = _classification_data(root)
+
+    def run(precision_: str) -> dict:
+        out = root / f"cls-{precision_}"
+        code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(train),
+                     "--validation", str(valid), "--text-column", "sentence", "--out", str(out), "--epochs", "6",
+                     "--lr", "3e-3", "--batch-size", "16", "--patience", "3", "--precision", precision_, "--json",
+                     "--overwrite"])
+        assert code == 0
+        return json.loads(capsys.readouterr().out)
+
+    result, fp32 = run(precision), run("fp32")
+    out = root / f"cls-{precision}"
+    assert result["validation"]["accuracy"] >= 0.95
+    first, first32 = result["history"][0]["loss"], fp32["history"][0]["loss"]
+    assert first != first32 and abs(first - first32) < 0.05 * first32
+    assert json.loads((out / "training_args.json").read_text())["finetune"]["precision"] == precision
+    assert all(t.dtype == torch.float32 for t in masklm.load(out).model.state_dict().values() if t.is_floating_point())
+
+
+def test_precision_flag_is_checked_in_one_line(root, base, capsys):
+    train, _ = _classification_data(root)
+    err = _cli_error(capsys, base, root, "classification", train, None, "--text-column", "sentence",
+                     "--precision", "fp8")
+    assert "precision must be one of fp32, bf16, fp16, got 'fp8'" in err
+
+
 # ---- regression on an LTG-style encoder (gpt-bert) -----------------------------------------------------
 
 def test_regression_learns_on_gpt_bert(root):

@@ -82,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "start + end score by more than this; default 0.0 if the training file has questions "
                         "without answers (SQuAD v2.0), else never; stored in the folder for predict")
     p.add_argument("--device", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (default; TF32 matmuls on CUDA), bf16, or fp16 (with a loss scaler): autocast over "
+                        "fp32 weights, as masklm train")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                       text_column=args.text_column, text_pair_column=args.text_pair_column,
                       label_column=args.label_column, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       patience=args.patience, seed=args.seed, warmup=args.warmup, weight_decay=args.weight_decay,
-                      pooling=args.pooling, metric=args.metric, device=args.device, **_window_args(args))
+                      pooling=args.pooling, metric=args.metric, device=args.device, precision=args.precision,
+                      **_window_args(args))
     result = finetune(args.model, fa)
     if args.json:
         print(json.dumps(result))

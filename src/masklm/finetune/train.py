@@ -8,6 +8,10 @@ always holds the best model so far. Training stops after ``patience`` epochs wit
 Regression targets are standardised with the training set's mean and standard deviation (stored in
 the task block and undone at prediction).
 
+``precision`` (``--precision``) is training's: bf16 or fp16 autocast over fp32 weights, gradients and AdamW
+state (fp16 with a loss scaler: ``training.precision.MixedPrecision``), TF32 matmuls for fp32 on CUDA;
+validation runs in fp32, so the watched metric and the best model's choice do not move with it.
+
 Long inputs (``windows``; always for question answering): each example is read as overlapping windows
 (``masklm.finetune.encode``). A sequence task trains on its windows' pooled logits (mean or max, the
 pooling prediction uses), a batch being ``batch_size`` examples with all their windows; tagging and
@@ -58,6 +62,7 @@ from masklm.inference.batching import WINDOW_POOLS, WindowSpec, pad, pool_window
 from masklm.modeldir import save_model_dir
 from masklm.training.distributed import pick_device
 from masklm.training.optim import build_optimizer, set_lr
+from masklm.training.precision import MixedPrecision, check_precision, enable_tf32
 from masklm.training.progress import build_lr_schedule
 
 
@@ -92,10 +97,12 @@ class FinetuneArgs:
     window_pool: str = "mean"
     max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH
     null_threshold: float | None = None
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        check_precision(self.precision)
         if self.pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
         for name in ("epochs", "batch_size", "patience", "max_answer_length"):
@@ -333,8 +340,8 @@ def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _
     return lines
 
 
-def _train_epoch(model: torch.nn.Module, split: _Split, optimizer: Any, args: FinetuneArgs, pad_id: int,
-                 device: torch.device, generator: torch.Generator, step: int, total_steps: int
+def _train_epoch(model: torch.nn.Module, split: _Split, optimizer: Any, amp: MixedPrecision, args: FinetuneArgs,
+                 pad_id: int, device: torch.device, generator: torch.Generator, step: int, total_steps: int
                  ) -> tuple[float, int]:
     """One pass over the training units in a seeded order -> (mean loss per unit, steps so far)."""
     schedule = build_lr_schedule("linear", warmup=args.warmup)
@@ -344,11 +351,13 @@ def _train_epoch(model: torch.nn.Module, split: _Split, optimizer: Any, args: Fi
     for batch in torch.randperm(units, generator=generator).split(args.batch_size):
         idx = batch.tolist()
         set_lr(optimizer, args.lr * schedule(step, total_steps))
-        loss = _batch_loss(model, split, idx, pad_id, device)
+        with amp.autocast():
+            loss = _batch_loss(model, split, idx, pad_id, device)  # fp32: the losses upcast the logits
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        amp.backward(loss)
+        amp.unscale(optimizer)  # clip the true gradients (fp16)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        amp.step(optimizer)
         total += float(loss.detach()) * len(idx)
         step += 1
     return total / units, step
@@ -372,6 +381,8 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     model = build_finetuned(base, task)
     device = pick_device(args.device)
     keep_freed_memory(device)
+    enable_tf32(device)
+    amp = MixedPrecision(args.precision, device)
     model.to(device)
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     units = len(train_split.rows) if args.task in TOKEN_TASKS else len(train_split.groups)
@@ -383,7 +394,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     best, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
     for epoch in range(1, args.epochs + 1):
         started = time.time()
-        loss, step = _train_epoch(model, train_split, optimizer, args, tokenizer.pad_id, device, generator, step,
+        loss, step = _train_epoch(model, train_split, optimizer, amp, args, tokenizer.pad_id, device, generator, step,
                                   args.epochs * steps_per_epoch)
         scores = evaluate(model, valid_split, tokenizer.pad_id, args.batch_size)
         record = {"epoch": epoch, "loss": loss, **scores}
