@@ -548,27 +548,6 @@ def test_dwa_in_one_buffer_equals_the_autograd_sums(monkeypatch, causal):
     assert len(mixes) == 6
 
 
-def test_relative_bias_by_flat_positions_equals_the_gathers():
-    """The position terms picked by flat positions in each (b, h) slice are the gathers' values exactly, for a
-    square table, a decoding step's slice of the cached table (S > Q, not contiguous) and one table per row;
-    their gradients are the gathers' (scatter-adds of the same terms)."""
-    from masklm.models.ltg_bert import _relative_bias, relative_position_indices
-
-    torch.manual_seed(0)
-    table = relative_position_indices(24, 8)  # [24, 24], entries in [0, 15)
-    R = int(table.max()) + 1
-    for indices in (table[:12, :12], table[9:13, :13], table[None, 4:8, :8].expand(3, 4, 8)):
-        Q, S = indices.shape[-2:]
-        c2p, p2c = torch.randn(3, 2, Q, R, requires_grad=True), torch.randn(3, 2, R, S, requires_grad=True)
-        index = (indices if indices.dim() == 2 else indices[:, None]).expand(3, 2, Q, S)
-        ref = c2p.gather(3, index) + p2c.gather(2, index)
-        got = _relative_bias(c2p, p2c, indices)
-        assert torch.equal(got, ref)
-        g = torch.randn(3, 2, Q, S)
-        for mine, theirs in zip(torch.autograd.grad(got, (c2p, p2c), g), torch.autograd.grad(ref, (c2p, p2c), g)):
-            assert torch.allclose(mine, theirs, atol=1e-6)
-
-
 def test_dwa_in_one_buffer_under_bf16_autocast(monkeypatch):
     """Under bf16 autocast (``--precision bf16`` on a CPU; the matmuls in bf16, the states fp32 after each
     block's LayerNorm) the buffer path runs too, and matches the autograd sums to bf16's precision."""

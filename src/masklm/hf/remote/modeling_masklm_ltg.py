@@ -624,7 +624,7 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)  # [B, H, S, d]
             # the position table is fixed while decoding: project it once per cache, not once per token
             pos = cache.memo("relative_qk", lambda: self.in_proj_qk(relative))
-        R = pos.shape[0]
+        R, S = pos.shape[0], k.shape[2]
         if self.interleaved:  # BNC-era checkpoints: head h owns columns [2hd, 2hd+2d) = Q_r then K_r
             q_pos, k_pos = pos.view(R, H, 2, d).unbind(2)  # [R, H, d]
         else:  # same cut as the content Q and K
@@ -632,7 +632,8 @@ class Attention(nn.Module):
         # content-to-position against the R-row table, then pick row d_ij for each (i, j)
         c2p = torch.matmul(q, k_pos.permute(1, 2, 0))  # [B, H, Q, R]
         p2c = torch.matmul(q_pos.transpose(0, 1), k.transpose(-1, -2))  # [B, H, R, S]
-        bias = _relative_bias(c2p, p2c, position_indices) * self.scale  # [B, H, Q, S]
+        index = (position_indices if position_indices.dim() == 2 else position_indices[:, None]).expand(B, H, Q, S)
+        bias = (c2p.gather(3, index) + p2c.gather(2, index)) * self.scale  # [B, H, Q, S]
         if attn.segments is not None:  # split form: each document run attends as its own sequence
             y = attend_segments(q, attn.segments, lambda b, s, e: attend_with_bias(
                 q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], _run_bias(bias[b, :, s:e, s:e], attn.is_causal).to(q.dtype),
@@ -649,22 +650,6 @@ class Attention(nn.Module):
         else:  # LTG-BERT: output projection, then an affine LN
             y = self.post_layer_norm(self.out_proj(y))
         return dropout(y, p, self.training)
-
-
-def _relative_bias(c2p: torch.Tensor, p2c: torch.Tensor, position_indices: torch.Tensor) -> torch.Tensor:
-    """c2p ``[B, H, Q, R]``, p2c ``[B, H, R, S]``, position_indices d ``[Q, S]`` or ``[B, Q, S]`` ->
-    c2p[b, h, i, d_ij] + p2c[b, h, d_ij, j] ``[B, H, Q, S]``. With one ``[Q, S]`` table for every row, each
-    term is one ``index_select`` of flat positions within a (b, h) slice: ``gather`` with the table expanded
-    to ``[B, H, Q, S]`` copied that int64 index (8 bytes an entry) in every call, forward and backward."""
-    B, H, Q, R = c2p.shape
-    S = p2c.shape[-1]
-    if position_indices.dim() == 3:
-        index = position_indices[:, None].expand(B, H, Q, S)
-        return c2p.gather(3, index) + p2c.gather(2, index)
-    rows = torch.arange(Q, device=c2p.device)[:, None] * R + position_indices  # [Q, S] in a slice's [Q * R]
-    cols = position_indices * S + torch.arange(S, device=c2p.device)  # [Q, S] in a slice's [R * S]
-    return (c2p.reshape(B * H, Q * R).index_select(1, rows.reshape(-1))
-            + p2c.reshape(B * H, R * S).index_select(1, cols.reshape(-1))).view(B, H, Q, S)
 
 
 def _rows(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
