@@ -84,6 +84,7 @@ def test_train_e2e_runs_twice_in_one_work_folder(monkeypatch, capsys, tmp_path):
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["masklm_tokens_per_s"] > 0 and summary["rounds"] == 1
         assert summary["machine"]["masklm_cpu_kernels"]  # "used", or why not
+        assert summary["machine"]["cpu_bf16_matmul"] in ("amx_bf16", "avx512_bf16", "none")
     assert len(list(tmp_path.glob("runs-*"))) == 2 and len(list(tmp_path.glob("prep-*"))) == 1
     sys.modules.pop("train_e2e", None)
 
