@@ -290,12 +290,12 @@ def summary(args: argparse.Namespace, rows: list[dict], fpt: float) -> dict:
                          **versions}
     if args.device == "cpu":
         from masklm.models import cpu_kernels
+        from masklm.training.precision import cpu_bf16_matmul
 
         if args.precision in ("fp32", "bf16"):  # masklm's side used its fused CPU kernels (bf16: their bf16 forms)
             result["machine"]["masklm_cpu_kernels"] = cpu_kernels.unavailable() or "used"
-        # what bf16 matmuls run on: AMX makes them several times faster than fp32; without it they are slower
-        flags = set(cpu_kernels.cpu_flags().split())
-        result["machine"]["cpu_bf16_matmul"] = next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "none")
+        # AMX makes bf16 matmuls several times faster than fp32; without it bf16 is the slower side
+        result["machine"]["cpu_bf16_matmul"] = cpu_bf16_matmul(cpu_kernels.cpu_flags())
     return result
 
 

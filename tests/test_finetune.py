@@ -173,26 +173,29 @@ def test_classification_learns_and_serves(root, base, capsys):
     assert "not a fine-tuned model" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def classification_fp32(root, base) -> dict:
+    """The fp32 fine-tuning run the mixed-precision runs are compared with (once for the module)."""
+    train, valid = _classification_data(root)
+    return finetune(base, FinetuneArgs(task="classification", train=str(train), validation=str(valid),
+                                       out=str(root / "cls-fp32"), text_column="sentence", epochs=6, lr=3e-3,
+                                       batch_size=16, patience=3), log=None)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_classification_learns_in_mixed_precision(root, base, capsys, precision):
+def test_classification_learns_in_mixed_precision(root, base, capsys, classification_fp32, precision):
     """``--precision`` as in ``masklm train``: autocast over fp32 weights (fp16 with its loss scaler); the run
     learns the task, its first epoch's loss is fp32's to within rounding but not equal (autocast ran), and it
     keeps fp32 weights and records the precision."""
     train, valid = _classification_data(root)
-
-    def run(precision_: str) -> dict:
-        out = root / f"cls-{precision_}"
-        code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(train),
-                     "--validation", str(valid), "--text-column", "sentence", "--out", str(out), "--epochs", "6",
-                     "--lr", "3e-3", "--batch-size", "16", "--patience", "3", "--precision", precision_, "--json",
-                     "--overwrite"])
-        assert code == 0
-        return json.loads(capsys.readouterr().out)
-
-    result, fp32 = run(precision), run("fp32")
     out = root / f"cls-{precision}"
+    code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(train),
+                 "--validation", str(valid), "--text-column", "sentence", "--out", str(out), "--epochs", "6",
+                 "--lr", "3e-3", "--batch-size", "16", "--patience", "3", "--precision", precision, "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["validation"]["accuracy"] >= 0.95
-    first, first32 = result["history"][0]["loss"], fp32["history"][0]["loss"]
+    first, first32 = result["history"][0]["loss"], classification_fp32["history"][0]["loss"]
     assert first != first32 and abs(first - first32) < 0.05 * first32
     assert json.loads((out / "training_args.json").read_text())["finetune"]["precision"] == precision
     assert all(t.dtype == torch.float32 for t in masklm.load(out).model.state_dict().values() if t.is_floating_point())

@@ -64,6 +64,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
+def cpu_bf16_matmul(cpu_flags: str) -> str:
+    """What a CPU's bf16 matmuls run on, from its feature flags (``models.cpu_kernels.cpu_flags``):
+    ``amx_bf16`` (matrix units: several times fp32's speed), ``avx512_bf16`` (vector dot products: slower than
+    fp32 in a training step, docs/benchmarks.md) or ``none``."""
+    flags = set(cpu_flags.split())
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), "none")
+
+
 def cpu_precision_advice(precision: str, cpu_flags: str) -> str | None:
     """One line for a training run on an x86 CPU whose ``--precision`` is the slow choice there, else None.
 
@@ -72,7 +80,7 @@ def cpu_precision_advice(precision: str, cpu_flags: str) -> str | None:
     get no advice."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    amx = "amx_bf16" in cpu_flags.split()
+    amx = cpu_bf16_matmul(cpu_flags) == "amx_bf16"
     if precision == "fp32" and amx:
         return ("this CPU has AMX: masklm train --precision bf16 runs faster here (bf16 matmuls on its matrix units, "
                 "fp32 master weights)")
