@@ -1,7 +1,8 @@
 """benchmarks/train_step_parts.py wraps Trainer internals by name: this keeps it in step with the trainer.
 benchmarks/dropout_speed.py times masklm's dropout against torch's: it runs and reports every approach.
 benchmarks/cpu_kernels.py times the fused CPU kernels against the paths they replace, and leaves them on.
-benchmarks/gpt_bert_step.py swaps GPT-BERT's DWA and attention for the spellings they replaced, and back."""
+benchmarks/gpt_bert_step.py swaps GPT-BERT's DWA and attention for the spellings they replaced, and back.
+benchmarks/generate_speed.py counts the drafts a round keeps under the exact rule and under typical acceptance."""
 
 from __future__ import annotations
 
@@ -107,3 +108,20 @@ def test_gpt_bert_step_times_every_config_and_restores_today(monkeypatch, capsys
     assert len(seen) == 4 * (1 + 2 * 2)
     assert (ltg_bert.depth_mix_usable, ltg_bert.attend_with_bias) == gpt_bert_step.NOW
     sys.modules.pop("gpt_bert_step", None)
+
+
+def test_kept_drafts_counts_the_exact_rules_expectation_and_typical_acceptances_leading_passes(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import torch
+    from generate_speed import kept_drafts
+
+    # row 0: p/q at the drafts 0.5/0.75 then 1/0.5 -> kept 2/3 + 2/3; both pass typical acceptance
+    # row 1: 0.05/0.5 then 1/0.5 -> 0.1 + 0.1; the first fails (0.05 <= min(0.09, 0.3 e^-H)), so none count
+    p = torch.tensor([[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], [[0.05, 0.95, 0.0], [1.0, 0.0, 0.0]]])
+    q = torch.tensor([[[0.25, 0.75, 0.0], [0.5, 0.5, 0.0]], [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]])
+    drafts = torch.tensor([[1, 0], [0, 0]])
+    got = kept_drafts(p.log(), q.log(), drafts)
+    assert abs(got["exact"] - (4 / 3 + 0.2) / 2) < 1e-6
+    assert got["typical"] == 1.0 and got["typical_pass"] == [0.5, 1.0]
+    same = kept_drafts(q.log(), q.log(), drafts)  # drafts from the causal distribution itself: all kept
+    assert abs(same["exact"] - 2.0) < 1e-6

@@ -48,8 +48,14 @@ def test_gpu_check_generate_smoke_measures_every_strategy(tmp_path):
     assert all(row["tokens_per_s"] > 0 for row in rows if "tokens_per_s" in row)
     assert "round cost in one-token left-to-right steps" in stdout  # what DraftSizer.COSTS["cuda"] needs
     assert "masked draft i equals the causal greedy token i" in stdout
-    agreement = json.loads((out / "generate_speed.json").read_text())["draft_agreement"]
+    result = json.loads((out / "generate_speed.json").read_text())
+    agreement, sampled = result["draft_agreement"], result["sampled_drafts_kept"]
     assert len(agreement) == 4 and all(0.0 <= a <= 1.0 for a in agreement)
+    assert "a round keeps" in stdout and 0.0 <= sampled["exact"] <= 4.0 and 0.0 <= sampled["typical"] <= 4.0
+    assert len(sampled["typical_pass"]) == 4
+    # quality pools every round's samples, each round with its own seed
+    base = next(row for row in result["rows"] if row["config"] == "autoregressive T=1.0 (KV cache)")
+    assert len(base["ppl_rounds"]) == result["rounds"]
 
 
 @pytest.mark.slow
