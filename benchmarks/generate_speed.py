@@ -237,6 +237,15 @@ def draft_measures(pipe, model_dir: Path, n_texts: int, seed: int, prefix_tokens
             "sampled": kept_drafts(p_logp, q_logp, drafts)}
 
 
+def issue_bar(rows: list[dict], device: str) -> list[dict]:
+    """The bar of issue #13 for the default row of each length: tokens/s >= 2x left to right on a CPU (5x on a
+    GPU), repeated 2-grams <= 2x real text, causal perplexity <= 1.5x left to right -> one dict per length."""
+    need = 2.0 if device == "cpu" else 5.0
+    return [{"length": r["length"], "strategy": r["strategy"], "speedup_vs_ar": r["speedup_vs_ar"], "speed_needed": need,
+             "speed": r["speedup_vs_ar"] >= need, "repeats": r["repeats_vs_real"] <= 2.0, "ppl": r["ppl_vs_ar"] <= 1.5}
+            for r in rows if r["config"] == "default (no --strategy)"]
+
+
 def print_table(rows: list[dict]) -> None:
     print("\n| length | config | calls | tokens/call | tokens/s | vs AR | causal PPL (vs AR) | repeated 2-grams "
           "(vs real) | bar |", file=sys.stderr)
@@ -300,7 +309,8 @@ def main() -> int:
               "sampled_drafts_kept": sampled,
               "parameters": sum(p.numel() for p in pipe.model.parameters()), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "device": args.device, "rounds": args.rounds, "load_average_end": os.getloadavg(), "rows": rows}
+              "device": args.device, "rounds": args.rounds, "load_average_end": os.getloadavg(),
+              "issue_13_bar": issue_bar(rows, torch.device(args.device).type), "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -308,6 +318,11 @@ def main() -> int:
     print_table(rows)
     print("masked draft i equals the causal greedy token i, after 40 tokens of real text (i = 1..4): "
           + " / ".join(f"{a:.2f}" for a in agreement), file=sys.stderr)
+    for bar in result["issue_13_bar"]:
+        print(f"issue #13 bar, {bar['length']} tokens, default ({bar['strategy']}): speed {bar['speedup_vs_ar']:.2f}x "
+              f"(needs {bar['speed_needed']:g}x: {'met' if bar['speed'] else 'not met'}), repeated 2-grams "
+              f"{'met' if bar['repeats'] else 'not met'}, perplexity {'met' if bar['ppl'] else 'not met'}",
+              file=sys.stderr)
     print(f"of 4 drafts sampled from the masked reading after real text, a round keeps {sampled['exact']:.2f} "
           f"(speculative sampling) or {sampled['typical']:.2f} (Medusa's typical acceptance; per draft "
           + " / ".join(f"{a:.2f}" for a in sampled["typical_pass"]) + " pass)", file=sys.stderr)

@@ -27,4 +27,4 @@ echo "generate_speed rc=$?"
 grep '^|' "$OUT/generate_speed.log" || tail -n 5 "$OUT/generate_speed.log"
 # the measured cost of a speculative round in one-token steps (what DraftSizer.COSTS["cuda"] should hold), and
 # how often the masked drafts equal the causal greedy tokens, and how many sampled drafts a round keeps
-grep -E '^(round cost|masked draft|of 4 drafts)' "$OUT/generate_speed.log" || true
+grep -E '^(round cost|masked draft|of 4 drafts|issue #13 bar)' "$OUT/generate_speed.log" || true

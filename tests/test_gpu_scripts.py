@@ -56,6 +56,10 @@ def test_gpu_check_generate_smoke_measures_every_strategy(tmp_path):
     # quality pools every round's samples, each round with its own seed
     base = next(row for row in result["rows"] if row["config"] == "autoregressive T=1.0 (KV cache)")
     assert len(base["ppl_rounds"]) == result["rounds"]
+    bar = result["issue_13_bar"]  # the default's verdict on issue #13's bar, CPU's 2x in the smoke run
+    assert [b["length"] for b in bar] == [16] and bar[0]["speed_needed"] == 2.0
+    default = next(row for row in result["rows"] if row["config"] == "default (no --strategy)")
+    assert bar[0]["speed"] is (default["speedup_vs_ar"] >= 2.0) and "issue #13 bar, 16 tokens" in stdout
 
 
 @pytest.mark.slow
