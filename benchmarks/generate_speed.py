@@ -247,7 +247,7 @@ def issue_bar(rows: list[dict], device: str) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| length | config | calls | tokens/call | tokens/s | vs AR | causal PPL (vs AR) | repeated 2-grams "
+    print("\n| length | config | calls | tokens/call | tokens/s | vs AR | causal PPL (pooled vs AR) | repeated 2-grams "
           "(vs real) | bar |", file=sys.stderr)
     print("|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
@@ -255,8 +255,10 @@ def print_table(rows: list[dict]) -> None:
             print(f"| {r['length']} | {r['config']} | | | | | {r['causal_ppl']:.1f} | {r['repeated_2grams']:.3f} | |",
                   file=sys.stderr)
             continue
+        spread = r["ppl_vs_ar_rounds"]  # the ratio seed by seed, beside the pooled one
+        each = f"; rounds {min(spread):.2f}-{max(spread):.2f}" if len(spread) > 1 else ""
         print(f"| {r['length']} | {r['config']} ({r['strategy']}) | {r['network_calls']} | {r['tokens_per_call']:.2f} "
-              f"| {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | {r['causal_ppl']:.1f} ({r['ppl_vs_ar']:.2f}x) "
+              f"| {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | {r['causal_ppl']:.1f} ({r['ppl_vs_ar']:.2f}x{each}) "
               f"| {r['repeated_2grams']:.3f} ({r['repeats_vs_real']:.1f}x) | {r['bar']} |", file=sys.stderr)
     for length in sorted({r["length"] for r in rows}):  # what DraftSizer.COSTS models: C(k) = 2 (1 + gamma k) + delta
         # a round of k drafts yields at most k + 1 tokens: (k + 1) / cost bounds the speed-up of k drafts on
