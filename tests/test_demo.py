@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -33,3 +34,21 @@ def test_demo_beats_unigram_baseline(tmp_path, capsys):
     assert (out / "final" / "model.safetensors").is_file() and (out / "loss.png").is_file()
     # a second demo into the same non-empty folder is refused instead of mixing runs
     assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 2
+
+
+def test_demo_refuses_an_unknown_precision_in_one_line_before_writing(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--precision", "half", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "precision must be one of fp32, bf16, fp16, got 'half'" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_demo_trains_in_the_precision_it_is_given(tmp_path, capsys):
+    """The advice line on a CPU with AMX names --precision, which the demo takes as masklm train does."""
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--max-steps", "10", "--precision", "bf16", "--no-progress"]) == 0
+    args = json.loads((out / "training_args.json").read_text(encoding="utf-8"))
+    assert args["precision"] == "bf16" and "held-out masked-token accuracy" in capsys.readouterr().out

@@ -225,7 +225,7 @@ def test_tf32_is_turned_on_for_cuda_only():
 
 
 @pytest.mark.parametrize("machine, flags, precision_, says", [
-    ("x86_64", "flags : fpu avx512f amx_bf16 amx_tile", "fp32", "this CPU has AMX: masklm train --precision bf16 runs faster"),
+    ("x86_64", "flags : fpu avx512f amx_bf16 amx_tile", "fp32", "this CPU has AMX: --precision bf16 runs faster"),
     ("x86_64", "flags : fpu avx512f avx512_bf16", "bf16", "this CPU has no AMX: --precision bf16 runs slower"),
     ("x86_64", "flags : fpu avx512f amx_bf16", "bf16", None),
     ("x86_64", "flags : fpu avx2", "fp32", None),
@@ -246,7 +246,7 @@ def test_masklm_train_advises_bf16_on_a_cpu_with_amx(tmp_path, setup, monkeypatc
     monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: "flags : fpu avx512f amx_bf16 amx_tile")
     assert train_cli(setup, tmp_path / "run", "--max-steps", "2") == 0
     err = capsys.readouterr().err
-    assert err.count("this CPU has AMX: masklm train --precision bf16 runs faster here") == 1
+    assert err.count("this CPU has AMX: --precision bf16 runs faster here") == 1
     args = json.loads((tmp_path / "run" / "training_args.json").read_text(encoding="utf-8"))
     assert args["precision"] == "fp32"
 

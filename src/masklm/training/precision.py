@@ -82,7 +82,7 @@ def cpu_precision_advice(precision: str, cpu_flags: str) -> str | None:
         return None
     amx = cpu_bf16_matmul(cpu_flags) == "amx_bf16"
     if precision == "fp32" and amx:
-        return ("this CPU has AMX: masklm train --precision bf16 runs faster here (bf16 matmuls on its matrix units, "
+        return ("this CPU has AMX: --precision bf16 runs faster here (bf16 matmuls on its matrix units, "
                 "fp32 master weights)")
     if precision == "bf16" and not amx:
         return "this CPU has no AMX: --precision bf16 runs slower than fp32 here"
