@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -365,6 +366,7 @@ def test_cli_default_says_what_it_chose(folders, capsys):
                  "--no-repeat-ngram-size", "2", "--repetition-penalty", "1.2", "--threshold", "0.5"]) == 0
     captured = capsys.readouterr()
     assert "strategy threshold (" not in captured.err
+    assert re.fullmatch(r"masklm: threshold, \d+ network calls, [\d.]+ tokens per call, [\d.]+ s", captured.err.strip())
     want = masklm.load(hybrid).generate("the river", strategy="threshold", length=6, no_repeat_ngram_size=2,
                                         repetition_penalty=1.2, threshold=0.5)
     assert captured.out.strip() == want["text"] and want["why"] is None
@@ -372,6 +374,13 @@ def test_cli_default_says_what_it_chose(folders, capsys):
         assert main(["generate", "x", "--model", str(hybrid), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("masklm: error:") and "\n" not in err
+
+
+def test_cli_summary_counts_in_the_singular_for_one(folders, capsys):
+    hybrid, _ = folders
+    assert main(["generate", "--model", str(hybrid), "--template", "the [MASK] river", "--strategy", "mask-predict",
+                 "--steps", "1"]) == 0
+    assert ", 1 step, 1 network call, 1.00 tokens per call" in capsys.readouterr().err
 
 
 def test_pipeline_default_and_server_fields(folders, tok):

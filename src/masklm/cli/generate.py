@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         print(r["text"])
-    steps = f"{first['steps']} steps, " if first["steps"] is not None else ""
-    print(f"masklm: {first['strategy']}, {steps}{first['network_calls']} network calls, "
+    steps = "" if first["steps"] is None else f"{first['steps']} step{'s' * (first['steps'] != 1)}, "
+    calls = f"{first['network_calls']} network call{'s' * (first['network_calls'] != 1)}"
+    print(f"masklm: {first['strategy']}, {steps}{calls}, "
           f"{first['tokens_per_call']:.2f} tokens per call, {first['seconds']:.2f} s", file=sys.stderr)
     return 0
