@@ -325,6 +325,76 @@ def test_a_folder_another_run_is_writing_is_refused(killed, tmp_path, toml, corp
     assert not (empty / LOCK_NAME).exists() and (empty / "final").is_dir()
 
 
+PROBE_LOCK = """
+import fcntl, sys
+with open(sys.argv[1], "a") as f:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("free")
+    except OSError:
+        print("held")
+"""
+
+
+def lock_state(folder: Path) -> str:
+    """'held' or 'free', as another process finds the run folder's lock ('none': no lock file)."""
+    if not (folder / LOCK_NAME).exists():
+        return "none"
+    probe = [sys.executable, "-c", PROBE_LOCK, str(folder / LOCK_NAME)]
+    return subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("case", ["new folder", "--overwrite"])
+def test_a_run_holds_its_folder_from_the_start(tmp_path, toml, corpus, monkeypatch, case):
+    """A run into a folder that did not exist, and one that --overwrite emptied, hold it as a resumed run
+    does: another process finds it locked at every step."""
+    from masklm.training.trainer import Trainer
+
+    out = tmp_path / "new" / "run"
+    if case == "--overwrite":
+        assert main(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "1"]) == 0
+    seen, real_step = [], Trainer.train_step
+
+    def probed(self, step):
+        seen.append(lock_state(out))
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", probed)
+    extra = ["--overwrite"] if case == "--overwrite" else []
+    assert main(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "2", *extra]) == 0
+    assert seen == ["held", "held"]
+    assert lock_state(out) == "none" and loss_steps(out) == [1, 2]
+
+
+def test_a_refused_run_into_new_folders_leaves_none_and_never_takes_a_held_one(tmp_path, toml, corpus, capsys,
+                                                                             monkeypatch):
+    from masklm.training import trainer
+
+    nested = tmp_path / "a" / "b" / "run"
+    assert main(base_flags(toml, tmp_path / "missing.txt") + ["--out", str(nested)]) == 2
+    assert "missing.txt' not found" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # bad input: the folders made for the run are gone again
+    # a run that made its folder a moment before another run locked it leaves that run's folder alone
+    out = tmp_path / "raced"
+    holders = []
+
+    def made_then_taken(folder):
+        Path(folder).mkdir()
+        holders.append(subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE,
+                                        text=True))
+        assert holders[0].stdout.readline().strip() == "holding"
+        return Path(folder)
+
+    monkeypatch.setattr(trainer, "make_dirs", made_then_taken)
+    try:
+        refused(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "1"], capsys, "is in use by")
+        assert out.is_dir() and lock_state(out) == "held"
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
 HOLD_LOCK = """
 import sys, time
 from masklm.files import folder_lock

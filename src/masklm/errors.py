@@ -16,6 +16,10 @@ class ConfigError(MaskLMError):
     """An unknown key, a wrong type or an impossible value in a config or a flag."""
 
 
+class FolderInUse(ConfigError):
+    """A folder another process holds (``files.folder_lock``): the refused run must not touch it."""
+
+
 class DataError(MaskLMError):
     """A missing, empty or malformed corpus, shard folder or data file."""
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from masklm.errors import ConfigError, MaskLMError
+from masklm.errors import ConfigError, FolderInUse, MaskLMError
 
 try:
     import fcntl
@@ -133,6 +133,35 @@ def remove_dir(folder: str | Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def empty_locked_dir(folder: str | Path) -> None:
+    """Delete everything in a folder this process holds (``folder_lock``) but the lock file, which keeps the
+    folder held: its entries move into a hidden sibling, which is then deleted. (``remove_dir`` would take
+    the lock file with the folder, and a second run could then lock a new one.)"""
+    folder = Path(folder)
+    aside = _sibling(folder, "old")
+    aside.mkdir()
+    for entry in folder.iterdir():
+        if entry.name != LOCK_NAME:
+            os.replace(entry, aside / entry.name)
+    fsync_path(folder)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def make_dirs(folder: str | Path) -> Path | None:
+    """Create ``folder`` and its missing parents -> the topmost folder created (what to remove to leave the
+    disk as it was), or None when ``folder`` exists (a file under that name is left for the caller's checks
+    to refuse). ConfigError (one line) when it cannot be created."""
+    folder = Path(folder).expanduser().absolute()
+    if folder.exists() or folder.is_symlink():
+        return None
+    check_writable(folder)
+    top = folder
+    while not top.parent.exists():
+        top = top.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return top
+
+
 @contextmanager
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Write a folder atomically: ``with atomic_dir(out) as tmp:`` fill ``tmp``; on a normal exit every
@@ -192,8 +221,9 @@ def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ..
 @contextmanager
 def folder_lock(folder: str | Path, what: str, enabled: bool = True) -> Iterator[None]:
     """Hold ``folder`` for this process while the block runs; ConfigError (exit 2) at once when another
-    process holds it. A folder that does not exist yet is not locked (nobody can be writing there). The
-    lock file is removed afterwards when this call made it, so a refused run leaves the folder as it was."""
+    process holds it. The folder must exist (``make_dirs`` first: a folder made without a lock is one a
+    second process could write at the same time); one that does not is not locked. The lock file is removed
+    afterwards when this call made it, so a refused run leaves the folder as it was."""
     path = Path(folder) / LOCK_NAME
     if not enabled or fcntl is None or not path.parent.is_dir():
         yield
@@ -207,7 +237,7 @@ def folder_lock(folder: str | Path, what: str, enabled: bool = True) -> Iterator
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             made = False  # it is the holder's
-            raise ConfigError(f"{folder} is in use by {holder}; wait for it to end, or choose another "
+            raise FolderInUse(f"{folder} is in use by {holder}; wait for it to end, or choose another "
                               "folder") from None
         handle.seek(0)
         handle.truncate()

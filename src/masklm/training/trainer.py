@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, prepare_shards
-from masklm.errors import ConfigError, MaskLMError, out_of_memory
-from masklm.files import folder_lock, remove_dir
+from masklm.errors import ConfigError, FolderInUse, MaskLMError, out_of_memory
+from masklm.files import empty_locked_dir, folder_lock, make_dirs
 from masklm.host_memory import keep_freed_memory
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model, cpu_kernels
@@ -83,18 +83,22 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = _log_to_stderr) -> Path
     """Run ``cfg`` to the end (or to its time limit) and return the run folder."""
     info = setup(cfg.device)
     run_dir = Path(cfg.out)
-    created = not run_dir.exists()
+    created = None  # the topmost folder this run made, when it made the run folder
     try:
-        try:  # a second run (or resume) into a folder that one is writing is refused
+        # the run folder exists before the lock is taken, so a new run holds it as a resumed one does, and a
+        # second run (or resume) into a folder that one is writing is refused
+        created = make_dirs(run_dir) if info.is_main else None
+        try:
             with folder_lock(run_dir, f"masklm train --out {run_dir}", enabled=info.is_main):
                 return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too; any other is a bug, with its traceback
             raise (out_of_memory(exc, cfg.batch_size, cfg.max_seq_len, cfg.device) or exc) from None
     except MaskLMError as exc:
         # Bad input found before training wrote anything of value: leave nothing half-made behind.
-        # A run that diverged keeps its folder: its metrics show what happened.
-        if created and info.is_main and not ckpt.list_checkpoints(run_dir) and not isinstance(exc, TrainingStopped):
-            shutil.rmtree(run_dir, ignore_errors=True)
+        # A run that diverged keeps its folder: its metrics show what happened; a folder that another run
+        # locked first (it may have been made here a moment before) is that run's.
+        if created and not ckpt.list_checkpoints(run_dir) and not isinstance(exc, (TrainingStopped, FolderInUse)):
+            shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
         cleanup(info)
@@ -320,8 +324,8 @@ class Trainer:
         self.record, self.resume_from = run_folder.check_run_folder(cfg, self.run_dir, self.log)
         barrier(info)
         if info.is_main:
-            if cfg.overwrite and self.run_dir.is_dir():
-                remove_dir(self.run_dir)
+            if cfg.overwrite and self.run_dir.is_dir():  # train() holds it: keep the lock file
+                empty_locked_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         self.tok = self._tokenizer()
