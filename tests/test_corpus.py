@@ -82,6 +82,12 @@ def test_malformed_jsonl_records_are_counted_and_reported(tmp_path, caplog):
     assert any(f"{path}:3" in w for w in stats.warnings) and any(f"{path}:6" in w for w in stats.warnings)
     assert f"{path}:4" in caplog.text
     assert "4 records skipped" in stats.summary()
+    # a second pass over the same corpus (tokenizer, then shards) counts them again but logs none twice
+    caplog.clear()
+    again = CorpusStats()
+    with caplog.at_level(logging.WARNING, logger="masklm.data"):
+        assert read([str(path)], again) == ["good one", "good two"]
+    assert again.skipped == stats.skipped and again.warnings == stats.warnings and f"{path}:" not in caplog.text
 
 
 @pytest.mark.parametrize("setup, message", [

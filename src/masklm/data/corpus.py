@@ -38,6 +38,9 @@ MAX_RECORD_BYTES = 64 << 20
 _SPACE_BYTES = (b" ", b"\t", b"\r", b"\x0b", b"\x0c")
 _SPACE_CHARS = (" ", "\n", "\t", "\r", "\x0b", "\x0c")
 _MAX_WARNINGS = 100  # keep the first warnings in CorpusStats; counts stay exact
+# A command reads its corpus more than once (the tokenizer, its coverage check, the shards): each skipped
+# record goes to stderr once per process, and every pass still counts it and keeps it in its stats.
+_LOGGED: set[str] = set()
 
 
 @dataclass
@@ -60,7 +63,9 @@ class CorpusStats:
         message = f"{where}: skipped record ({reason.replace('_', ' ')})"
         # Log (and keep) the first ones only, so a badly broken corpus does not flood stderr.
         if len(self.warnings) < _MAX_WARNINGS:
-            log.warning(message)
+            if message not in _LOGGED and len(_LOGGED) < 100 * _MAX_WARNINGS:
+                log.warning(message)
+                _LOGGED.add(message)
             self.warnings.append(message)
         elif len(self.warnings) == _MAX_WARNINGS:
             log.warning("more records skipped; they are counted but not logged")
