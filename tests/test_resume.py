@@ -371,8 +371,7 @@ def test_a_refused_run_into_new_folders_leaves_none_and_never_takes_a_held_one(t
     from masklm.training import trainer
 
     nested = tmp_path / "a" / "b" / "run"
-    assert main(base_flags(toml, tmp_path / "missing.txt") + ["--out", str(nested)]) == 2
-    assert "missing.txt' not found" in capsys.readouterr().err
+    refused(base_flags(toml, tmp_path / "missing.txt") + ["--out", str(nested)], capsys, "missing.txt' not found")
     assert not (tmp_path / "a").exists()  # bad input: the folders made for the run are gone again
     # a run that made its folder a moment before another run locked it leaves that run's folder alone
     out = tmp_path / "raced"

@@ -6,7 +6,8 @@ The rule of the project: no command replaces what a user made unless told to. Be
 - an ``--out`` that is a file;
 - with ``--resume``: a folder without a usable checkpoint, a config or corpus other than the recorded one
   (``run_record``), or a run that is already finished at its length;
-- without it: a folder that holds anything (a run's checkpoints, a finished model, other files) unless
+- without it: a corpus path that does not exist or holds no text files (before a tokenizer is trained on
+  it); a folder that holds anything (a run's checkpoints, a finished model, other files) unless
   ``--overwrite``, or one that is, holds or sits inside a folder the run reads (corpus, tokenizer,
   ``--init-from``). A ``data/`` folder of prepared shards alone is not a run (``masklm data prepare`` wrote
   it for this run), and neither is the lock file of a run that is checking the folder right now.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from masklm.data.corpus import resolve_files
 from masklm.data.shards import is_shard_folder
 from masklm.errors import ConfigError
 from masklm.files import LOCK_NAME, check_out
@@ -45,6 +47,7 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path,
             refuse_finished(run_dir, state["step"], state["schedule_total_steps"])
         run_record.check_corpus(record, cfg, where)
         return record, resume_from
+    resolve_files(cfg.corpus)  # DataError now, not after "training a tokenizer on the corpus"
     sources = [s for s in run_record.resolve_paths({"corpus": cfg.corpus})["corpus"] if Path(s).exists()]
     check_out(run_dir, overwrite=True, sources=(*sources, *filter(None, (cfg.tokenizer, cfg.init_from))))
     held = held_files(run_dir)
