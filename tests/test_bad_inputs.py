@@ -655,3 +655,15 @@ def test_training_rebuilds_damaged_shards(base, tmp_path):
                    log=messages.append)
     assert any(m.startswith("rebuilding") and "tokens-00000.bin does not match its checksum" in m for m in messages)
     assert ShardedCorpus(tmp_path / "s").num_tokens == ShardedCorpus(base["shards"]).num_tokens
+
+
+def test_ctrl_c_while_the_commands_import_is_one_line_and_status_130(monkeypatch, capsys):
+    """Ctrl-C in the first second of any command lands while torch and the command modules import."""
+    import masklm.cli as cli
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["corpus", "list"]) == 130
+    assert capsys.readouterr().err == "masklm: interrupted\n"

@@ -35,20 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        result = args.func(args)
+    try:  # Ctrl-C while the command modules (and torch) import is an interruption too, not a traceback
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
     except MaskLMError as exc:
         print(f"masklm: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("masklm: interrupted", file=sys.stderr)
         return 130
-    return int(result or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
