@@ -268,6 +268,14 @@ def test_generate(url, pipe):
     assert r.json()["token_ids"] == ref["token_ids"]
     t = post(url, "/generate", {"parameters": {"template": "the [MASK]*3 sat", "steps": 3}})
     assert t.status_code == 200, t.text
+    # no strategy: the one masklm generate picks for the model (trained with mlm and clm: speculative), and why
+    plain = {"prompt": "the cat", "parameters": {"seed": 3, "length": 6}}
+    default, ref = post(url, "/generate", plain).json(), pipe.generate("the cat", seed=3, length=6)
+    assert default["strategy"] == ref["strategy"] == "speculative" and default["why"] == ref["why"] is not None
+    assert default["token_ids"] == ref["token_ids"]
+    steps = post(url, "/generate", plain | {"return_steps": True}).json()
+    assert steps["strategy"] == "speculative" and steps["token_ids"] == ref["token_ids"]
+    assert len(steps["trace"]) == steps["network_calls"]
     for params, words in (({"length": 17}, "length"), ({"steps": 9}, "steps"), ({"objectives": "clm"}, "unknown"),
                           ({"template": "a [MASK]*1000000000000"}, "template"), ({"length": "5"}, "integer"),
                           ({"trace": True}, "unknown"), ({"strategy": "nope"}, "")):

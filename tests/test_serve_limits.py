@@ -89,7 +89,8 @@ def test_generate_cost_is_bounded(tight):
         r = post(tight.url, "/generate", {"prompt": "the cat", "parameters": params})
         assert r.status_code == 413, (params, r.text)
         assert cost in r.json()["error"] and "--max-generate-cost" in r.json()["error"]
-    # the default steps count too: mask-predict runs min(10, length) steps
+    # the default strategy's calls count too: speculative decoding (the model was trained with mlm and clm)
+    # may take a call per token, so length x length
     assert post(tight.url, "/generate", {"prompt": "the", "parameters": {"length": 11}}).status_code == 413
 
 

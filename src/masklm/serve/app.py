@@ -160,7 +160,7 @@ class ModelRoutes:
 
     async def generate(self, body: GenerateRequest) -> Response:
         params = check_generate(body.prompt, body.parameters.model_dump(exclude_none=True), self.limits,
-                                self.pipe.tokenizer)
+                                self.pipe.tokenizer, self.pipe.objectives)
         # Pipeline.generate gives one result dict for one prompt or template: the text, tokens and timings;
         # with return_steps the worker also reads the canvas after every network call (masklm.serve.steps)
         kind = "generate_steps" if body.return_steps else "generate"

@@ -37,9 +37,11 @@ def template_span(template: str, mask_token: str) -> int:
     return total
 
 
-def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limits, tok) -> dict[str, Any]:
+def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limits, tok,
+                   objectives: list[str] | None = None) -> dict[str, Any]:
     """``Pipeline.generate`` kwargs within the server's bounds; ``seed`` 0 by default, so output is
-    reproducible."""
+    reproducible. Without a ``strategy`` the pipeline picks one from the model's ``objectives``, as
+    ``masklm generate`` does (the answer's ``why`` says which and why); the cost bound is checked on that."""
     params = dict(parameters)
     unknown = sorted(set(params) - set(ALLOWED))
     if unknown:
@@ -64,11 +66,11 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limit
         params["prompt"] = prompt
     if params.get("seed") is None:
         params["seed"] = 0
-    params.setdefault("strategy", "mask-predict")  # the server's default stays what it was (and steps.py's)
     if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
         raise ServeError(f"parameters.seed must be an integer, got {params['seed']!r}")
+    params.setdefault("strategy", None)  # picked from the objectives by the pipeline (steps.py too)
     try:
-        config = GenerationConfig(**{k: v for k, v in params.items() if k in REQUEST_FIELDS})
+        config = GenerationConfig(**{k: v for k, v in params.items() if k in REQUEST_FIELDS}, objectives=objectives)
         resolved = config.resolve(span if template is not None else None)  # the length and steps it will run
     except InputError as exc:
         raise ServeError(str(exc)) from None
