@@ -69,6 +69,7 @@ def test_page_files_are_open_self_contained_and_strict(server):
     assert "<script>" not in (STATIC / "index.html").read_text()  # the CSP forbids inline scripts anyway
     info = httpx.get(server.url + "/info", headers=AUTH).json()
     assert info["strategies"] == list(STRATEGIES)
+    assert info["default_strategy"]["strategy"] == "speculative" and "clm" in info["default_strategy"]["why"]
     schema = httpx.get(server.url + "/openapi.json", headers=AUTH).json()
     doc = schema["components"]["schemas"]["GenerateRequest"]["properties"]["return_steps"]["description"]
     assert "len(trace) == network_calls" in doc and "committed" in doc and "remasked" in doc
@@ -255,6 +256,9 @@ def test_generate_animates_every_step(page, server, shots):
     from selenium.webdriver.support.ui import Select  # lazy: selenium is needed only with a browser
 
     tab(page, "generate")
+    chosen = Select(by_id(page, "gen-strategy")).first_selected_option  # no strategy: the server picks
+    assert chosen.text == "default (speculative)" and chosen.get_attribute("value") == ""
+    # steps given: the server picks mask-predict, as masklm generate does
     body = {"prompt": "the cat", "parameters": {"strategy": "mask-predict", "length": 6, "steps": 4, "seed": 3},
             "return_steps": True}
     type_into(page, "gen-text", "the cat")  # a prompt: the length field is on
@@ -277,6 +281,13 @@ def test_generate_animates_every_step(page, server, shots):
         assert by_id(page, "gen-step-label").text == f"step {k + 1} / {len(want['trace'])}"
         if k == 1:
             page.save_screenshot(str(shots / "generate.png"))
+    assert by_id(page, "gen-strategy-used").text.startswith("mask-predict, 4 steps (picked: steps or length_beam")
+    type_into(page, "gen-steps", "")  # nothing but the prompt: the model's default, speculative here
+    run_panel(page, "generate", "gen-text")
+    want = post(server, "/generate", {"prompt": "the cat", "parameters": {"length": 6, "seed": 3}}).json()
+    assert want["strategy"] == "speculative" and by_id(page, "gen-final").text == want["text"]
+    assert by_id(page, "gen-strategy-used").text == f"speculative (picked: {want['why']})"
+    assert len(all_css(page, "#gen-log li")) == want["network_calls"]
     type_into(page, "gen-text", "the [MASK]*3 sat on [MASK] mat")  # a template: the length field is off
     assert not by_id(page, "gen-length").is_enabled()
     Select(by_id(page, "gen-strategy")).select_by_visible_text("confidence")

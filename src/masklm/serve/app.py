@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from masklm.errors import MaskLMError
 from masklm.generation import STRATEGIES
+from masklm.generation.config import pick_strategy
 from masklm.inference.batching import too_long
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
@@ -74,6 +75,8 @@ def read_info(pipe, limits: Limits) -> dict[str, Any]:
         "model_masklm_version": pipe.masklm_version,
         "masklm_version": __version__,
         "strategies": list(STRATEGIES),
+        # what POST /generate runs for a prompt without a strategy or steps (a template gets confidence)
+        "default_strategy": dict(zip(("strategy", "why"), pick_strategy(pipe.objectives))),
         "limits": limits.as_dict(),
     }
 

@@ -199,8 +199,13 @@
     const select = $("gen-strategy");
     const chosen = select.value;
     clear(select);
+    // first: no strategy, so the server picks as masklm generate does (steps given: mask-predict)
+    const picked = data.default_strategy ? " (" + data.default_strategy.strategy + ")" : "";
+    const automatic = el("option", null, "default" + picked);
+    automatic.value = "";
+    select.append(automatic);
     for (const name of data.strategies || STRATEGIES) select.append(el("option", null, name));
-    if (chosen) select.value = chosen;
+    select.value = chosen || "";
     const limits = data.limits || {};
     if (limits.max_top_k) $("fill-topk").max = limits.max_top_k;
     if (limits.max_generate_length) $("gen-length").max = limits.max_generate_length;
@@ -284,7 +289,8 @@
 
   async function runGenerate() {
     const text = $("gen-text").value.trim();
-    const params = { strategy: $("gen-strategy").value };
+    const strategy = $("gen-strategy").value;
+    const params = strategy ? { strategy: strategy } : {};
     const body = { parameters: params, return_steps: true };
     if (text.includes(maskToken())) params.template = text;
     else {
@@ -311,7 +317,8 @@
     $("gen-final").textContent = data.text;
     $("gen-calls").textContent = String(data.network_calls);
     $("gen-time").textContent = data.seconds.toFixed(3) + " s on the server, " + wallSeconds.toFixed(3) + " s here";
-    $("gen-strategy-used").textContent = data.strategy + ", " + data.steps + " steps";
+    $("gen-strategy-used").textContent = data.strategy + (data.steps == null ? "" : ", " + data.steps + " steps")
+      + (data.why ? " (picked: " + data.why + ")" : "");
     const log = $("gen-log");
     clear(log);
     data.trace.forEach((step, k) => log.append(stepItem(step, k)));
