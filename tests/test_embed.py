@@ -105,6 +105,19 @@ def test_cli(model_dir, pipe, tmp_path, capsys):
     assert "maximum" in capsys.readouterr().err and not (tmp_path / "y.npy").exists()
 
 
+def test_cli_says_how_many_blank_lines_it_left_out(model_dir, pipe, tmp_path, capsys):
+    """Rows of the .npy follow the non-blank lines; a user matching them to line numbers is told."""
+    (tmp_path / "in.txt").write_text(f"{TEXTS[0]}\n\n  \n{TEXTS[1]}\n")
+    out = tmp_path / "e.npy"
+    assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.txt"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"input file {tmp_path / 'in.txt'}: 2 blank lines skipped; output row i is its i-th non-blank line" in err
+    assert close(np.load(out), pipe.embed(TEXTS[:2]), n=forward_terms(pipe.config))
+    (tmp_path / "dense.txt").write_text(f"{TEXTS[0]}\n{TEXTS[1]}\n")
+    assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "dense.txt")]) == 0
+    assert "skipped" not in capsys.readouterr().err
+
+
 def test_cli_names_an_input_that_holds_no_text(model_dir, tmp_path, capsys):
     """An empty or blank --input is named in the one error line (embed and score read inputs alike)."""
     (tmp_path / "blank.txt").write_text("\n  \n\n")

@@ -20,18 +20,24 @@ def read_texts(path: str | None, positional: list[str]) -> list[str]:
         return list(positional)
     if positional:
         raise InputError("give texts either on the command line or with --input, not both")
-    texts = _texts_in(path)
+    texts, blank = _texts_in(path)
+    where = "standard input" if path == "-" else f"input file {path}"
     if not texts:
-        where = "standard input" if path == "-" else f"input file {path}"
         raise DataError(f"{where} holds no texts (it is empty or blank); put one text per line"
                         + (' (.jsonl: an object with a "text" field per line)' if path.endswith(".jsonl") else ""))
+    if blank:  # counted and said, since the output's rows then follow the non-blank lines only
+        print(f"masklm: {where}: {blank} blank line{'s' * (blank != 1)} skipped; output row i is its i-th "
+              "non-blank line", file=sys.stderr)
     return texts
 
 
-def _texts_in(path: str) -> list[str]:
-    """The texts of ``--input`` ``path`` (see ``read_texts``), possibly none."""
+def _texts_in(path: str) -> tuple[list[str], int]:
+    """The texts of ``--input`` ``path`` (see ``read_texts``), possibly none, and how many blank lines of a
+    text input were left out."""
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        lines = [line.rstrip("\n") for line in sys.stdin]
+        texts = [line for line in lines if line.strip()]
+        return texts, len(lines) - len(texts)
     file = Path(path)
     if not file.is_file():
         raise DataError(f"input file {file} does not exist; check the path")
@@ -41,12 +47,13 @@ def _texts_in(path: str) -> list[str]:
             if not isinstance(record.get("text"), str):
                 raise DataError(f'{where}: expected an object with a string "text" field; add it')
             texts.append(record["text"])
-        return texts
+        return texts, 0
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
-    return [line for line in lines if line.strip()]
+    texts = [line for line in lines if line.strip()]
+    return texts, len(lines) - len(texts)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
