@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,34 @@ def test_out_is_never_replaced_without_overwrite_and_never_the_base(root, base, 
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert [f.name for f in taken.iterdir()] == ["keep.txt"]
     assert {f.name: f.read_bytes() for f in base.iterdir() if f.is_file()} == base_files
+
+
+@pytest.mark.parametrize("when", ["before its first save", "after its first save"])
+def test_a_run_never_replaces_an_out_another_run_wrote_meanwhile(root, base, capsys, monkeypatch, when):
+    """Two fine-tuning runs into one --out (a job launched twice): each saves after every better epoch, so
+    each would replace the other's model. The run that finds --out written by another stops, in one line."""
+    from masklm.finetune import train as ft
+
+    good = _write_jsonl(root / "ok3.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    out = root / f"shared-{when.split()[0]}"
+    real_evaluate, epochs = ft.evaluate, []
+
+    def and_another_run_saves(*args, **kwargs):  # the other run's save lands between two of this run's
+        epochs.append(1)
+        if len(epochs) == (1 if when.startswith("before") else 2):
+            other = out.with_name(out.name + "-other")
+            other.mkdir()
+            (other / "training_args.json").write_text(json.dumps({"finetune": {"run_id": "0ther"}}))
+            if out.exists():
+                shutil.rmtree(out)
+            other.rename(out)
+        scores = real_evaluate(*args, **kwargs)
+        return {**scores, "accuracy": len(epochs)}  # every epoch better: every epoch saves
+
+    monkeypatch.setattr(ft, "evaluate", and_another_run_saves)
+    code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(good),
+                 "--validation", str(good), "--out", str(out), "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {out} was written by the fine-tuning run 0ther while this run trained" in err
+    assert "Traceback" not in err
+    assert json.loads((out / "training_args.json").read_text()) == {"finetune": {"run_id": "0ther"}}

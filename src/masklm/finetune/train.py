@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from masklm.errors import ConfigError, DataError
 from masklm.finetune import data as fdata
 from masklm.finetune.encode import encode_qa, encode_words, encode_words_windows
-from masklm.finetune.folder import load_folder
+from masklm.finetune.folder import OutputGuard, load_folder
 from masklm.finetune.heads import POOLINGS, QA_LABELS, TASKS, TOKEN_TASKS, build_finetuned
 from masklm.finetune.metrics import (
     DEFAULT_METRIC,
@@ -391,6 +391,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     for line in _describe(args, model_dir, train_split, valid_split, task, steps_per_epoch, metric):
         say(line)
     history: list[dict[str, Any]] = []
+    guard = OutputGuard(args.out)  # another run's model in --out is never replaced
     best, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
     for epoch in range(1, args.epochs + 1):
         started = time.time()
@@ -406,9 +407,11 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
         if improved:
             best, best_epoch, bad_epochs = scores[metric], epoch, 0
             task["validation"] = {"epoch": epoch, **scores}
+            guard.check()
             save_model_dir(args.out, model, tokenizer,
-                           training_args={"finetune": {**asdict(args), "model": str(model_dir)},
-                                          "history": history})
+                           training_args={"finetune": {**asdict(args), "model": str(model_dir),
+                                                       "run_id": guard.run_id}, "history": history})
+            guard.saved()
         else:
             bad_epochs += 1
             if bad_epochs >= args.patience:
