@@ -359,3 +359,31 @@ def test_a_run_never_replaces_an_out_another_run_wrote_meanwhile(root, base, cap
     assert code == 2 and f"--out {out} was written by the fine-tuning run 0ther while this run trained" in err
     assert "Traceback" not in err
     assert json.loads((out / "training_args.json").read_text()) == {"finetune": {"run_id": "0ther"}}
+
+
+def test_a_full_disk_keeps_the_last_best_model_and_says_so(root, base, capsys, monkeypatch):
+    from masklm.errors import DiskFull
+    from masklm.finetune import train as ft
+
+    good = _write_jsonl(root / "ok4.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    out = root / "full"
+    real_evaluate, real_save, calls = ft.evaluate, ft.save_model_dir, []
+
+    def better(*args, **kwargs):
+        calls.append(1)
+        return {**real_evaluate(*args, **kwargs), "accuracy": len(calls)}  # every epoch better: every epoch saves
+
+    def fills_the_disk(target, *args, **kwargs):
+        if len(calls) == 2:
+            raise DiskFull(Path(target).absolute())
+        return real_save(target, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "evaluate", better)
+    monkeypatch.setattr(ft, "save_model_dir", fills_the_disk)
+    code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(good),
+                 "--validation", str(good), "--out", str(out), "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1] == (
+        f"masklm: error: no space left on the disk holding {out.absolute()}; nothing was left half-written: free "
+        f"some space, then run the command again with --overwrite ({out} holds the model of epoch 1)")
+    assert json.loads((out / "training_args.json").read_text())["history"][-1]["epoch"] == 1

@@ -424,3 +424,70 @@ def test_ctrl_c_says_which_checkpoint_a_resume_continues_from(tmp_path, toml, co
     monkeypatch.setattr(Trainer, "train_step", real_step)
     assert main(["train", "--out", str(out), "--resume"]) == 0
     assert loss_steps(out) == [1, 2, 3, 4]
+
+
+def test_a_full_disk_is_one_line_that_says_how_to_go_on(tmp_path, toml, corpus, capsys, monkeypatch):
+    """ENOSPC while a checkpoint is written: the partial checkpoint is removed, the line names the disk and
+    the checkpoint --resume continues from; with no checkpoint yet, the run's new folder is removed."""
+    import errno
+
+    from masklm.training import checkpoint
+
+    real_save, saves = checkpoint.torch.save, []
+
+    def fills_the_disk_on(n):
+        def save(obj, path, *a, **k):
+            if str(path).endswith("optimizer.pt"):
+                saves.append(path)
+                if len(saves) == n:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real_save(obj, path, *a, **k)
+        return save
+
+    def last_line(argv: list[str]) -> str:  # the run logs as it goes; the error is its last line
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.endswith("\n") and err.count("masklm: error:") == 1, err
+        return err.splitlines()[-1]
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint.torch, "save", fills_the_disk_on(2))
+    assert last_line(base_flags(toml, corpus) + ["--out", str(out), "--max-steps", "6", "--save-every", "2"]) == (
+        f"masklm: error: no space left on the disk holding {(out / 'checkpoints' / 'step-4').absolute()}; nothing "
+        f"was left half-written: free some space, then masklm train --out {out} --resume continues from step-2")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-2"]
+    assert not [p for p in tmp_path.rglob(".*") if p.name != LOCK_NAME]  # no partial write left aside
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert main(["train", "--out", str(out), "--resume"]) == 0 and loss_steps(out) == [1, 2, 3, 4, 5, 6]
+    saves.clear()
+    monkeypatch.setattr(checkpoint.torch, "save", fills_the_disk_on(1))
+    fresh = tmp_path / "fresh"
+    assert last_line(base_flags(toml, corpus) + ["--out", str(fresh), "--max-steps", "4", "--save-every", "2"]
+                     ).endswith("free some space, then run the command again")
+    assert not fresh.exists()  # nothing of value was written: the folder this run made is gone
+
+
+@pytest.mark.parametrize("error, free, one_line", [
+    (OSError(28, "No space left on device"), 10**12, True),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 989824 vs 989712"), 4096, True),
+    (RuntimeError("a bug"), 10**12, False),  # a failed write on a disk with room keeps its traceback
+])
+def test_atomic_writes_read_a_full_disk(tmp_path, monkeypatch, error, free, one_line):
+    """torch.save reports a full disk from its zip writer as a RuntimeError: read with the free space."""
+    from collections import namedtuple
+
+    from masklm import files
+    from masklm.errors import DiskFull
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _p: usage(10**12, 10**12 - free, free))
+    for writer, out in ((files.atomic_file, tmp_path / "f.bin"), (files.atomic_dir, tmp_path / "d")):
+        with pytest.raises(DiskFull if one_line else RuntimeError) as raised:
+            with writer(out) as tmp:
+                (tmp / "x" if writer is files.atomic_dir else tmp).write_bytes(b"partial")
+                raise error
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+        if one_line:
+            assert str(raised.value) == (f"no space left on the disk holding {out.absolute()}; nothing was left "
+                                         "half-written: free some space, then run the command again")

@@ -20,6 +20,16 @@ class FolderInUse(ConfigError):
     """A folder another process holds (``files.folder_lock``): the refused run must not touch it."""
 
 
+class DiskFull(MaskLMError):
+    """The disk an output is written to ran out of space (``files.atomic_dir`` / ``atomic_file`` left nothing
+    half-written). ``then``: what to run once space is freed."""
+
+    def __init__(self, where: object, then: str = "run the command again") -> None:
+        self.where = where
+        super().__init__(f"no space left on the disk holding {where}; nothing was left half-written: free some "
+                         f"space, then {then}")
+
+
 class DataError(MaskLMError):
     """A missing, empty or malformed corpus, shard folder or data file."""
 

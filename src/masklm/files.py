@@ -5,6 +5,11 @@ hidden temporary sibling, flushed to the disk, then renamed into place (a rename
 atomic on POSIX), so a crash or an error never leaves a half-written result under the final name. An
 existing folder under that name is first renamed aside and deleted only after the new one is in place.
 
+A write that fails because the disk is full (``disk_full``) becomes one line, ``errors.DiskFull``, once the
+partial write is removed, instead of a traceback; torch reports a full disk from ``torch.save`` as a
+RuntimeError of its zip writer ("unexpected pos ..."), so a failed write is also read as a full disk when
+less than ``LOW_SPACE`` is left there.
+
 ``folder_lock`` keeps a second process from writing into a folder one is writing: an advisory
 ``fcntl.flock`` on a file inside it, which the kernel drops when the holder ends, however it ends (a
 crash or ``kill -9`` leaves no stale lock to clear by hand).
@@ -12,6 +17,7 @@ crash or ``kill -9`` leaves no stale lock to clear by hand).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -21,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from masklm.errors import ConfigError, FolderInUse, MaskLMError
+from masklm.errors import ConfigError, DiskFull, FolderInUse, MaskLMError
 
 try:
     import fcntl
@@ -29,6 +35,24 @@ except ImportError:  # Windows: no flock; folder_lock holds nothing there
     fcntl = None
 
 LOCK_NAME = ".masklm.lock"  # inside a locked folder; readers of the folder pass over it
+LOW_SPACE = 16 << 20  # bytes: a write that fails with less than this free is read as a full disk
+
+
+def disk_full(exc: BaseException, where: str | Path) -> bool:
+    """Whether ``exc``, raised while writing under ``where``, means that disk is full: ENOSPC or EDQUOT, or
+    another OSError or RuntimeError (torch.save's) while less than ``LOW_SPACE`` is free there. Call it
+    before the partial write is removed, which frees the space again."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    place = Path(where).expanduser().absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return shutil.disk_usage(place).free < LOW_SPACE
+    except OSError:
+        return False
 
 
 def sha256_file(path: Path) -> str:
@@ -177,8 +201,11 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_tree(tmp)
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(exc, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFull(out) from None
         raise
 
 
@@ -193,6 +220,12 @@ def atomic_file(out: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_path(tmp)
         os.replace(tmp, out)
+    except BaseException as exc:
+        full = disk_full(exc, tmp)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFull(out) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

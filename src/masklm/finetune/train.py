@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from masklm.errors import ConfigError, DataError
+from masklm.errors import ConfigError, DataError, DiskFull
 from masklm.finetune import data as fdata
 from masklm.finetune.encode import encode_qa, encode_words, encode_words_windows
 from masklm.finetune.folder import OutputGuard, load_folder
@@ -393,6 +393,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     history: list[dict[str, Any]] = []
     guard = OutputGuard(args.out)  # another run's model in --out is never replaced
     best, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
+    saved_epoch = 0
     for epoch in range(1, args.epochs + 1):
         started = time.time()
         loss, step = _train_epoch(model, train_split, optimizer, amp, args, tokenizer.pad_id, device, generator, step,
@@ -408,10 +409,15 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
             best, best_epoch, bad_epochs = scores[metric], epoch, 0
             task["validation"] = {"epoch": epoch, **scores}
             guard.check()
-            save_model_dir(args.out, model, tokenizer,
-                           training_args={"finetune": {**asdict(args), "model": str(model_dir),
-                                                       "run_id": guard.run_id}, "history": history})
+            try:
+                save_model_dir(args.out, model, tokenizer,
+                               training_args={"finetune": {**asdict(args), "model": str(model_dir),
+                                                           "run_id": guard.run_id}, "history": history})
+            except DiskFull as exc:  # --out keeps the last best model, if any, so a rerun needs --overwrite
+                raise DiskFull(exc.where, f"run the command again with --overwrite ({args.out} holds the model of "
+                                          f"epoch {saved_epoch})" if saved_epoch else "run the command again") from None
             guard.saved()
+            saved_epoch = epoch
         else:
             bad_epochs += 1
             if bad_epochs >= args.patience:

@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from masklm.data.corpus import iter_documents
 from masklm.data.packing import PackedRows, split_documents
 from masklm.data.shards import ShardedCorpus, prepare_shards
-from masklm.errors import ConfigError, FolderInUse, MaskLMError, out_of_memory
-from masklm.files import empty_locked_dir, folder_lock, make_dirs
+from masklm.errors import ConfigError, DiskFull, FolderInUse, MaskLMError, out_of_memory
+from masklm.files import disk_full, empty_locked_dir, folder_lock, make_dirs
 from masklm.host_memory import keep_freed_memory
 from masklm.modeldir import load_model_dir, save_model_dir
 from masklm.models import build_model, cpu_kernels
@@ -91,14 +91,26 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = _log_to_stderr) -> Path
         try:
             with folder_lock(run_dir, f"masklm train --out {run_dir}", enabled=info.is_main):
                 return Trainer(cfg, info, log if info.is_main else (lambda _m: None)).run()
-        except RuntimeError as exc:  # torch.OutOfMemoryError is one too; any other is a bug, with its traceback
-            raise (out_of_memory(exc, cfg.batch_size, cfg.max_seq_len, cfg.device) or exc) from None
+        except (OSError, RuntimeError) as exc:  # out of memory (torch.OutOfMemoryError is a RuntimeError) or
+            # a full disk (metrics appended outside the atomic writes) is one line; any other is a bug
+            if isinstance(exc, RuntimeError) and (oom := out_of_memory(exc, cfg.batch_size, cfg.max_seq_len,
+                                                                        cfg.device)):
+                raise oom from None
+            if disk_full(exc, run_dir):
+                raise DiskFull(run_dir) from None
+            raise
     except MaskLMError as exc:
         # Bad input found before training wrote anything of value: leave nothing half-made behind.
         # A run that diverged keeps its folder: its metrics show what happened; a folder that another run
         # locked first (it may have been made here a moment before) is that run's.
-        if created and not ckpt.list_checkpoints(run_dir) and not isinstance(exc, (TrainingStopped, FolderInUse)):
+        kept = ckpt.list_checkpoints(run_dir)
+        if created and not kept and not isinstance(exc, (TrainingStopped, FolderInUse)):
             shutil.rmtree(created, ignore_errors=True)
+        if isinstance(exc, DiskFull) and info.is_main:  # what to run once there is space again
+            then = (f"masklm train --out {run_dir} --resume continues from {kept[-1].name}" if kept else
+                    "run the command again" + ("" if not run_folder.held_files(run_dir) else
+                                               " with --overwrite (no checkpoint was saved)"))
+            raise DiskFull(exc.where, then) from None
         raise
     finally:
         cleanup(info)
