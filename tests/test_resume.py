@@ -466,6 +466,22 @@ def test_a_full_disk_is_one_line_that_says_how_to_go_on(tmp_path, toml, corpus, 
     assert last_line(base_flags(toml, corpus) + ["--out", str(fresh), "--max-steps", "4", "--save-every", "2"]
                      ).endswith("free some space, then run the command again")
     assert not fresh.exists()  # nothing of value was written: the folder this run made is gone
+    # metrics.jsonl is appended to, outside the atomic writes: a full disk there reads the same
+    from masklm.training.metrics import MetricsLog
+
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    real_write = MetricsLog.write
+
+    def append(self, record):
+        if record.get("step") == 3 and "loss" in record:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, record)
+
+    monkeypatch.setattr(MetricsLog, "write", append)
+    again = tmp_path / "again"
+    assert last_line(base_flags(toml, corpus) + ["--out", str(again), "--max-steps", "4", "--save-every", "2"]) == (
+        f"masklm: error: no space left on the disk holding {again}; nothing was left half-written: free some "
+        f"space, then masklm train --out {again} --resume continues from step-2")
 
 
 @pytest.mark.parametrize("error, free, one_line", [
