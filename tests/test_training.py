@@ -472,3 +472,30 @@ def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, capsys, corpus, to
     monkeypatch.setattr(Trainer, "train_step", lambda self, step: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         main(args)
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, corpus, tokenizer_dir):
+    """stderr that is not a terminal (a job's log, a pipe; pytest's capture here) gets no tqdm redraws, which
+    a file keeps as one line growing all run, but a plain line at the last step (and every 30 s before)."""
+    out = tmp_path / "run"
+    assert main(["train", "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--size", "tiny",
+                 "--seq-len", "32", "--batch-size", "4", "--max-steps", "3", "--log-every", "1",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("train: step")]
+    assert len(lines) == 1 and lines[0].startswith("train: step 3/3 (100%), ") and "loss mlm " in lines[0], err
+    assert main(["train", "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--size", "tiny",
+                 "--seq-len", "32", "--batch-size", "4", "--max-steps", "3", "--out", str(tmp_path / "quiet"),
+                 "--no-progress"]) == 0
+    assert "train: step" not in capsys.readouterr().err  # --no-progress: neither bar nor lines
+
+
+def test_plain_progress_lines_are_spaced_in_time():
+    from masklm.training.metrics import PlainProgress
+
+    records = [{"objective": "mntp", "loss": 3.5, "tokens_per_s": 12345.6}, {"objective": "clm", "loss": 4.25}]
+    often, seldom = PlainProgress(every=0.0), PlainProgress(every=1e9)
+    assert often.line(5, 10, records).endswith("(50%), 0 s: loss mntp 3.500, clm 4.250; 12,346 tokens/s")
+    assert seldom.line(5, 10, records) is None and seldom.line(9, 10, records) is None
+    assert seldom.line(10, 10, records).startswith("train: step 10/10 (100%)")

@@ -8,6 +8,11 @@ Lines, all with ``step`` (optimizer steps done) and ``objective``:
   line per objective (or per ``+``-joined set of objectives sharing a step), so each names its source;
 - ``{"objective": <name>, "phase": n}`` where phase n of an AntLM schedule begins;
 - ``{"objective": "eval", ...}``: a held-out evaluation (``training.evaluate.evaluate_heldout``).
+
+``PlainProgress`` is the progress of a run whose stderr is not a terminal (a job's log file, a pipe):
+tqdm's bar redraws itself there every 0.1 s with a carriage return, which a file keeps as one line that
+grows for the whole run; plain lines at log steps, at most one per ``every`` seconds, read like the
+lines Hugging Face's Trainer logs.
 """
 
 from __future__ import annotations
@@ -85,3 +90,21 @@ class LossWindow:
             records.append(record | {"steps": len(losses)})
         self.started, self.tokens, self.losses, self.masked = now, 0, {}, set()
         return records
+
+
+class PlainProgress:
+    """``line(step, total, records)`` -> one line for a log step's records (``LossWindow.flush``) when
+    ``every`` seconds have passed since the last one, or at the last step; else None."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self.begun = self.last = time.perf_counter()
+
+    def line(self, step: int, total: int, records: list[dict[str, Any]]) -> str | None:
+        now = time.perf_counter()
+        if step < total and now - self.last < self.every:
+            return None
+        self.last = now
+        losses = ", ".join(f"{r['objective']} {r['loss']:.3f}" for r in records)
+        return (f"train: step {step:,}/{total:,} ({100 * step / max(total, 1):.0f}%), {now - self.begun:.0f} s: "
+                f"loss {losses}; {records[0]['tokens_per_s']:,.0f} tokens/s")

@@ -55,7 +55,7 @@ from masklm.training import run_folder, run_record
 from masklm.training.config import TrainConfig
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
 from masklm.training.evaluate import evaluate_heldout, heldout_rows
-from masklm.training.metrics import LossWindow, MetricsLog, StepStats
+from masklm.training.metrics import LossWindow, MetricsLog, PlainProgress, StepStats
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.plots import plot_metrics
 from masklm.training.precision import (
@@ -256,6 +256,8 @@ class Trainer:
             for record in records:
                 self.metrics.write(record)
             self.progress.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{records[0]['tokens_per_s']:.0f}")
+            if self.plain and (line := self.plain.line(step, self.total, records)):
+                self.log(line)
 
     def validate(self, step: int) -> dict[str, float] | None:
         """Held-out MLM loss and accuracy always; causal perplexity and the diffusion bound when trained for.
@@ -364,8 +366,11 @@ class Trainer:
         self.step_model = self.ddp or self.model
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=info.is_main)
         self.metrics.truncate(self.start_step)
-        self.progress = tqdm(total=self.total, initial=self.start_step, disable=not (cfg.progress and info.is_main),
-                             file=sys.stderr, unit="step", dynamic_ncols=True, desc="train")
+        shown = cfg.progress and info.is_main  # a bar on a terminal; plain lines in a log file or a pipe
+        bar = shown and getattr(sys.stderr, "isatty", lambda: False)()
+        self.progress = tqdm(total=self.total, initial=self.start_step, disable=not bar, file=sys.stderr,
+                             unit="step", dynamic_ncols=True, desc="train")
+        self.plain = PlainProgress() if shown and not bar else None
         self.model.train()
         self.phase = self.objectives.phase_at(self.start_step, self.start_step / self.steps_per_epoch,
                                               self.tokens_seen)
