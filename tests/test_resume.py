@@ -507,3 +507,47 @@ def test_atomic_writes_read_a_full_disk(tmp_path, monkeypatch, error, free, one_
         if one_line:
             assert str(raised.value) == (f"no space left on the disk holding {out.absolute()}; nothing was left "
                                          "half-written: free some space, then run the command again")
+
+
+def test_resume_auto_is_one_command_for_a_job_that_may_be_restarted(tmp_path, toml, corpus, capsys, monkeypatch):
+    """`--resume auto` starts the run, continues it after a kill from its checkpoint, starts it again when the
+    kill came before the first checkpoint, and refuses what any run would refuse."""
+    from masklm.training.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def killed_at(n):
+        def step(self, s):
+            if s == n:
+                raise KeyboardInterrupt
+            return real_step(self, s)
+        return step
+
+    out = tmp_path / "job"
+    job = base_flags(toml, corpus) + ["--out", str(out), "--save-every", "2", "--resume", "auto"]
+    monkeypatch.setattr(Trainer, "train_step", killed_at(3))
+    assert main(job + ["--max-steps", "4"]) == 130  # nothing there: a new run, killed after step-2's checkpoint
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main(job + ["--max-steps", "4"]) == 0  # the same command: continues from step-2
+    assert loss_steps(out) == [1, 2, 3, 4] and [p.name for p in ckpt.list_checkpoints(out)][-1] == "step-4"
+    assert main(job + ["--max-steps", "6"]) == 0 and loss_steps(out) == [1, 2, 3, 4, 5, 6]  # and further
+
+    early = tmp_path / "early"
+    job = base_flags(toml, corpus) + ["--out", str(early), "--save-every", "4", "--max-steps", "4", "--resume", "auto"]
+    monkeypatch.setattr(Trainer, "train_step", killed_at(2))
+    assert main(job) == 130  # killed before its first checkpoint: its record and data are there, no checkpoint
+    assert (early / "training_args.json").is_file() and not ckpt.list_checkpoints(early)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    before = snapshot(early)
+    refused(job + ["--lr", "5e-4"], capsys, "--lr 0.0005 would change the run recorded in")  # another run
+    assert snapshot(early) == before
+    assert main(job) == 0 and loss_steps(early) == [1, 2, 3, 4]
+    assert "starting it again from the beginning (--resume auto)" in capsys.readouterr().err
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(base_flags(toml, corpus) + ["--out", str(mine), "--resume", "auto"]) == 2
+    assert "holds files (notes.txt)" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"
+    refused(["train", "--out", str(out), "--resume", "always"], capsys, "--resume takes no value, or 'auto'")
+    refused(job + ["--overwrite"], capsys, "pass only one of them")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from masklm.errors import ConfigError
 from masklm.files import check_writable
 
 if TYPE_CHECKING:
@@ -68,10 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", nargs="+", help="text files, folders, .jsonl(.gz) or built-in names (kjv)")
     for flag, (_, typ, text) in FLAGS.items():
         p.add_argument(flag, type=typ, help=text, default=None)
-    p.add_argument("--resume", action="store_true", default=None,
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="auto",
                    help="continue the run in --out as recorded in its training_args.json, from its latest good "
                         "checkpoint; only --max-steps, --epochs, --time-limit, --save-every, --eval-every, "
-                        "--log-every, --keep-last, --device, --compile and --no-progress may differ")
+                        "--log-every, --keep-last, --device, --compile and --no-progress may differ. "
+                        "'--resume auto' (for a job that may be restarted): continue when --out has a checkpoint "
+                        "or a final model, else start the run, also over what the same command left before its "
+                        "first checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that already holds files, deleting them (never the corpus "
                         "or tokenizer the run reads)")
@@ -100,11 +104,12 @@ def _given(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         given["corpus"], names["corpus"] = args.corpus, "--corpus"
     if isinstance(given.get("warmup_steps"), float) and given["warmup_steps"] >= 1:
         given["warmup_steps"] = int(given["warmup_steps"])
-    for flag, field, value in (("--resume", "resume", True), ("--overwrite", "overwrite", True),
-                               ("--rebuild-data", "rebuild_data", True), ("--no-progress", "progress", False),
-                               ("--compile", "compile", True)):
+    for flag, field, value in (("--overwrite", "overwrite", True), ("--rebuild-data", "rebuild_data", True),
+                               ("--no-progress", "progress", False), ("--compile", "compile", True)):
         if getattr(args, flag[2:].replace("-", "_")):
             given[field], names[field] = value, flag
+    if args.resume is True:  # --resume auto decides in config_from_args
+        given["resume"], names["resume"] = True, "--resume"
     return given, names
 
 
@@ -117,10 +122,42 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     given, names = _given(args)
     where = args.config or "flags"
+    if args.resume not in (None, True, "auto"):
+        raise ConfigError(f"--resume takes no value, or 'auto'; got {args.resume!r}")
+    if args.resume == "auto":
+        return _resume_or_start(given, names, where)
     if args.resume:
         TrainConfig.from_dict(given, where=where)  # bad values are named where they were given
         return resume_config(given, names)
     return TrainConfig.from_dict(given, where=where)
+
+
+def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainConfig:
+    """``--resume auto``, one command for a job that may be restarted at any point (a cluster's requeue):
+    continue the run in --out when it has a checkpoint or a final model (as ``--resume``); else start it, in
+    an --out that is absent or empty, or that holds only what the same command left before its first
+    checkpoint (a record of these very settings; a changed flag is refused, naming it). That is deleted
+    first, as ``--overwrite`` would; a folder holding anything else is refused as a new run's would be."""
+    # lazy: checking a TrainConfig imports torch, as in config_from_args
+    from masklm.training import checkpoint as ckpt
+    from masklm.training.config import TrainConfig
+    from masklm.training.run_folder import held_files
+    from masklm.training.run_record import RECORD_FILE, check_same_run, read_record, resume_config
+
+    if given.get("overwrite"):
+        raise ConfigError("--resume auto keeps what a run saved and --overwrite deletes it; pass only one of them")
+    cfg = TrainConfig.from_dict(given, where=where)
+    run_dir = Path(cfg.out)
+    if ckpt.list_checkpoints(run_dir) or (run_dir / "final").exists():
+        return resume_config(given, names | {"resume": "--resume auto"})
+    record = read_record(run_dir) if held_files(run_dir) else None
+    if record is None:  # nothing there (or prepared shards), or files no run of ours wrote: a new run's rules
+        return cfg
+    check_same_run(record, cfg, str(run_dir / RECORD_FILE), names)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"masklm: {run_dir} holds the start of this run, stopped before its first checkpoint; starting it "
+              "again from the beginning (--resume auto)", file=sys.stderr)
+    return TrainConfig.from_dict(given | {"overwrite": True}, where=where)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -123,9 +123,10 @@ def resume_config(given: dict[str, Any], names: dict[str, str] | None = None) ->
     return TrainConfig.from_dict(merge(run_record(run_dir), given | {"resume": True}, where, names), where=where)
 
 
-def check_same_run(record: dict[str, Any], cfg: TrainConfig, where: str) -> None:
-    """ConfigError when ``cfg`` (all its fields) would change the recorded run."""
-    merge(record, cfg.to_dict(), where)
+def check_same_run(record: dict[str, Any], cfg: TrainConfig, where: str,
+                   names: dict[str, str] | None = None) -> None:
+    """ConfigError when ``cfg`` (all its fields) would change the recorded run (``names``: as in ``merge``)."""
+    merge(record, cfg.to_dict(), where, names)
 
 
 def check_corpus(record: dict[str, Any], cfg: TrainConfig, where: str) -> None:
