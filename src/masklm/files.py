@@ -147,20 +147,10 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def remove_dir(folder: str | Path) -> None:
-    """Delete a folder: first renamed to a hidden sibling (one atomic step), so a crash part-way never
-    leaves a half-deleted folder under its name."""
-    folder = Path(folder)
-    aside = _sibling(folder, "old")
-    os.replace(folder, aside)
-    fsync_path(aside.parent)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def empty_locked_dir(folder: str | Path) -> None:
     """Delete everything in a folder this process holds (``folder_lock``) but the lock file, which keeps the
-    folder held: its entries move into a hidden sibling, which is then deleted. (``remove_dir`` would take
-    the lock file with the folder, and a second run could then lock a new one.)"""
+    folder held: its entries move into a hidden sibling, which is then deleted. (Renaming the whole folder
+    aside would take the lock file with it, and a second run could then lock a new one.)"""
     folder = Path(folder)
     aside = _sibling(folder, "old")
     aside.mkdir()
