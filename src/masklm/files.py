@@ -216,8 +216,6 @@ def atomic_file(out: str | Path) -> Iterator[Path]:
         if full:
             raise DiskFull(out) from None
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _within(a: Path, b: Path) -> bool:

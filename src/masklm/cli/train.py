@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from masklm.errors import ConfigError
-from masklm.files import check_writable
 
 if TYPE_CHECKING:
     from masklm.training.config import TrainConfig
@@ -149,7 +148,7 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
     cfg = TrainConfig.from_dict(given, where=where)
     run_dir = Path(cfg.out)
     if ckpt.list_checkpoints(run_dir) or (run_dir / "final").exists():
-        return resume_config(given, names | {"resume": "--resume auto"})
+        return resume_config(given, names)
     record = read_record(run_dir) if held_files(run_dir) else None
     if record is None:  # nothing there (or prepared shards), or files no run of ours wrote: a new run's rules
         return cfg
@@ -164,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     from masklm.training.trainer import train  # lazy: torch and the models load only when training
 
     cfg = config_from_args(args)
-    check_writable(cfg.out)  # before a tokenizer is trained or data prepared, not at the first write
     try:
         train(cfg)
     except KeyboardInterrupt:  # Ctrl-C: say what a --resume continues from; main then says "interrupted"
