@@ -551,3 +551,16 @@ def test_resume_auto_is_one_command_for_a_job_that_may_be_restarted(tmp_path, to
     assert "holds files (notes.txt)" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "mine"
     refused(["train", "--out", str(out), "--resume", "always"], capsys, "--resume takes no value, or 'auto'")
     refused(job + ["--overwrite"], capsys, "pass only one of them")
+
+
+def test_another_ranks_write_probe_is_not_a_file_the_run_folder_holds(tmp_path):
+    """Under torchrun every rank checks --out; one rank's write probe, there for a moment, is not a file the
+    folder holds (a race CI once lost: 'holds files (.masklm-probe-...)')."""
+    from masklm.files import PROBE_PREFIX
+    from masklm.training.run_folder import held_files
+
+    (tmp_path / f"{PROBE_PREFIX}x1y2").mkdir()
+    (tmp_path / LOCK_NAME).write_text("masklm train")
+    assert held_files(tmp_path) == []
+    (tmp_path / "notes.txt").write_text("mine")
+    assert held_files(tmp_path) == ["notes.txt"]

@@ -35,6 +35,9 @@ except ImportError:  # Windows: no flock; folder_lock holds nothing there
     fcntl = None
 
 LOCK_NAME = ".masklm.lock"  # inside a locked folder; readers of the folder pass over it
+# check_writable's empty folder, made and removed at once; another process (a torchrun rank checking the same
+# run folder) may see it for that moment, so readers of a folder pass over it too
+PROBE_PREFIX = ".masklm-probe-"
 LOW_SPACE = 16 << 20  # bytes: a write that fails with less than this free is read as a full disk
 
 
@@ -107,7 +110,7 @@ def check_writable(out: str | Path, flag: str = "--out") -> None:
         if not parent.is_dir():
             raise ConfigError(f"{flag} {out}: {parent} is a file, not a folder; choose a path in a folder")
     try:
-        probe = Path(tempfile.mkdtemp(prefix=".masklm-probe-", dir=parent))
+        probe = Path(tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=parent))
     except OSError as exc:
         raise ConfigError(f"{flag} {out}: cannot write in {parent} ({exc.strerror}); choose a writable folder") from None
     probe.rmdir()

@@ -25,7 +25,7 @@ from typing import Any
 from masklm.data.corpus import resolve_files
 from masklm.data.shards import is_shard_folder
 from masklm.errors import ConfigError
-from masklm.files import LOCK_NAME, check_out
+from masklm.files import LOCK_NAME, PROBE_PREFIX, check_out
 from masklm.training import checkpoint as ckpt
 from masklm.training import run_record
 from masklm.training.config import TrainConfig
@@ -64,10 +64,11 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path,
 
 def held_files(run_dir: Path) -> list[str]:
     """What ``run_dir`` holds, but for a ``data/`` shard folder alone (shards prepared for the run with
-    ``masklm data prepare``, reused when they match the corpus and tokenizer) and the lock file."""
+    ``masklm data prepare``, reused when they match the corpus and tokenizer), the lock file and another
+    process's passing write probe (``files.PROBE_PREFIX``)."""
     if not run_dir.is_dir():
         return []
-    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith(PROBE_PREFIX))
     if names == ["data"] and is_shard_folder(run_dir / "data"):
         return []
     return names
