@@ -212,22 +212,33 @@ def kept_drafts(p_logp: torch.Tensor, q_logp: torch.Tensor, drafts: torch.Tensor
             "typical_pass": passes.double().mean(0).tolist()}
 
 
+def top_probability(logp: torch.Tensor, at_least: tuple[float, ...] = (0.5, 0.9)) -> dict:
+    """How sure a reading is of its best token, per position. logp ``[N, k, V]`` -> ``mean``: the mean top
+    probability at each of the k positions; ``at_least``: per threshold t, the share of the N rows whose
+    top probability is >= t at each position (what threshold commits could take at that position)."""
+    top = logp.double().exp().amax(-1)  # [N, k]
+    return {"mean": top.mean(0).tolist(), "at_least": {str(t): (top >= t).double().mean(0).tolist() for t in at_least}}
+
+
 @torch.no_grad()
 def draft_measures(pipe, model_dir: Path, n_texts: int, seed: int, prefix_tokens: int = 40, k: int = 4,
-                   draws: int = 8) -> dict:
+                   draws: int = 8, block: int = 8) -> dict:
     """How good the masked drafts are after ``n_texts`` real KJV prefixes -> ``greedy``: the share at which
     masked draft i (i = 1..k) equals the causal greedy token i (what greedy speculative decoding keeps at
     best); ``sampled``: ``kept_drafts`` of ``draws`` sets of k drafts per prefix sampled from the masked
-    reading at temperature 1. The prefix plus k ``[MASK]``s runs bidirectionally and is read where the
-    masked objective predicts (``mask_shift``); the causal reading runs left to right; special tokens are
-    banned in both, as the decoders ban them."""
+    reading at temperature 1; ``confidence``: ``top_probability`` of the masked reading of a block of
+    ``block`` masks after the prefix (the threshold strategy's first step) and of the causal reading of the
+    real text at the same columns (``causal``). The prefix plus the ``[MASK]``s runs bidirectionally and is
+    read where the masked objective predicts (``mask_shift``); the causal reading runs left to right;
+    special tokens are banned in both, as the decoders ban them."""
     from masklm.objectives.reading import TrainedAs  # lazy, like the other library imports here
 
     tok, model = pipe.tokenizer, pipe.model
     device = next(model.parameters()).device
     shift = TrainedAs.from_names(read_objectives(model_dir)).mask_shift
-    _, real = kjv_prompts(tok, n_texts, 0, prefix_tokens)
-    prefix = torch.tensor([[tok.cls_id] + ids for ids in real if len(ids) == prefix_tokens], device=device)
+    _, real = kjv_prompts(tok, n_texts, 0, prefix_tokens + block)
+    text = torch.tensor([[tok.cls_id] + ids for ids in real if len(ids) == prefix_tokens + block], device=device)
+    prefix = text[:, :prefix_tokens + 1]
     n = prefix.shape[1]
 
     def log_probs(hidden: torch.Tensor) -> torch.Tensor:
@@ -245,8 +256,12 @@ def draft_measures(pipe, model_dir: Path, n_texts: int, seed: int, prefix_tokens
     drafts = torch.multinomial(q_logp.flatten(0, 1).exp(), 1, generator=generator).view(-1, k)
     drafted = torch.cat([prefix.repeat_interleave(draws, 0), drafts], 1)
     p_logp = log_probs(model.encode(drafted, causal=True)[:, n - 1:n - 1 + k])  # predicts the drafts' columns
+    blank = torch.cat([prefix, torch.full((prefix.shape[0], block), tok.mask_id, device=device)], 1)
+    masked_top = top_probability(log_probs(model.encode(blank, causal=False)[:, n - shift:n - shift + block]))
+    causal_top = top_probability(log_probs(model.encode(text, causal=True)[:, n - 1:n - 1 + block]))
     return {"greedy": (q_logp[::draws].argmax(-1) == greedy[:, n:]).float().mean(0).tolist(),
-            "sampled": kept_drafts(p_logp, q_logp, drafts)}
+            "sampled": kept_drafts(p_logp, q_logp, drafts),
+            "confidence": {"masked": masked_top, "causal": causal_top}}
 
 
 def issue_bar(rows: list[dict], device: str) -> list[dict]:
@@ -321,7 +336,7 @@ def main() -> int:
     drafts = draft_measures(pipe, model_dir, 8 if args.quick else 64, args.seed)
     agreement, sampled = drafts["greedy"], drafts["sampled"]
     result = {"model": str(model_dir), "objectives": read_objectives(model_dir), "draft_agreement": agreement,
-              "sampled_drafts_kept": sampled,
+              "sampled_drafts_kept": sampled, "block_confidence": drafts["confidence"],
               "parameters": sum(p.numel() for p in pipe.model.parameters()), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "device": args.device, "rounds": args.rounds, "load_average_end": os.getloadavg(),
@@ -341,6 +356,12 @@ def main() -> int:
     print(f"of 4 drafts sampled from the masked reading after real text, a round keeps {sampled['exact']:.2f} "
           f"(speculative sampling) or {sampled['typical']:.2f} (Medusa's typical acceptance; per draft "
           + " / ".join(f"{a:.2f}" for a in sampled["typical_pass"]) + " pass)", file=sys.stderr)
+    masked, causal = drafts["confidence"]["masked"], drafts["confidence"]["causal"]
+    print("top probability in a block of 8 masks after real text, masked reading (positions 1..8): "
+          + " / ".join(f"{a:.2f}" for a in masked["mean"]) + "; share >= 0.5: "
+          + " / ".join(f"{a:.2f}" for a in masked["at_least"]["0.5"]) + "; causal reading of the real text: "
+          + f"{statistics.mean(causal['mean']):.2f} mean, >= 0.5 at {statistics.mean(causal['at_least']['0.5']):.2f}",
+          file=sys.stderr)
     return 0
 
 

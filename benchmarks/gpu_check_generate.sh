@@ -26,5 +26,6 @@ timeout "${LIMIT_S:-420}" "$PY" benchmarks/generate_speed.py "${ARGS[@]}" --out 
 echo "generate_speed rc=$?"
 grep '^|' "$OUT/generate_speed.log" || tail -n 5 "$OUT/generate_speed.log"
 # the measured cost of a speculative round in one-token steps (what DraftSizer.COSTS["cuda"] should hold), and
-# how often the masked drafts equal the causal greedy tokens, and how many sampled drafts a round keeps
-grep -E '^(round cost|masked draft|of 4 drafts|issue #13 bar)' "$OUT/generate_speed.log" || true
+# how often the masked drafts equal the causal greedy tokens, how many sampled drafts a round keeps, and how
+# sure each reading is of its best token over a block
+grep -E '^(round cost|masked draft|of 4 drafts|top probability|issue #13 bar)' "$OUT/generate_speed.log" || true

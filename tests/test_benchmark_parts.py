@@ -125,3 +125,15 @@ def test_kept_drafts_counts_the_exact_rules_expectation_and_typical_acceptances_
     assert got["typical"] == 1.0 and got["typical_pass"] == [0.5, 1.0]
     same = kept_drafts(q.log(), q.log(), drafts)  # drafts from the causal distribution itself: all kept
     assert abs(same["exact"] - 2.0) < 1e-6
+
+
+def test_top_probability_gives_each_positions_mean_best_and_the_share_at_or_above_each_threshold(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import torch
+    from generate_speed import top_probability
+
+    # two rows, two positions (three tokens): best probabilities 0.6 / 0.3 (row 0) and 0.95 / 0.55 (row 1)
+    probs = torch.tensor([[[0.6, 0.3, 0.1], [0.3, 0.29, 0.2]], [[0.05, 0.95, 0.0], [0.55, 0.45, 0.0]]])
+    got = top_probability(probs.log(), at_least=(0.5, 0.9))
+    assert [round(m, 6) for m in got["mean"]] == [0.775, 0.425]
+    assert got["at_least"] == {"0.5": [1.0, 0.5], "0.9": [0.5, 0.0]}

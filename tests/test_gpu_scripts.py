@@ -53,6 +53,10 @@ def test_gpu_check_generate_smoke_measures_every_strategy(tmp_path):
     assert len(agreement) == 4 and all(0.0 <= a <= 1.0 for a in agreement)
     assert "a round keeps" in stdout and 0.0 <= sampled["exact"] <= 4.0 and 0.0 <= sampled["typical"] <= 4.0
     assert len(sampled["typical_pass"]) == 4
+    confidence = result["block_confidence"]  # how sure each reading is over a block of 8 masks
+    assert len(confidence["masked"]["mean"]) == 8 and len(confidence["causal"]["at_least"]["0.9"]) == 8
+    assert all(0.0 < m <= 1.0 for m in confidence["masked"]["mean"] + confidence["causal"]["mean"])
+    assert "top probability in a block of 8 masks" in stdout
     # quality pools every round's samples, each round with its own seed
     base = next(row for row in result["rows"] if row["config"] == "autoregressive T=1.0 (KV cache)")
     assert len(base["ppl_rounds"]) == result["rounds"]
