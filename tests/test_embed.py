@@ -95,6 +95,10 @@ def test_cli(model_dir, pipe, tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == TEXTS[:2]
     assert close([r["embedding"] for r in rows], pipe.embed(TEXTS[:2], "cls", False), n=n)
+    before = (tmp_path / "in.jsonl").read_bytes()  # never over the input it reads, even with --overwrite
+    assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"),
+                 "--out", str(tmp_path / "in.jsonl"), "--overwrite"]) == 2
+    assert "which this command reads" in capsys.readouterr().err and (tmp_path / "in.jsonl").read_bytes() == before
     capsys.readouterr()
     assert main(["embed", "--model", str(model_dir), "a dog"]) == 0  # JSONL on stdout
     row = json.loads(capsys.readouterr().out)

@@ -328,6 +328,20 @@ def test_out_is_never_replaced_without_overwrite_and_never_the_base(root, base, 
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert [f.name for f in taken.iterdir()] == ["keep.txt"]
     assert {f.name: f.read_bytes() for f in base.iterdir() if f.is_file()} == base_files
+    data = root / "mydata"  # --out the folder holding the training and validation files: refused even so
+    data.mkdir()
+    mine = _write_jsonl(data / "train.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    for train in (mine, good):
+        code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(train),
+                     "--validation", str(mine), "--out", str(data), "--epochs", "1", "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"would replace {mine}, which this command reads" in err and err.count("\n") == 1, err
+    assert [f.name for f in data.iterdir()] == ["train.jsonl"]
+    (taken / "file").write_text("mine")
+    code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(good),
+                 "--validation", str(good), "--out", str(taken / "file"), "--epochs", "1"])
+    err = capsys.readouterr().err  # a file is no folder, with --overwrite or without
+    assert code == 2 and "is a file; choose a folder" in err and (taken / "file").read_text() == "mine"
 
 
 @pytest.mark.parametrize("when", ["before its first save", "after its first save"])

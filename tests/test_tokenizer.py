@@ -165,6 +165,9 @@ def test_cli_tokenizer_train(cli, capsys, tmp_path, documents):
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "100",
                 "--json", "--overwrite"]) == 0
     summary = json.loads(capsys.readouterr().out)  # WordPiece reads the corpus twice; counted once
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path), "--vocab-size", "100",
+                "--overwrite"]) == 2  # never into the folder of the corpus it reads
+    assert f"would replace {corpus}, which this command reads" in capsys.readouterr().err
     assert summary["vocab_size"] == 100 and summary["corpus"]["documents"] == len(documents)
     assert cli(["tokenizer", "train", "--corpus", str(tmp_path / "nope"), "--out", str(out)]) == 2
     err = capsys.readouterr().err

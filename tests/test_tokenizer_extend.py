@@ -113,6 +113,12 @@ def test_extend_refuses_existing_out_and_bad_input(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert main(args + ["--out", str(base), "--overwrite"]) == 2  # never over the folder it reads
     assert "which this command reads" in capsys.readouterr().err
+    corpus = tmp_path / "notes" / "domain.txt"  # nor over the folder of its corpus
+    corpus.parent.mkdir()
+    corpus.write_bytes(domain.read_bytes())
+    on_corpus = ["tokenizer", "extend", "--model", str(base), "--corpus", str(corpus), "--add", "2"]
+    assert main(on_corpus + ["--out", str(corpus.parent), "--overwrite"]) == 2
+    assert f"would replace {corpus}, which this command reads" in capsys.readouterr().err and corpus.is_file()
     assert main(args + ["--out", str(out), "--overwrite"]) == 0
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
     assert main(["tokenizer", "extend", "--model", str(base), "--corpus", str(domain), "--add", "0",

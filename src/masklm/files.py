@@ -225,16 +225,23 @@ def _within(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ...] = (), flag: str = "--out") -> None:
+def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ...] = (), flag: str = "--out",
+              folder: bool = True) -> None:
     """Refuse to write over what a user made: ``out`` that already holds anything (a non-empty folder, or a
-    file) needs ``overwrite``; even then it may not be, hold or sit inside a folder the command reads
-    (``sources``); and it must be writable (``check_writable``). Raises ConfigError (exit 2) before anything
-    is written."""
+    file) needs ``overwrite``; even then it may not be, hold or sit inside anything the command reads
+    (``sources``: files or folders; names that are no path here, such as built-in corpora, are passed
+    over); a ``folder`` output may not be an existing file; and it must be writable (``check_writable``).
+    Raises ConfigError (exit 2) before anything is written."""
     target = Path(out).expanduser().absolute()
     for source in sources:
         src = Path(source).expanduser().absolute()
+        if not src.exists():
+            continue
         if _within(target.resolve(), src.resolve()) or _within(src.resolve(), target.resolve()):
             raise ConfigError(f"{flag} {out} would replace {source}, which this command reads; choose another {flag}")
+    if folder and (target.is_file() or (target.is_symlink() and not target.is_dir())):
+        raise ConfigError(f"{flag} {out} is a file; choose a folder (a new or empty one, or pass --overwrite to "
+                          "replace a folder's contents)")
     holds = target.is_file() or target.is_symlink() or (target.is_dir() and any(target.iterdir()))
     if holds and not overwrite:
         raise ConfigError(f"{flag} {out} already exists and holds files; pass --overwrite to replace it, "

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise InputError(f"--out {out}: unknown format; end the file name in .npy or .jsonl")
     if out is not None:
-        check_out(out, overwrite=args.overwrite, sources=(args.model,))
+        check_out(out, overwrite=args.overwrite, sources=(args.model, *filter(None, [args.input])), folder=False)
     texts = read_texts(args.input, args.texts)
     if not texts:
         raise InputError("no texts given; pass them as arguments or with --input FILE")

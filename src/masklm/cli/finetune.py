@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         finetune,
     )
 
-    check_out(args.out, overwrite=args.overwrite, sources=(args.model,))
+    check_out(args.out, overwrite=args.overwrite, sources=(args.model, args.train, args.validation))
     fa = FinetuneArgs(task=args.task, train=args.train, validation=args.validation, out=args.out,
                       text_column=args.text_column, text_pair_column=args.text_pair_column,
                       label_column=args.label_column, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

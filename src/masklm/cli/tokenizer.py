@@ -96,12 +96,17 @@ class _Documents:
             yield text
 
 
+def _read(args: argparse.Namespace) -> tuple[str, ...]:
+    """What --corpus and --heldout name: --out may not replace them."""
+    return (*args.corpus, *(args.heldout or ()))
+
+
 def run_train(args: argparse.Namespace) -> int:
     # lazy: tokenizers load only when this command runs
     from masklm.tokenizer import heldout_coverage, train_tokenizer, vocab_shortfall
 
     documents = _Documents(args)
-    check_out(args.out, overwrite=args.overwrite)  # e.g. a model folder: its tokenizer stays unless asked
+    check_out(args.out, overwrite=args.overwrite, sources=_read(args))  # a model folder's tokenizer stays unless asked
     print(f"training {args.kind} tokenizer (vocab {args.vocab_size}) on {' '.join(args.corpus)}", file=sys.stderr)
     tokenizer = train_tokenizer(
         documents, kind=args.kind, vocab_size=args.vocab_size,
@@ -138,7 +143,7 @@ def run_extend(args: argparse.Namespace) -> int:
     from masklm.training.vocab_extend import extend_model_dir
 
     documents = _Documents(args)
-    check_out(args.out, overwrite=args.overwrite, sources=(args.model,))
+    check_out(args.out, overwrite=args.overwrite, sources=(args.model, *_read(args)))
     print(f"counting the words of {' '.join(args.corpus)}", file=sys.stderr)
     report = extend_model_dir(args.model, documents(), documents.heldout, args.out, add=args.add,
                               min_frequency=args.min_frequency)
