@@ -133,3 +133,20 @@ def test_cli_names_an_input_that_holds_no_text(model_dir, tmp_path, capsys):
             err = capsys.readouterr().err.strip()
             assert err.startswith(f"masklm: error: input file {path} holds no texts") and "\n" not in err
     assert not list(tmp_path.glob("*.npy"))
+
+
+def test_cli_piped_into_a_reader_that_stops_early_ends_quietly(model_dir, tmp_path):
+    """``masklm embed --input big.txt | head -1``: the reader closes the pipe after one line; the command
+    stops with 141 (SIGPIPE's status) and no traceback."""
+    import subprocess
+    import sys
+
+    texts = tmp_path / "many.txt"
+    texts.write_text("\n".join(f"the dog {i} runs" for i in range(300)) + "\n")  # ~1 MB of JSONL: past a pipe's buffer
+    proc = subprocess.Popen([sys.executable, "-m", "masklm", "embed", "--model", str(model_dir), "--input", str(texts)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert first["text"] == "the dog 0 runs" and "Traceback" not in err and "BrokenPipe" not in err

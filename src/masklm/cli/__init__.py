@@ -1,13 +1,16 @@
 """The ``masklm`` command. One module per command group; each has ``register(subparsers)``.
 
 Data goes to stdout, progress and logs to stderr. A ``MaskLMError`` becomes one line on stderr and
-exit status 2; anything else is a bug and keeps its traceback (exit 1).
+exit status 2; anything else is a bug and keeps its traceback (exit 1). A reader that closes the pipe
+(``| head``) ends the command quietly with 141 (128 + SIGPIPE), the status of a Unix tool killed by it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from masklm.errors import MaskLMError
@@ -48,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("masklm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`masklm predict ... | head`): stop quietly, as Unix tools do
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):  # so the interpreter's last flush does not fail again
+            try:
+                os.dup2(quiet, stream.fileno())
+            except (OSError, ValueError):  # a stream that is no file (pytest's capture)
+                pass
+        return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
 
 
 if __name__ == "__main__":  # pragma: no cover
