@@ -170,6 +170,14 @@ def test_classification_learns_and_serves(root, base, capsys):
     assert [x["label"] for x in lines] == ["pos", "neg"] and lines[0]["text"] == "the good tree"
     assert main(["predict", "--model", str(out), "--input", str(valid)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 80
+    renamed = root / "renamed.csv"  # the same rows under another header: the error's advice works
+    renamed.write_text(valid.read_text().replace("sentence,label", "text,label", 1))
+    assert main(["predict", "--model", str(out), "--input", str(renamed)]) == 2
+    assert "no column 'sentence'" in capsys.readouterr().err
+    assert main(["predict", "--model", str(out), "--input", str(renamed), "--text-column", "text"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 80
+    assert main(["predict", "--model", str(out), "--input", str(renamed), "--text-pair-column", "label"]) == 2
+    assert "fine-tuned on single texts; leave it out" in capsys.readouterr().err
     assert main(["predict", "--model", str(base), "x"]) == 2  # not fine-tuned
     assert "not a fine-tuned model" in capsys.readouterr().err
 

@@ -193,6 +193,18 @@ def test_bad_qa_input_is_one_line(trained, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "bad.jsonl:1: answer 'kilo' is not at answer_start 2" in err and err.count("\n") == 1
     assert not (trained / "never").exists()
+    code = main(["finetune", "--model", str(trained / "base"), "--task", "question-answering", "--train",
+                 str(trained / "train.jsonl"), "--validation", str(trained / "valid.jsonl"), "--out",
+                 str(trained / "never"), "--null-threshold", "nan"])  # NaN would be stored as invalid JSON
+    err = capsys.readouterr().err
+    assert code == 2 and "--null-threshold must be a number" in err and not (trained / "never").exists()
+
+
+def test_predict_refuses_a_nan_null_threshold(trained, finetuned, capsys):
+    code = main(["predict", "--model", str(trained / "qa"), "--question", QUESTION, "--context", "the code is kilo",
+                 "--null-threshold", "nan"])
+    err = capsys.readouterr().err
+    assert code == 2 and "null_threshold must be a number" in err and err.count("\n") == 1
 
 
 # ---- transformers: the exported folder is an AutoModelForQuestionAnswering -----------------------------

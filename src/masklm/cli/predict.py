@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N")
     add_window_flags(p, "Default: as the folder was fine-tuned (an input over the maximum is an error if it "
                         "was fine-tuned without windows; question answering always uses windows).")
+    p.add_argument("--text-column", help=".csv/.tsv/.jsonl --input: the text column (default: the one the folder "
+                                         "was fine-tuned with)")
+    p.add_argument("--text-pair-column", help=".csv/.tsv/.jsonl --input: the second text's column, for a folder "
+                                              "fine-tuned on pairs (default: the one it was fine-tuned with)")
     p.add_argument("--question", help="question answering: the question (with --context)")
     p.add_argument("--context", help="question answering: the context to find the answer in")
     p.add_argument("--max-answer-length", type=int,
@@ -40,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _read_inputs(path: str, task: dict[str, Any]) -> list[Any]:
+def _read_inputs(path: str, task: dict[str, Any], args: argparse.Namespace) -> list[Any]:
     # lazy: the fine-tuning readers load only when this command runs
     from masklm.finetune.data import read_qa_file, read_sequence_file, read_tagging_file
 
@@ -53,7 +57,10 @@ def _read_inputs(path: str, task: dict[str, Any]) -> list[Any]:
             return [s.words for s in read_tagging_file(path, "tokens", None)]
         return read_texts(path, [])
     if task["type"] != "tagging" and suffix in (".csv", ".tsv", ".jsonl"):
-        examples = read_sequence_file(path, task.get("text_column", "text"), task.get("text_pair_column"), None)
+        pair = args.text_pair_column or task.get("text_pair_column")
+        if pair and not task.get("text_pair_column"):
+            raise InputError("--text-pair-column: this folder was fine-tuned on single texts; leave it out")
+        examples = read_sequence_file(path, args.text_column or task.get("text_column", "text"), pair, None)
         return [(e.text, e.pair) if e.pair is not None else e.text for e in examples]
     return read_texts(path, [])
 
@@ -65,7 +72,7 @@ def _inputs(args: argparse.Namespace, task: dict[str, Any]) -> list[Any]:
     if args.input is not None and args.input != "-":
         if args.texts or args.question is not None:
             raise InputError("give inputs either on the command line or with --input, not both")
-        return _read_inputs(args.input, task)
+        return _read_inputs(args.input, task, args)
     if qa:
         if args.texts or args.input == "-" or args.question is None or args.context is None:
             raise InputError("a question-answering folder answers --question Q --context C, or --input FILE "

@@ -18,6 +18,7 @@ windows each input took is appended to ``windows_used`` when a list is given (th
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -296,6 +297,8 @@ def answer(model: torch.nn.Module, tokenizer: Any, inputs: Any, max_answer_lengt
     if longest < 1:
         raise InputError(f"max_answer_length must be >= 1, got {longest}")
     threshold = task.get("null_threshold") if null_threshold == "folder" else null_threshold
+    if threshold is not None and math.isnan(threshold):
+        raise InputError("null_threshold must be a number (inf: never answer ''), got nan")
     rows: list[list[int]] = []
     encoded = []
     for i, (question, context) in enumerate(pairs):

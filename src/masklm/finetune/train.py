@@ -113,6 +113,8 @@ class FinetuneArgs:
                               f"{self.warmup}")
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.null_threshold is not None and math.isnan(self.null_threshold):
+            raise ConfigError("--null-threshold must be a number (inf: never answer ''), got nan")
         if self.metric is not None and self.metric not in TASK_METRICS[self.task]:
             raise ConfigError(f"metric {self.metric!r} does not fit {self.task}; choose one of: "
                               f"{', '.join(TASK_METRICS[self.task])}")
