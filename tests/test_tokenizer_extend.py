@@ -151,6 +151,14 @@ def test_extended_folder_trains_with_init_from_and_loads_in_transformers(tmp_pat
                  "--seq-len", "32", "--eval-every", "0", "--save-every", "0", "--out", str(run)]) == 0
     model, config, tok = load_model_dir(run / "final")
     assert config.vocab_size == load_model_dir(ext)[1].vocab_size and tok.token_to_id("troponin") is not None
+    assert json.loads((run / "training_args.json").read_text())["arch"] == config.arch  # the record says what ran
+    capsys.readouterr()
+    for clash in (["--size", "small"], ["--tokenizer", str(ext)], ["--arch", "gpt-bert", "--vocab-size", "99"]):
+        assert main(["train", "--init-from", str(ext), "--corpus", str(domain), "--max-steps", "2",
+                     "--out", str(tmp_path / "never"), *clash]) == 2  # it would be ignored: refused, by name
+        err = capsys.readouterr().err
+        assert "starts from that folder's model and tokenizer; leave out " + clash[0] in err, err
+        assert err.count("\n") == 1 and not (tmp_path / "never").exists()
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForMaskedLM.from_pretrained(str(ext)).eval()
     ours = load_model_dir(ext)[0]

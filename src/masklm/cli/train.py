@@ -124,11 +124,30 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume not in (None, True, "auto"):
         raise ConfigError(f"--resume takes no value, or 'auto'; got {args.resume!r}")
     if args.resume == "auto":
-        return _resume_or_start(given, names, where)
+        return _resume_or_start(_from_init(given, names), names, where)
     if args.resume:
         TrainConfig.from_dict(given, where=where)  # bad values are named where they were given
         return resume_config(given, names)
-    return TrainConfig.from_dict(given, where=where)
+    return TrainConfig.from_dict(_from_init(given, names), where=where)
+
+
+# what --init-from's folder decides: a run started from it cannot also choose these
+FROM_INIT = ("arch", "size", "model", "tokenizer", "tokenizer_kind", "vocab_size")
+
+
+def _from_init(given: dict, names: dict[str, str]) -> dict:
+    """With --init-from, the model and tokenizer are that folder's: a setting that would choose another is
+    refused, naming it (it was ignored, yet recorded in training_args.json as if used), and the run's record
+    takes the folder's architecture -> ``given`` with ``arch`` set."""
+    if not given.get("init_from"):
+        return given
+    from masklm.modeldir import read_config  # lazy: as the other training imports here
+
+    clash = [names[key] for key in FROM_INIT if key in given]
+    if clash:
+        raise ConfigError(f"{names['init_from']} {given['init_from']} starts from that folder's model and tokenizer; "
+                          f"leave out {', '.join(clash)} (they would be ignored)")
+    return given | {"arch": read_config(given["init_from"]).get("arch", "bert")}
 
 
 def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainConfig:
