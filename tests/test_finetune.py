@@ -285,6 +285,31 @@ def _cli_error(capsys, base: Path, root: Path, task: str, train: Path, valid: Pa
     return err
 
 
+def test_records_over_several_lines_are_counted_and_reported(root, base, capsys):
+    """A quoted field may hold line breaks; a stray quote also joins the rows after it into one text. Either
+    way the reader keeps the lines each record took, and finetune and predict say how many records spanned
+    several lines and where the first did."""
+    from masklm.finetune.data import read_sequence_file
+
+    rows = ['"note one,\nsecond line",a'] + [f"the {w} sat,{'ab'[i % 2]}" for i, w in enumerate(["cat", "dog"])]
+    rows += ['"Hold,b', "the cow ran,a", 'the 6" sheep,b'] + [f"the {w} ran,{'ab'[i % 2]}" for i, w in
+                                                              enumerate(["hen", "pig", "fox", "owl"])]
+    data = root / "quotes.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    got = read_sequence_file(data)
+    assert [(e.where.rsplit(":", 1)[1], e.lines) for e in got] == [
+        ("2-3", 2), ("4", 1), ("5", 1), ("6-8", 3), ("9", 1), ("10", 1), ("11", 1), ("12", 1)]
+    assert got[0].text == "note one,\nsecond line" and got[3].text == "Hold,b\nthe cow ran,a\nthe 6 sheep"
+    out = root / "quotes-model"
+    assert main(["finetune", "--model", str(base), "--task", "classification", "--train", str(data),
+                 "--validation", str(data), "--out", str(out), "--epochs", "1"]) == 0
+    note = f"{data}: 2 of 8 records span several lines (a quoted field with line breaks; the first at lines 2-3)"
+    assert note in capsys.readouterr().err
+    assert main(["predict", "--model", str(out), "--input", str(data)]) == 0
+    captured = capsys.readouterr()
+    assert note in captured.err and len(captured.out.splitlines()) == 8 + 3  # two texts hold line breaks
+
+
 def test_bad_input(root, base, capsys):
     good = _write_jsonl(root / "ok.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
     err = _cli_error(capsys, base, root, "classification", good, None, "--label-column", "gold")
@@ -299,6 +324,10 @@ def test_bad_input(root, base, capsys):
     csv = root / "bad.csv"
     csv.write_text("text,label\nthe cat,a\nthe dog,b,extra\n")
     assert "bad.csv:3: 3 fields but the header has 2" in _cli_error(capsys, base, root, "classification", csv)
+    unclosed = root / "unclosed.tsv"  # a quote never closed swallows the rest: named where it opened
+    unclosed.write_text('text\tlabel\nthe cat\ta\n"the dog\tb\nthe cow\ta\n')
+    err = _cli_error(capsys, base, root, "classification", unclosed)
+    assert "unclosed.tsv:3-4: 1 fields but the header has 2; a quote opened on line 3 may not be closed" in err
     empty = _write_jsonl(root / "empty.jsonl", [{"text": " ", "label": "a"}])
     assert "empty.jsonl:1: 'text' is empty" in _cli_error(capsys, base, root, "classification", empty)
     unseen = _write_jsonl(root / "unseen.jsonl", [{"text": "the cat", "label": "c"}])

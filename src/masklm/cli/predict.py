@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _read_inputs(path: str, task: dict[str, Any], args: argparse.Namespace) -> list[Any]:
     # lazy: the fine-tuning readers load only when this command runs
-    from masklm.finetune.data import read_qa_file, read_sequence_file, read_tagging_file
+    from masklm.finetune.data import multiline_note, read_qa_file, read_sequence_file, read_tagging_file
 
     suffix = Path(path).suffix.lower()
     if task["type"] == "question-answering":
@@ -61,6 +62,8 @@ def _read_inputs(path: str, task: dict[str, Any], args: argparse.Namespace) -> l
         if pair and not task.get("text_pair_column"):
             raise InputError("--text-pair-column: this folder was fine-tuned on single texts; leave it out")
         examples = read_sequence_file(path, args.text_column or task.get("text_column", "text"), pair, None)
+        if multi := [e.where for e in examples if e.lines > 1]:
+            print(f"masklm: {multiline_note(multi, len(examples))}", file=sys.stderr)
         return [(e.text, e.pair) if e.pair is not None else e.text for e in examples]
     return read_texts(path, [])
 

@@ -37,7 +37,8 @@ class SequenceExample:
     text: str
     pair: str | None
     label: str | float | None
-    where: str  # "file:line"
+    where: str  # "file:line"; "file:first-last" for a CSV/TSV record over several lines
+    lines: int = 1  # the lines of the file it took: more than one where a quoted field holds line breaks
 
 
 @dataclass
@@ -64,13 +65,16 @@ def _lines(file: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
 
 
-def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(where, record)`` for each row of a CSV/TSV (header row first) or JSONL file."""
+def _records(file: Path) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """``(where, record, lines)`` for each row of a CSV/TSV (header row first) or JSONL file: ``lines`` is
+    how many lines of the file the record took (a quoted CSV field may hold line breaks, and so may a
+    stray quote, which swallows the rows after it: the caller reports such records)."""
     suffix = file.suffix.lower()
     if suffix not in SEQUENCE_FORMATS:
         raise DataError(f"{file}: unknown format {suffix or '(no suffix)'!r}; use .csv, .tsv or .jsonl")
     if suffix == ".jsonl":
-        yield from jsonl_objects(file)
+        for where, record in jsonl_objects(file):
+            yield where, record, 1
         return
     reader = None
     try:
@@ -79,18 +83,31 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             header = next(reader, None)
             if not header:
                 raise DataError(f"{file} is empty; it needs a header row naming the columns, then data rows")
+            end = reader.line_num  # the last line read so far
             for row in reader:
+                start, end = end + 1, reader.line_num
+                where = f"{file}:{start}" if end == start else f"{file}:{start}-{end}"
                 if not row or all(not cell.strip() for cell in row):
                     continue
                 if len(row) != len(header):
-                    raise DataError(f"{file}:{reader.line_num}: {len(row)} fields but the header has "
-                                    f"{len(header)}; quote fields that contain the separator")
-                yield f"{file}:{reader.line_num}", dict(zip(header, row))
+                    hint = (f"a quote opened on line {start} may not be closed" if end > start
+                            else "quote fields that contain the separator")
+                    raise DataError(f"{where}: {len(row)} fields but the header has {len(header)}; {hint}")
+                yield where, dict(zip(header, row)), end - start + 1
     except UnicodeDecodeError as exc:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
     except csv.Error as exc:
-        where = f"{file}:{reader.line_num}" if reader is not None else str(file)
+        where = f"{file}:{reader.line_num}" if reader is not None else str(file)  # where the reader stopped
         raise DataError(f"{where}: malformed {suffix[1:].upper()} ({exc}); check its quoting") from None
+
+
+def multiline_note(wheres: list[str], records: int) -> str:
+    """The line reporting the records of one CSV/TSV file that span several lines (``wheres``: their
+    "file:first-last"), out of ``records``: a quoted field may hold line breaks, but a stray quote also
+    joins the rows after it into one text, so the count is said, never passed over in silence."""
+    file, span = wheres[0].rsplit(":", 1)
+    return (f"{file}: {len(wheres)} of {records} records span several lines (a quoted field with line breaks; "
+            f"the first at lines {span}); if a stray quote joined rows there, close or remove it")
 
 
 def _column(record: dict[str, Any], name: str, where: str, flag: str) -> Any:
@@ -113,7 +130,7 @@ def read_sequence_file(path: str | Path, text_column: str = "text", pair_column:
     """Labelled (or, with ``label_column=None``, unlabelled) texts of a CSV, TSV or JSONL file."""
     file = _check_file(path)
     examples = []
-    for where, record in _records(file):
+    for where, record, lines in _records(file):
         text = _text(_column(record, text_column, where, "--text-column"), text_column, where)
         pair = None
         if pair_column is not None:
@@ -123,7 +140,7 @@ def read_sequence_file(path: str | Path, text_column: str = "text", pair_column:
             raw = _column(record, label_column, where, "--label-column")
             label = _regression_target(raw, label_column, where) if regression else _class_label(
                 raw, label_column, where)
-        examples.append(SequenceExample(text, pair, label, where))
+        examples.append(SequenceExample(text, pair, label, where, lines))
     if not examples:
         raise DataError(f"{file} has no data rows; add examples")
     return examples
@@ -183,7 +200,7 @@ def read_tagging_file(path: str | Path, tokens_key: str = "tokens", tags_key: st
 
 def _read_tagging_jsonl(file: Path, tokens_key: str, tags_key: str | None) -> list[TaggedSentence]:
     sentences = []
-    for where, record in _records(file):
+    for where, record, _ in _records(file):
         words = _column(record, tokens_key, where, "--text-column")
         if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise DataError(f"{where}: {tokens_key!r} must be a non-empty list of non-empty strings")

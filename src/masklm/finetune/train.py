@@ -147,6 +147,7 @@ class _Split:
     spans: list[Any] = field(default_factory=list)            # tagging: window spans (None: no windows); QA: QAWindows
     contexts: list[str] = field(default_factory=list)         # question answering
     unanswerable: int = 0                                     # QA: gold answers no window holds whole
+    multiline: list[str] = field(default_factory=list)        # CSV/TSV: "file:first-last" of records over several lines
 
     def windows(self) -> dict[str, int]:
         """Examples, windows, and the most windows of one example."""
@@ -216,6 +217,7 @@ def _sequence_split(examples: list[fdata.SequenceExample], tokenizer: Any, max_l
                                              [e.where for e in examples], max_length, spec)
     split.targets = [encode_target(e.label, e.where) for e in examples]
     split.gold = [e.label for e in examples]
+    split.multiline = [e.where for e in examples if e.lines > 1]
     return split
 
 
@@ -329,6 +331,9 @@ def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _
     lines = [f"fine-tuning {model_dir} for {args.task}: {len(train.groups)} training and {len(valid.groups)} "
              f"validation examples, {task['num_labels']} output(s), {args.epochs} epochs of {steps} steps; "
              f"early stopping on validation {metric}"]
+    for split in (train, valid):
+        if split.multiline:
+            lines.append(fdata.multiline_note(split.multiline, len(split.groups)))
     if "windows" in task:
         counts = [f"{name} {s.windows()['examples']} examples as {s.windows()['windows']} windows (at most "
                   f"{s.windows()['max_per_example']} per example)" for name, s in (("training", train),
