@@ -59,6 +59,21 @@ def test_round_trip(saved, model, tokenizer):
         assert torch.equal(model(ids).logits, loaded(ids).logits)  # same weights, same code: bit-exact
 
 
+def test_every_file_of_a_folder_gets_the_permissions_of_a_new_file(tmp_path, model, tokenizer):
+    """safetensors writes its file private (0600); a folder's weights must be as readable as its config,
+    here under a group-readable umask and under a private one."""
+    import os
+
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        try:
+            folder = save_model_dir(tmp_path / f"m{umask:o}", model, tokenizer)
+        finally:
+            os.umask(old)
+        modes = {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()}
+        assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def test_save_replaces_existing_folder_atomically(tmp_path, saved, model, tokenizer, monkeypatch):
     (saved / "stale.txt").write_text("old")
     save_model_dir(saved, model, tokenizer)  # replace: old files gone, no training_args this time

@@ -133,6 +133,21 @@ def fsync_tree(folder: Path) -> None:
         fsync_path(Path(root))
 
 
+def usual_modes(folder: Path) -> None:
+    """Give every file under ``folder`` at least the permissions a new file gets here (0666 less the umask):
+    some writers make theirs private (safetensors' ``save_file``: 0600), so a model folder's weights were
+    unreadable to the group that could read its config."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    usual = 0o666 & ~umask
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root) / name
+            mode = path.lstat().st_mode
+            if not path.is_symlink() and (mode | usual) != mode:
+                os.chmod(path, (mode | usual) & 0o7777)
+
+
 def _sibling(out: Path, kind: str) -> Path:
     """A hidden, unique name beside ``out``: ``.NAME.KIND-xxxxxxxx`` (never listed as a result)."""
     return out.with_name(f".{out.name}.{kind}-{uuid.uuid4().hex[:8]}")
@@ -192,6 +207,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        usual_modes(tmp)
         fsync_tree(tmp)
         _replace_dir(tmp, out)
     except BaseException as exc:
