@@ -324,6 +324,10 @@ def test_bad_input(root, base, capsys):
     csv = root / "bad.csv"
     csv.write_text("text,label\nthe cat,a\nthe dog,b,extra\n")
     assert "bad.csv:3: 3 fields but the header has 2" in _cli_error(capsys, base, root, "classification", csv)
+    twice = root / "twice.csv"  # which "text" would be read? neither: refused
+    twice.write_text("text,label,text\nthe cat,a,first\nthe dog,b,second\n")
+    assert "twice.csv:1: the header names column 'text' twice" in _cli_error(capsys, base, root, "classification",
+                                                                               twice)
     unclosed = root / "unclosed.tsv"  # a quote never closed swallows the rest: named where it opened
     unclosed.write_text('text\tlabel\nthe cat\ta\n"the dog\tb\nthe cow\ta\n')
     err = _cli_error(capsys, base, root, "classification", unclosed)
@@ -437,4 +441,27 @@ def test_a_full_disk_keeps_the_last_best_model_and_says_so(root, base, capsys, m
     assert code == 2 and err.splitlines()[-1] == (
         f"masklm: error: no space left on the disk holding {out.absolute()}; nothing was left half-written: free "
         f"some space, then run the command again with --overwrite ({out} holds the model of epoch 1)")
+    assert json.loads((out / "training_args.json").read_text())["history"][-1]["epoch"] == 1
+
+
+def test_ctrl_c_after_a_saved_epoch_says_what_out_holds(root, base, capsys, monkeypatch):
+    from masklm.finetune import train as ft
+
+    good = _write_jsonl(root / "ok5.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    out = root / "interrupted"
+    real_evaluate, calls = ft.evaluate, []
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return {**real_evaluate(*args, **kwargs), "accuracy": 0.5 if len(calls) == 1 else 0.25}  # epoch 1 is best
+
+    monkeypatch.setattr(ft, "evaluate", interrupted_in_epoch_3)
+    code = main(["finetune", "--model", str(base), "--task", "classification", "--train", str(good),
+                 "--validation", str(good), "--out", str(out), "--epochs", "5"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 130 and err[-1] == "masklm: interrupted"
+    assert err[-2] == (f"masklm: {out} holds the best model so far (epoch 1, validation accuracy 0.5000): predict "
+                       "can use it; a new run into it needs --overwrite")
     assert json.loads((out / "training_args.json").read_text())["history"][-1]["epoch"] == 1

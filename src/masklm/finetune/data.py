@@ -83,6 +83,9 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any], int]]:
             header = next(reader, None)
             if not header:
                 raise DataError(f"{file} is empty; it needs a header row naming the columns, then data rows")
+            if twice := sorted({name for name in header if header.count(name) > 1}):
+                raise DataError(f"{file}:1: the header names column {twice[0]!r} twice; give each column its own "
+                                "name")
             end = reader.line_num  # the last line read so far
             for row in reader:
                 start, end = end + 1, reader.line_num

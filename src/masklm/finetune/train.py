@@ -400,36 +400,42 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     history: list[dict[str, Any]] = []
     guard = OutputGuard(args.out)  # another run's model in --out is never replaced
     best, best_epoch, bad_epochs, step = -math.inf, 0, 0, 0
-    saved_epoch = 0
-    for epoch in range(1, args.epochs + 1):
-        started = time.time()
-        loss, step = _train_epoch(model, train_split, optimizer, amp, args, tokenizer.pad_id, device, generator, step,
-                                  args.epochs * steps_per_epoch)
-        scores = evaluate(model, valid_split, tokenizer.pad_id, args.batch_size)
-        record = {"epoch": epoch, "loss": loss, **scores}
-        history.append(record)
-        improved = scores[metric] > best
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-        say(f"epoch {epoch}: loss {record['loss']:.4f}, validation {shown} ({time.time() - started:.1f}s)"
-            + (" - best, saved" if improved else ""))
-        if improved:
-            best, best_epoch, bad_epochs = scores[metric], epoch, 0
-            task["validation"] = {"epoch": epoch, **scores}
-            guard.check()
-            try:
-                save_model_dir(args.out, model, tokenizer,
-                               training_args={"finetune": {**asdict(args), "model": str(model_dir),
-                                                           "run_id": guard.run_id}, "history": history})
-            except DiskFull as exc:  # --out keeps the last best model, if any, so a rerun needs --overwrite
-                raise DiskFull(exc.where, f"run the command again with --overwrite ({args.out} holds the model of "
-                                          f"epoch {saved_epoch})" if saved_epoch else "run the command again") from None
-            guard.saved()
-            saved_epoch = epoch
-        else:
-            bad_epochs += 1
-            if bad_epochs >= args.patience:
-                say(f"no improvement in {metric} for {args.patience} epochs; stopping")
-                break
+    saved_epoch, saved_score = 0, -math.inf
+    try:
+        for epoch in range(1, args.epochs + 1):
+            started = time.time()
+            loss, step = _train_epoch(model, train_split, optimizer, amp, args, tokenizer.pad_id, device, generator, step,
+                                      args.epochs * steps_per_epoch)
+            scores = evaluate(model, valid_split, tokenizer.pad_id, args.batch_size)
+            record = {"epoch": epoch, "loss": loss, **scores}
+            history.append(record)
+            improved = scores[metric] > best
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            say(f"epoch {epoch}: loss {record['loss']:.4f}, validation {shown} ({time.time() - started:.1f}s)"
+                + (" - best, saved" if improved else ""))
+            if improved:
+                best, best_epoch, bad_epochs = scores[metric], epoch, 0
+                task["validation"] = {"epoch": epoch, **scores}
+                guard.check()
+                try:
+                    save_model_dir(args.out, model, tokenizer,
+                                   training_args={"finetune": {**asdict(args), "model": str(model_dir),
+                                                               "run_id": guard.run_id}, "history": history})
+                except DiskFull as exc:  # --out keeps the last best model, if any, so a rerun needs --overwrite
+                    raise DiskFull(exc.where, f"run the command again with --overwrite ({args.out} holds the model of "
+                                              f"epoch {saved_epoch})" if saved_epoch else "run the command again") from None
+                guard.saved()
+                saved_epoch, saved_score = epoch, best
+            else:
+                bad_epochs += 1
+                if bad_epochs >= args.patience:
+                    say(f"no improvement in {metric} for {args.patience} epochs; stopping")
+                    break
+    except KeyboardInterrupt:  # Ctrl-C: say what --out holds; the CLI then says "interrupted"
+        if saved_epoch:
+            say(f"{args.out} holds the best model so far (epoch {saved_epoch}, validation {metric} {saved_score:.4f}): "
+                "predict can use it; a new run into it needs --overwrite")
+        raise
     stopped_early = len(history) < args.epochs
     say(f"best validation {metric} {best:.4f} at epoch {best_epoch}; model in {args.out}")
     windows = {"train": train_split.windows(), "validation": valid_split.windows()} if "windows" in task else None
