@@ -465,3 +465,51 @@ def test_ctrl_c_after_a_saved_epoch_says_what_out_holds(root, base, capsys, monk
     assert err[-2] == (f"masklm: {out} holds the best model so far (epoch 1, validation accuracy 0.5000): predict "
                        "can use it; a new run into it needs --overwrite")
     assert json.loads((out / "training_args.json").read_text())["history"][-1]["epoch"] == 1
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "tagging"])
+def test_export_hf_writes_the_head_transformers_computes_alike(root, base, capsys, tmp_path, task):
+    """export-hf of a fine-tuned BERT folder: the head goes where transformers' class for the task reads it
+    (a [CLS]-pooled sequence head: pooler + classifier; regression's scale folded in; tagging: classifier),
+    with the labels, and AutoModelFor... gives masklm's outputs on the same ids."""
+    transformers = pytest.importorskip("transformers")
+    if task == "tagging":
+        train = _write_jsonl(root / "t-tag.jsonl", [{"tokens": ["Anna", "ran"], "tags": ["B-PER", "O"]},
+                                                    {"tokens": ["the", "Bo", "Li"], "tags": ["O", "B-PER", "I-PER"]}])
+        extra, auto = [], transformers.AutoModelForTokenClassification
+    else:
+        label = [1.0, 7.0] if task == "regression" else ["neg", "pos"]
+        train = _write_jsonl(root / f"t-{task}.jsonl", [{"text": "the cat sat", "label": label[0]},
+                                                        {"text": "a good dog ran", "label": label[1]}])
+        extra, auto = ["--pooling", "cls"], transformers.AutoModelForSequenceClassification
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(base), "--task", task, "--train", str(train), "--validation",
+                 str(train), "--out", str(out), "--epochs", "2", "--lr", "1e-2", *extra]) == 0
+    assert main(["export-hf", "--model", str(out), "--out", str(tmp_path / "hf")]) == 0
+    capsys.readouterr()
+    hf = auto.from_pretrained(str(tmp_path / "hf")).eval()
+    pipe = masklm.load(out)
+    labels = pipe.model.config.task["labels"]
+    assert [hf.config.id2label[i] for i in range(len(labels))] == labels
+    ids = torch.tensor([pipe.tokenizer.encode("the good cat sat").ids])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids).logits
+        ours = pipe.model(ids, torch.ones_like(ids))
+    n = forward_terms(pipe.config, ids.shape[1])
+    if task == "regression":  # transformers outputs the target itself: masklm's value
+        assert hf.config.problem_type == "regression"
+        assert close(theirs[0, 0], torch.tensor(pipe.classify("the good cat sat")["value"]), n=n)
+    else:
+        assert close(theirs, ours, n=n) and float(ours.abs().max()) > 1e-3
+
+
+def test_export_hf_of_a_mean_pooled_head_warns_that_only_the_encoder_loads(root, base, capsys, tmp_path):
+    train = _write_jsonl(root / "t-mean.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(base), "--task", "classification", "--train", str(train),
+                 "--validation", str(train), "--out", str(out), "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["export-hf", "--model", str(out), "--out", str(tmp_path / "hf")]) == 0
+    err = capsys.readouterr().err
+    assert "pools the mean of the tokens, which no transformers class does" in err and err.count("\n") == 1
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["BertModel"]

@@ -18,7 +18,8 @@ head is dropout -> linear D->num_tags on every token; a word's tag is read at it
 Question answering uses the same token head with two outputs, the start and end logits of the answer
 span (Hugging Face's ``qa_outputs``; ``masklm.hf.bert.export_bert`` writes it under that name).
 A BERT folder's config says ``architectures: ["BertModel"]``, so ``transformers.AutoModel`` loads its
-encoder (the head is ignored).
+encoder (the head is ignored); ``masklm export-hf`` writes the head under the names of the transformers
+class that computes the same function (``masklm.hf.bert._hf_head``).
 """
 
 from __future__ import annotations

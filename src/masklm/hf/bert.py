@@ -178,13 +178,10 @@ _MASKLM_ONLY_KEYS = ("arch", "masklm_version")
 
 
 def export_bert(model_dir: str | Path, out: str | Path) -> Path:
-    """Write a Hugging Face loadable copy of a masklm BERT folder (no masklm-only config keys); a fine-tuned
-    folder keeps its ``task`` block and head, and loads in transformers as a ``BertModel``; a fine-tuned
-    question-answering folder's start/end head is written as ``qa_outputs`` (``BertForQuestionAnswering``'s
-    name and shape, Linear D -> 2), so it loads as ``AutoModelForQuestionAnswering``, with every token-type
-    row equal to row 0 (masklm's one segment), so the token_type_ids transformers' tokenizers pass for a
-    question + context pair do not change its logits. It is a transformers folder: masklm reads the
-    fine-tuned folder it came from."""
+    """Write a Hugging Face loadable copy of a masklm BERT folder (no masklm-only config keys). A fine-tuned
+    folder keeps its ``task`` block, and its head is written under the names and shapes of the transformers
+    class that computes the same function (``_hf_head``), so ``AutoModelFor...`` loads it with its labels.
+    It is a transformers folder: masklm reads the fine-tuned folder it came from."""
     model, config, tokenizer = load_folder(model_dir)
     if config.arch != "bert":
         raise ModelDirError(
@@ -194,13 +191,52 @@ def export_bert(model_dir: str | Path, out: str | Path) -> Path:
     data = {k: v for k, v in config.to_json_dict().items() if k not in _MASKLM_ONLY_KEYS}
     data["tie_word_embeddings"] = True
     state = state_dict_for_saving(model)
-    if (data.get("task") or {}).get("type") == "question-answering":
-        state = {name.replace("head.out.", "qa_outputs.", 1) if name.startswith("head.out.") else name: t
-                 for name, t in state.items()}
-        data["architectures"] = ["BertForQuestionAnswering"]
-        # masklm reads every token as segment 0; Hugging Face's tokenizers mark the context as segment 1.
-        # Every type row set to row 0 makes the exported model give masklm's logits whatever they pass.
-        types = state["bert.embeddings.token_type_embeddings.weight"].clone()
-        types[1:] = types[0]
-        state["bert.embeddings.token_type_embeddings.weight"] = types
+    if data.get("task"):
+        state = _hf_head(data, state, str(model_dir))
     return write_model_dir(out, data, state, tokenizer)
+
+
+# A task's head -> (transformers class, {masklm name prefix: transformers name prefix}).
+_HF_HEADS = {
+    "question-answering": ("BertForQuestionAnswering", {"head.out.": "qa_outputs."}),
+    "tagging": ("BertForTokenClassification", {"head.out.": "classifier."}),
+    "classification": ("BertForSequenceClassification", {"head.dense.": "bert.pooler.dense.", "head.out.": "classifier."}),
+    "regression": ("BertForSequenceClassification", {"head.dense.": "bert.pooler.dense.", "head.out.": "classifier."}),
+}
+
+
+def _hf_head(data: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """A fine-tuned BERT folder's head under transformers' names; ``data`` (config.json) gets the class and
+    the labels. The heads compute the same functions: question answering's start/end head is
+    ``qa_outputs`` (Linear D -> 2); tagging's is ``classifier`` on every token; a sequence head that pools
+    [CLS] (``--pooling cls``: dense, tanh, linear) is BertForSequenceClassification's pooler and
+    classifier, with a regression head's standardisation folded into the classifier so it outputs the
+    target itself. A mean-pooled sequence head has no transformers class: the folder then loads as a
+    BertModel (the encoder), with a warning. Every token-type row is set to row 0: masklm reads every token
+    as segment 0, Hugging Face's tokenizers mark a pair's second text as segment 1."""
+    task = data["task"]
+    kind = task["type"]
+    if kind in ("classification", "regression") and task.get("pooling", "mean") != "cls":
+        log.warning(f"{where}: its {kind} head pools the mean of the tokens, which no transformers class does "
+                    "(BertForSequenceClassification reads [CLS] through its pooler), so the export loads as a "
+                    "BertModel, the encoder alone; fine-tune with --pooling cls for a head transformers loads")
+        return state
+    cls_name, names = _HF_HEADS[kind]
+    renamed = {}
+    for name, tensor in state.items():
+        prefix = next((p for p in names if name.startswith(p)), None)
+        renamed[name if prefix is None else names[prefix] + name[len(prefix):]] = tensor
+    if kind == "regression":  # y = mean + std * out(h): the classifier's weight and bias absorb it
+        mean, std = float(task["target_mean"]), float(task["target_std"])
+        renamed["classifier.weight"] = renamed["classifier.weight"] * std
+        renamed["classifier.bias"] = renamed["classifier.bias"] * std + mean
+    if kind != "question-answering":
+        labels = task["labels"]
+        data.update(id2label={str(i): x for i, x in enumerate(labels)}, label2id={x: i for i, x in enumerate(labels)},
+                    **({"problem_type": "regression"} if kind == "regression" else
+                       {"problem_type": "single_label_classification"} if kind == "classification" else {}))
+    data["architectures"] = [cls_name]
+    types = renamed["bert.embeddings.token_type_embeddings.weight"].clone()
+    types[1:] = types[0]
+    renamed["bert.embeddings.token_type_embeddings.weight"] = types
+    return renamed
