@@ -310,6 +310,24 @@ def test_records_over_several_lines_are_counted_and_reported(root, base, capsys)
     assert note in captured.err and len(captured.out.splitlines()) == 8 + 3  # two texts hold line breaks
 
 
+def test_text_the_tokenizer_cannot_spell_is_reported(root, base, capsys):
+    """Chinese rows on a base whose vocabulary has no Chinese: finetune says what share of each file's tokens
+    are [UNK] (past 1%), naming the file, instead of training on [UNK]s in silence."""
+    foreign = _write_jsonl(root / "zh.jsonl", [{"text": "公司 利润 大幅 下降", "label": "neg"},
+                                              {"text": "the good cat sat", "label": "pos"}])
+    plain = _write_jsonl(root / "en.jsonl", [{"text": "the bad cat sat", "label": "neg"},
+                                             {"text": "the good cat sat", "label": "pos"}])
+    assert main(["finetune", "--model", str(base), "--task", "classification", "--train", str(foreign),
+                 "--validation", str(plain), "--out", str(root / "zh-model"), "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    tok = masklm.load(base).tokenizer
+    rows = [tok.encode(text).ids for text in ("公司 利润 大幅 下降", "the good cat sat")]
+    unknown, total = sum(r.count(tok.unk_id) for r in rows), sum(map(len, rows))
+    assert unknown == 8  # each character of the four Chinese words
+    assert f"{foreign}: {unknown / total:.1%} of its {total} tokens are [UNK]" in err
+    assert f"{plain}:" not in err
+
+
 def test_bad_input(root, base, capsys):
     good = _write_jsonl(root / "ok.jsonl", [{"text": "the cat", "label": "a"}, {"text": "the dog", "label": "b"}])
     err = _cli_error(capsys, base, root, "classification", good, None, "--label-column", "gold")

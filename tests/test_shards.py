@@ -50,6 +50,26 @@ def test_shards_hold_exactly_the_encoded_documents(tmp_path, corpus_file, docume
     assert manifest["masklm_version"] and manifest["tokenizer_kind"] == "bpe"
 
 
+def test_unknown_tokens_are_counted_and_a_corpus_the_tokenizer_cannot_spell_is_reported(tmp_path, documents,
+                                                                                       wordpiece_tokenizer):
+    """Text whose characters the tokenizer lacks becomes [UNK]: the manifest counts them, the last line says
+    the share, and past 1% another line says what reads such text (a tokenizer trained on it)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\n\n".join(documents[:20]) + "\n")
+    manifest, messages = build(plain, wordpiece_tokenizer, tmp_path / "plain", num_workers=1)
+    assert manifest["num_unknown_tokens"] == 0 and "0.00% [UNK]" in messages[-1]
+    foreign = tmp_path / "foreign.txt"  # 5 documents of Chinese words among 20 of the tokenizer's own
+    foreign.write_text("\n\n".join(documents[:20] + ["公司 利润 大幅 下降 股价 下跌"] * 5) + "\n")
+    manifest, messages = build(foreign, wordpiece_tokenizer, tmp_path / "foreign", num_workers=1)
+    encoded = wordpiece_tokenizer.encode_batch(documents[:20] + ["公司 利润 大幅 下降 股价 下跌"] * 5)
+    unknown = sum(e.ids.count(wordpiece_tokenizer.unk_id) for e in encoded)
+    assert manifest["num_unknown_tokens"] == unknown >= 30  # six words a document, each one [UNK]
+    rate = unknown / manifest["num_tokens"]
+    assert f"{rate:.2%} [UNK]" in messages[-2]
+    assert messages[-1].startswith(f"the corpus {foreign}: {rate:.1%} of its {manifest['num_tokens']} tokens are "
+                                   "[UNK]") and "masklm tokenizer train" in messages[-1]
+
+
 def test_parallel_workers_match_serial(tmp_path, corpus_file, wordpiece_tokenizer, monkeypatch):
     monkeypatch.setattr(shards, "CHUNK_DOCUMENTS", 7)  # several chunks in flight across 2 workers
     build(corpus_file, wordpiece_tokenizer, tmp_path / "serial", num_workers=1)

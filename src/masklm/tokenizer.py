@@ -430,6 +430,21 @@ def heldout_coverage(tokenizer: Tokenizer, texts: Iterable[str], seen: set[str])
     }
 
 
+UNKNOWN_ADVICE_RATE = 0.01  # above this share of [UNK] tokens, a line says how to read the text instead
+
+
+def unknown_note(unknown: int, tokens: int, what: str) -> str | None:
+    """The line a command prints when ``unknown`` of the ``tokens`` of ``what`` are [UNK] (text the
+    tokenizer cannot spell: a character outside its vocabulary, all of whose word it then loses), past
+    ``UNKNOWN_ADVICE_RATE``; None below."""
+    rate = unknown / max(tokens, 1)
+    if rate <= UNKNOWN_ADVICE_RATE:
+        return None
+    return (f"{what}: {rate:.1%} of its {tokens} tokens are [UNK] (characters the tokenizer lacks; the words "
+            "holding them are lost to the model); a tokenizer trained on such text reads them (masklm tokenizer "
+            "train; --tokenizer-kind bpe spells every character), with a model trained on it")
+
+
 def heldout_stride(fraction: float) -> int:
     """Every ``heldout_stride(f)``-th document is held out (about a share ``f``); 0 = none."""
     if not 0.0 <= fraction < 1.0:

@@ -33,7 +33,7 @@ from masklm.data.corpus import CorpusStats, ignored_files, iter_documents, resol
 from masklm.data.shard_check import FORMAT_VERSION, check_files, check_manifest, load_offsets
 from masklm.errors import DataError
 from masklm.files import atomic_dir, check_writable, file_record, sha256_file
-from masklm.tokenizer import Tokenizer, word_starts
+from masklm.tokenizer import Tokenizer, unknown_note, word_starts
 from masklm.version import __version__
 
 CHUNK_DOCUMENTS = 1000          # documents per worker task: amortises IPC
@@ -159,11 +159,12 @@ def _encoded_chunks(documents: Iterable[str], tokenizer: Tokenizer, dtype: np.dt
 class _ShardWriter:
     """Appends encoded documents to shard files, starting a new shard rather than split a document."""
 
-    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int) -> None:
-        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int, unk_id: int) -> None:
+        self.folder, self.dtype, self.shard_tokens, self.unk_id = folder, dtype, shard_tokens, unk_id
         self.shards: list[dict] = []
         self.lengths: list[np.ndarray] = []
         self.total = 0
+        self.unknown = 0  # [UNK] tokens written
         self._files = None
 
     def _new_shard(self) -> None:
@@ -176,6 +177,7 @@ class _ShardWriter:
 
     def add(self, ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
         self.lengths.append(lengths)
+        self.unknown += int(np.count_nonzero(ids == self.unk_id))
         cum = np.concatenate([[0], np.cumsum(lengths)])
         i = 0
         while i < len(lengths):
@@ -280,7 +282,7 @@ def prepare_shards(
     dtype = token_dtype(tokenizer.vocab_size)
     with atomic_dir(out_dir) as tmp:
         stats = CorpusStats()
-        writer = _ShardWriter(tmp, dtype, shard_tokens)
+        writer = _ShardWriter(tmp, dtype, shard_tokens, tokenizer.unk_id)
         documents = iter_documents([str(f) for f in files], stats)
         stats.ignored_files = [str(p) for p in ignored_files(sources)]  # the files are resolved: ask the folders
         for n, (ids, starts, lengths) in enumerate(_encoded_chunks(documents, tokenizer, dtype, num_workers)):
@@ -295,7 +297,8 @@ def prepare_shards(
         manifest = {
             "format": "masklm-shards", "format_version": FORMAT_VERSION, "masklm_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "num_tokens": writer.total, "num_documents": int(len(lengths)), "dtype": dtype.name,
+            "num_tokens": writer.total, "num_unknown_tokens": writer.unknown, "num_documents": int(len(lengths)),
+            "dtype": dtype.name,
             "vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": fingerprint,
             "tokenizer_kind": tokenizer.kind, "special_ids": tokenizer.special_ids,
             "sources": [str(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)],
@@ -304,7 +307,10 @@ def prepare_shards(
             "checksums": {name: file_record(tmp / name) for name in names},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    log(f"{out_dir}: {manifest['num_documents']} documents, {manifest['num_tokens']} tokens ({stats.summary()})")
+    log(f"{out_dir}: {manifest['num_documents']} documents, {manifest['num_tokens']} tokens, "
+        f"{writer.unknown / max(writer.total, 1):.2%} [UNK] ({stats.summary()})")
+    if note := unknown_note(writer.unknown, writer.total, f"the corpus {' '.join(manifest['sources'])}"):
+        log(note)
     return manifest
 
 

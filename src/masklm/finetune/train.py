@@ -60,6 +60,7 @@ from masklm.finetune.predict import (
 from masklm.host_memory import keep_freed_memory
 from masklm.inference.batching import WINDOW_POOLS, WindowSpec, pad, pool_windows
 from masklm.modeldir import save_model_dir
+from masklm.tokenizer import unknown_note
 from masklm.training.distributed import pick_device
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.precision import MixedPrecision, check_precision, enable_tf32
@@ -326,14 +327,17 @@ def _stderr(message: str) -> None:
 
 
 def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _Split, task: dict[str, Any],
-              steps: int, metric: str) -> list[str]:
+              steps: int, metric: str, unk_id: int) -> list[str]:
     """The lines ``finetune`` logs before training: the data, the windows, the plan."""
     lines = [f"fine-tuning {model_dir} for {args.task}: {len(train.groups)} training and {len(valid.groups)} "
              f"validation examples, {task['num_labels']} output(s), {args.epochs} epochs of {steps} steps; "
              f"early stopping on validation {metric}"]
-    for split in (train, valid):
+    for split, file in ((train, args.train), (valid, args.validation)):
         if split.multiline:
             lines.append(fdata.multiline_note(split.multiline, len(split.groups)))
+        unknown = sum(row.count(unk_id) for row in split.rows)
+        if note := unknown_note(unknown, sum(map(len, split.rows)), file):
+            lines.append(note)
     if "windows" in task:
         counts = [f"{name} {s.windows()['examples']} examples as {s.windows()['windows']} windows (at most "
                   f"{s.windows()['max_per_example']} per example)" for name, s in (("training", train),
@@ -395,7 +399,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     units = len(train_split.rows) if args.task in TOKEN_TASKS else len(train_split.groups)
     steps_per_epoch = math.ceil(units / args.batch_size)
     generator = torch.Generator().manual_seed(args.seed)
-    for line in _describe(args, model_dir, train_split, valid_split, task, steps_per_epoch, metric):
+    for line in _describe(args, model_dir, train_split, valid_split, task, steps_per_epoch, metric, tokenizer.unk_id):
         say(line)
     history: list[dict[str, Any]] = []
     guard = OutputGuard(args.out)  # another run's model in --out is never replaced
