@@ -342,6 +342,13 @@ def test_bad_input(root, base, capsys):
     csv = root / "bad.csv"
     csv.write_text("text,label\nthe cat,a\nthe dog,b,extra\n")
     assert "bad.csv:3: 3 fields but the header has 2" in _cli_error(capsys, base, root, "classification", csv)
+    for extra in (["--max-answer-length", "5"], ["--null-threshold", "1"]):  # a flag the task never reads
+        assert "is for question-answering, not classification; leave it out" in _cli_error(
+            capsys, base, root, "classification", good, None, *extra)
+    tagged = _write_jsonl(root / "tagged.jsonl", [{"tokens": ["Anna", "ran"], "tags": ["B-PER", "O"]}])
+    for extra in (["--pooling", "cls"], ["--window-pool", "max"]):
+        assert "is for classification and regression, not tagging" in _cli_error(
+            capsys, base, root, "tagging", tagged, None, *extra)
     twice = root / "twice.csv"  # which "text" would be read? neither: refused
     twice.write_text("text,label,text\nthe cat,a,first\nthe dog,b,second\n")
     assert "twice.csv:1: the header names column 'text' twice" in _cli_error(capsys, base, root, "classification",

@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any
 
+from masklm.errors import InputError
 from masklm.files import check_out
 from masklm.finetune.heads import POOLINGS, TASKS
 from masklm.inference.batching import WINDOW_POOLS, WindowSpec
@@ -72,10 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of the steps (default 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--pooling", choices=POOLINGS, default="mean", help="sequence pooling (default mean)")
+    p.add_argument("--pooling", choices=POOLINGS, help="classification and regression: sequence pooling (default "
+                                                        "mean; cls for a head transformers loads after export-hf)")
     p.add_argument("--metric", help="validation metric to watch (default accuracy / pearson / entity_f1 / f1)")
     add_window_flags(p, "Default: an input over the maximum is an error (question answering: always windows).")
-    p.add_argument("--max-answer-length", type=int, default=30,
+    p.add_argument("--max-answer-length", type=int,
                    help="question answering: the longest answer span, in tokens (default 30)")
     p.add_argument("--null-threshold", type=float,
                    help="question answering: answer '' (no answer) when the [CLS] score beats the best span's "
@@ -95,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
         finetune,
     )
 
+    _check_task_flags(args)
     check_out(args.out, overwrite=args.overwrite, sources=(args.model, args.train, args.validation))
     fa = FinetuneArgs(task=args.task, train=args.train, validation=args.validation, out=args.out,
                       text_column=args.text_column, text_pair_column=args.text_pair_column,
                       label_column=args.label_column, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       patience=args.patience, seed=args.seed, warmup=args.warmup, weight_decay=args.weight_decay,
-                      pooling=args.pooling, metric=args.metric, device=args.device, precision=args.precision,
+                      pooling=args.pooling or "mean", metric=args.metric, device=args.device, precision=args.precision,
                       **_window_args(args))
     result = finetune(args.model, fa)
     if args.json:
@@ -116,5 +119,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _window_args(args: argparse.Namespace) -> dict[str, Any]:
     spec = window_spec(args)
+    longest = {} if args.max_answer_length is None else {"max_answer_length": args.max_answer_length}
     return {"windows": spec is not None, "stride": args.stride, "window_pool": args.window_pool or "mean",
-            "max_answer_length": args.max_answer_length, "null_threshold": args.null_threshold}
+            "null_threshold": args.null_threshold, **longest}
+
+
+# flags that only some tasks read -> those tasks (a flag given for another task would be ignored: refused)
+TASK_FLAGS = {"--pooling": ("classification", "regression"), "--window-pool": ("classification", "regression"),
+              "--max-answer-length": ("question-answering",), "--null-threshold": ("question-answering",)}
+
+
+def _check_task_flags(args: argparse.Namespace) -> None:
+    """InputError (one line) for a flag that the task never reads (``TASK_FLAGS``)."""
+    for flag, tasks in TASK_FLAGS.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None and args.task not in tasks:
+            raise InputError(f"{flag} is for {' and '.join(tasks)}, not {args.task}; leave it out")
