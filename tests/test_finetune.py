@@ -345,6 +345,10 @@ def test_bad_input(root, base, capsys):
     for extra in (["--max-answer-length", "5"], ["--null-threshold", "1"]):  # a flag the task never reads
         assert "is for question-answering, not classification; leave it out" in _cli_error(
             capsys, base, root, "classification", good, None, *extra)
+    assert "--warmup is the share of the steps" in _cli_error(capsys, base, root, "classification", good, None,
+                                                             "--warmup", "2")  # named alone, not with --lr
+    assert "--lr must be a finite number > 0, got inf" in _cli_error(capsys, base, root, "classification", good,
+                                                                    None, "--lr", "inf")
     tagged = _write_jsonl(root / "tagged.jsonl", [{"tokens": ["Anna", "ran"], "tags": ["B-PER", "O"]}])
     for extra in (["--pooling", "cls"], ["--window-pool", "max"]):
         assert "is for classification and regression, not tagging" in _cli_error(

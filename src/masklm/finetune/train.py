@@ -109,9 +109,10 @@ class FinetuneArgs:
         for name in ("epochs", "batch_size", "patience", "max_answer_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.lr < math.inf or not 0 <= self.warmup < 1:
-            raise ConfigError(f"--lr must be a finite number > 0 and --warmup in [0, 1), got {self.lr} and "
-                              f"{self.warmup}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"--warmup is the share of the steps spent warming up, in [0, 1), got {self.warmup}")
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.null_threshold is not None and math.isnan(self.null_threshold):
