@@ -117,9 +117,11 @@ def test_cli_says_how_many_blank_lines_it_left_out(model_dir, pipe, tmp_path, ca
     err = capsys.readouterr().err
     assert f"input file {tmp_path / 'in.txt'}: 2 blank lines skipped; output row i is its i-th non-blank line" in err
     assert close(np.load(out), pipe.embed(TEXTS[:2]), n=forward_terms(pipe.config))
-    (tmp_path / "dense.txt").write_text(f"{TEXTS[0]}\n{TEXTS[1]}\n")
+    (tmp_path / "dense.txt").write_bytes(f"\ufeff{TEXTS[0]}\r\n{TEXTS[1]}\r\n".encode())  # a BOM and CRLF, as Windows
     assert main(["embed", "--model", str(model_dir), "--input", str(tmp_path / "dense.txt")]) == 0
-    assert "skipped" not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "skipped" not in captured.err
+    assert [json.loads(line)["text"] for line in captured.out.splitlines()] == TEXTS[:2]  # the mark is no text
 
 
 def test_cli_names_an_input_that_holds_no_text(model_dir, tmp_path, capsys):

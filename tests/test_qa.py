@@ -175,7 +175,7 @@ def test_question_answering_learns_and_answers(trained, finetuned, capsys):
     captured = capsys.readouterr()
     line = json.loads(captured.out)
     assert line["answer"] == answers[0]["answer"] and line["windows"] >= 2 and line["question"] == QUESTION
-    assert "1 inputs read as" in captured.err
+    assert "1 input read as" in captured.err
     (root / "ask.jsonl").write_text("".join(json.dumps({"question": QUESTION, "context": c["context"]}) + "\n"
                                             for c in cases[:3]))
     assert main(["predict", "--model", str(root / "qa"), "--input", str(root / "ask.jsonl")]) == 0

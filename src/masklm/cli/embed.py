@@ -12,6 +12,7 @@ from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.cli.score import read_texts
 from masklm.errors import InputError
 from masklm.files import atomic_file, check_out
+from masklm.wording import counted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,5 +68,5 @@ def run(args: argparse.Namespace) -> int:
             with open(tmp, "w", encoding="utf-8") as f:
                 for text, vec, more in zip(texts, vectors, extra):
                     f.write(json.dumps({"text": text, "embedding": vec.tolist(), **more}, ensure_ascii=False) + "\n")
-    print(f"masklm: wrote {len(texts)} embeddings of size {vectors.shape[1]} to {out}", file=sys.stderr)
+    print(f"masklm: wrote {counted(len(texts), 'embedding')} of size {vectors.shape[1]} to {out}", file=sys.stderr)
     return 0

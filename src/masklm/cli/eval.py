@@ -9,6 +9,7 @@ import sys
 from masklm.errors import InputError
 from masklm.files import check_writable
 from masklm.scoring.pll import METRICS
+from masklm.wording import counted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +51,7 @@ def run_minimal_pairs(args: argparse.Namespace) -> int:
     pairs = minimal_pairs.read_pairs(args.data)
     pipe = load(args.model, device=args.device)
     metric = pipe.resolve_metric(args.metric)
-    print(f"masklm: scoring {len(pairs)} pairs with {metric} ({args.reduction})", file=sys.stderr)
+    print(f"masklm: scoring {counted(len(pairs), 'pair')} with {metric} ({args.reduction})", file=sys.stderr)
     result = minimal_pairs.evaluate(pipe, pairs, metric=metric, reduction=args.reduction,
                                     batch_tokens=args.batch_tokens, details=args.details)
     if args.plot:

@@ -13,6 +13,7 @@ from masklm.errors import InputError
 from masklm.files import check_out
 from masklm.finetune.heads import POOLINGS, TASKS
 from masklm.inference.batching import WINDOW_POOLS, WindowSpec
+from masklm.wording import counted
 
 
 def add_window_flags(p: argparse.ArgumentParser, default: str) -> None:
@@ -40,7 +41,8 @@ def window_spec(args: argparse.Namespace) -> WindowSpec | None:
 def report_windows(counts: list[int]) -> None:
     """One stderr line: how many windows the inputs took."""
     if counts:
-        print(f"masklm: {len(counts)} inputs read as {sum(counts)} windows (at most {max(counts)} per input, "
+        print(f"masklm: {counted(len(counts), 'input')} read as {counted(sum(counts), 'window')} (at most "
+              f"{max(counts)} per input, "
               f"{sum(c > 1 for c in counts)} longer than the model's maximum)", file=sys.stderr)
 
 

@@ -10,6 +10,7 @@ import sys
 from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.errors import InputError
 from masklm.generation.config import STRATEGIES
+from masklm.wording import counted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         print(r["text"])
-    steps = "" if first["steps"] is None else f"{first['steps']} step{'s' * (first['steps'] != 1)}, "
-    calls = f"{first['network_calls']} network call{'s' * (first['network_calls'] != 1)}"
+    steps = "" if first["steps"] is None else f"{counted(first['steps'], 'step')}, "
+    calls = counted(first["network_calls"], "network call")
     print(f"masklm: {first['strategy']}, {steps}{calls}, "
           f"{first['tokens_per_call']:.2f} tokens per call, {first['seconds']:.2f} s", file=sys.stderr)
     return 0

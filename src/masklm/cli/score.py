@@ -11,6 +11,7 @@ from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError, InputError
 from masklm.scoring.pll import METRICS
+from masklm.wording import counted
 
 
 def read_texts(path: str | None, positional: list[str]) -> list[str]:
@@ -26,7 +27,7 @@ def read_texts(path: str | None, positional: list[str]) -> list[str]:
         raise DataError(f"{where} holds no texts (it is empty or blank); put one text per line"
                         + (' (.jsonl: an object with a "text" field per line)' if path.endswith(".jsonl") else ""))
     if blank:  # counted and said, since the output's rows then follow the non-blank lines only
-        print(f"masklm: {where}: {blank} blank line{'s' * (blank != 1)} skipped; output row i is its i-th "
+        print(f"masklm: {where}: {counted(blank, 'blank line')} skipped; output row i is its i-th "
               "non-blank line", file=sys.stderr)
     return texts
 
@@ -36,6 +37,8 @@ def _texts_in(path: str) -> tuple[list[str], int]:
     text input were left out."""
     if path == "-":
         lines = [line.rstrip("\n") for line in sys.stdin]
+        if lines:
+            lines[0] = lines[0].removeprefix("\ufeff")  # a byte-order mark is no text
         texts = [line for line in lines if line.strip()]
         return texts, len(lines) - len(texts)
     file = Path(path)
@@ -49,7 +52,7 @@ def _texts_in(path: str) -> tuple[list[str], int]:
             texts.append(record["text"])
         return texts, 0
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = file.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is no text
     except UnicodeDecodeError as exc:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
     texts = [line for line in lines if line.strip()]
