@@ -99,7 +99,7 @@ def replay(data: dict, mask: str) -> None:
     {"parameters": {"template": "the [MASK]*3 sat on [MASK] mat", "strategy": "confidence", "steps": 2}},
     {"prompt": "a dog", "parameters": {"length": 8, "strategy": "diffusion", "steps": 8, "seed": 1}},
     {"prompt": "the", "parameters": {"length": 5, "strategy": "autoregressive", "seed": 2}},
-    {"parameters": {"template": "the [MASK]*2 sat on [MASK] mat", "strategy": "autoregressive"}},
+    {"parameters": {"template": "the [MASK]*2 sat on [MASK] mat", "strategy": "autoregressive", "seed": 4}},
 ])
 def test_return_steps_traces_every_network_call(server, body):
     plain = post(server, "/generate", body)

@@ -265,7 +265,12 @@ def test_generate(url, pipe):
     again = post(url, "/generate", body).json()
     assert again["token_ids"] == r.json()["token_ids"] and again["text"] == r.json()["text"]  # same seed
     ref = pipe.generate("the cat", seed=3, length=6, steps=4)
-    assert r.json()["token_ids"] == ref["token_ids"]
+    assert r.json()["token_ids"] == ref["token_ids"] and r.json()["seed"] == 3
+    unseeded = {"prompt": "the cat", "parameters": {"length": 6, "temperature": 1.0}}
+    first, second = (post(url, "/generate", unseeded).json() for _ in range(2))  # a fresh seed each call
+    assert first["seed"] != second["seed"] and 0 <= first["seed"] < 2**63
+    repeat = post(url, "/generate", {**unseeded, "parameters": {**unseeded["parameters"], "seed": first["seed"]}})
+    assert repeat.json()["token_ids"] == first["token_ids"]  # the returned seed repeats the call
     t = post(url, "/generate", {"parameters": {"template": "the [MASK]*3 sat", "steps": 3}})
     assert t.status_code == 200, t.text
     # no strategy: the one masklm generate picks for the model (trained with mlm and clm: speculative), and why
@@ -340,8 +345,9 @@ def test_form_body_is_refused_with_a_hint(url):
 
 def test_api_key(servers):
     keyed = servers[1].url
-    assert httpx.get(keyed + "/health").status_code == 200
-    for path in ("/info", "/metrics", "/docs", "/openapi.json"):
+    for path in ("/health", "/docs", "/openapi.json"):  # no model data; a browser sends no key
+        assert httpx.get(keyed + path).status_code == 200
+    for path in ("/info", "/metrics"):
         r = httpx.get(keyed + path)
         assert r.status_code == 401 and r.json()["error_type"] == "unauthorized"
         assert r.headers["www-authenticate"] == "Bearer"

@@ -167,7 +167,8 @@ class ModelRoutes:
         # Pipeline.generate gives one result dict for one prompt or template: the text, tokens and timings;
         # with return_steps the worker also reads the canvas after every network call (masklm.serve.steps)
         kind = "generate_steps" if body.return_steps else "generate"
-        return json_response(await self.batcher.submit(Job(kind, (), [body.prompt or ""], params)))
+        result = await self.batcher.submit(Job(kind, (), [body.prompt or ""], params))
+        return json_response({**result, "seed": params["seed"]})  # the seed drawn when the request gave none
 
 
     async def question_answering(self, body: QuestionAnsweringRequest) -> Response:
@@ -229,7 +230,8 @@ POST_ROUTES = [
     ("/embed", "embed", "sentence embeddings, [[float]] (text-embeddings-inference schema)"),
     ("/v1/embeddings", "openai_embeddings", "OpenAI-compatible embeddings"),
     ("/tokenize", "tokenize", "tokens with ids, text, special flag and character offsets"),
-    ("/generate", "generate", "iterative unmasking (Pipeline.generate); same prompt and seed, same text"),
+    ("/generate", "generate", "iterative unmasking (Pipeline.generate); same prompt and seed, same text; "
+                              "without a seed, a random one, returned as seed"),
     ("/question-answering", "question_answering",
      "extractive answers {score, start, end, answer} (Hugging Face question-answering schema)"),
 ]

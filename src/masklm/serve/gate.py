@@ -1,7 +1,8 @@
 """The ASGI layer in front of the routes: API key, body-size bound, request metrics, JSON routes.
 
 A pure ASGI middleware (no per-request task or stream copies): it checks ``Authorization: Bearer KEY``
-in constant time on every route but ``/health`` and the playground page's files (``masklm.serve.page``),
+in constant time on every route but ``/health``, the playground page's files (``masklm.serve.page``) and
+the API docs (``/docs``, ``/openapi.json``: a browser cannot send the header),
 refuses bodies over ``max_body_bytes`` with 413 before they are parsed, and records each request's route,
 status and latency.
 
@@ -29,7 +30,8 @@ from masklm.serve.metrics import Metrics
 from masklm.serve.page import PAGE_PATHS
 from masklm.serve.responses import as_serve_error, error_response, parse_body
 
-OPEN_PATHS = frozenset({"/health", *PAGE_PATHS})  # the page files hold no model data
+# the page files and the API's own description hold no model data, and a browser sends no key header
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", *PAGE_PATHS})
 CLIENT_GONE = 499  # the metrics' status for a request whose client left before its answer (nginx's code)
 
 

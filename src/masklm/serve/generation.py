@@ -10,6 +10,7 @@ itself, still on the event loop, so a bad request never waits for the model.
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any
 
 from masklm.errors import InputError
@@ -37,10 +38,13 @@ def template_span(template: str, mask_token: str) -> int:
     return total
 
 
+SEED_LIMIT = 2**63 - 1  # the largest seed torch.Generator takes
+
+
 def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limits, tok,
                    objectives: list[str] | None = None) -> dict[str, Any]:
-    """``Pipeline.generate`` kwargs within the server's bounds; ``seed`` 0 by default, so output is
-    reproducible. Without a ``strategy`` the pipeline picks one from the model's ``objectives``, as
+    """``Pipeline.generate`` kwargs within the server's bounds; without a ``seed``, a random one (the route
+    returns it, so a call can be repeated). Without a ``strategy`` the pipeline picks one from the model's ``objectives``, as
     ``masklm generate`` does (the answer's ``why`` says which and why); the cost bound is checked on that."""
     params = dict(parameters)
     unknown = sorted(set(params) - set(ALLOWED))
@@ -64,8 +68,8 @@ def check_generate(prompt: str | None, parameters: dict[str, Any], limits: Limit
     if prompt is not None:
         token_lengths(tok, [prompt], limits, "prompt")
         params["prompt"] = prompt
-    if params.get("seed") is None:
-        params["seed"] = 0
+    if params.get("seed") is None:  # sampled text differs from call to call, as in TGI; the answer says the seed
+        params["seed"] = secrets.randbelow(SEED_LIMIT + 1)
     if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
         raise ServeError(f"parameters.seed must be an integer, got {params['seed']!r}")
     params.setdefault("strategy", None)  # picked from the objectives by the pipeline (steps.py too)

@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from masklm.generation.config import REQUEST_FIELDS, GenerationConfig
+from masklm.serve.generation import SEED_LIMIT
 
 Texts = str | list[str]
 
@@ -78,7 +79,7 @@ class TokenizeRequest(_Strict):
 
 # Bounds a type cannot say, checked before GenerationConfig sees the values: a seed torch.Generator takes,
 # a choice temperature that is a temperature.
-GENERATE_BOUNDS: dict[str, dict[str, Any]] = {"seed": {"ge": 0, "le": 2**63 - 1}, "choice_temperature": {"ge": 0}}
+GENERATE_BOUNDS: dict[str, dict[str, Any]] = {"seed": {"ge": 0, "le": SEED_LIMIT}, "choice_temperature": {"ge": 0}}
 
 
 def _generate_parameters() -> type[BaseModel]:
