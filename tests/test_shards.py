@@ -214,3 +214,37 @@ def test_cli_data_prepare_never_replaces_what_it_did_not_make(cli, capsys, tmp_p
     assert "pass --overwrite to rebuild" in err and err.count("\n") == 1
     assert (tmp_path / "out" / "manifest.json").read_bytes() == before
     assert cli(changed + ["--overwrite"]) == 0 and ShardedCorpus(tmp_path / "out").num_documents == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_workers_tokenize_stops_in_one_line(tmp_path, wordpiece_tokenizer):
+    """Ctrl-C reaches the whole process group: the pool's workers leave it to the parent, which stops the
+    pool, leaves no folder and says "interrupted" with exit 130 (workers printed their own tracebacks)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    words = ["river", "stone", "light", "house", "field", "water", "grass", "cloud"]
+    big = tmp_path / "big.txt"  # about 20 MB: several seconds of tokenizing on two workers
+    with open(big, "w") as f:
+        for i in range(40_000):
+            f.write(" ".join(words[(i * 7 + j) % 8] for j in range(80)) + "\n\n")
+    wordpiece_tokenizer.save(tmp_path / "tok")
+    out = tmp_path / "shards"
+    proc = subprocess.Popen([sys.executable, "-m", "masklm", "data", "prepare", "--corpus", str(big), "--tokenizer",
+                             str(tmp_path / "tok"), "--out", str(out), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    while not any(p.name.startswith(".shards.tmp-") and any(p.iterdir()) for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    time.sleep(0.3)  # the workers are busy
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=60)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "masklm: interrupted" and "Traceback" not in err, err
+    assert "ForkPoolWorker" not in err and not out.exists()
+    assert not any(p.name.startswith(".shards.") for p in tmp_path.iterdir())

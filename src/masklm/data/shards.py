@@ -21,6 +21,7 @@ import datetime
 import json
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
@@ -93,7 +94,11 @@ _WORKER_TOKENIZER = None
 
 
 def _init_worker(tokenizer_json: str) -> None:
+    """A pool worker: its tokenizer, and Ctrl-C left to the parent (the terminal sends SIGINT to the whole
+    process group; a worker that raised KeyboardInterrupt printed its traceback, and a pool whose worker
+    died mid-task could leave the parent waiting for a result forever). The parent stops the pool."""
     global _WORKER_TOKENIZER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_TOKENIZER = Backend.from_str(tokenizer_json)
 
 
