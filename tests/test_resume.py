@@ -564,3 +564,41 @@ def test_another_ranks_write_probe_is_not_a_file_the_run_folder_holds(tmp_path):
     assert held_files(tmp_path) == []
     (tmp_path / "notes.txt").write_text("mine")
     assert held_files(tmp_path) == ["notes.txt"]
+
+
+def test_ends_and_edges_of_a_resume(tmp_path, toml, corpus, straight, capsys, monkeypatch):
+    """What a user meets at the edges: a run stopped before its first checkpoint (its leftovers are its
+    start, which --resume auto starts again and a plain rerun names); a finished run requeued with --resume
+    auto (done: exit 0); --resume on a run finished without checkpoints (--init-from is the way on);
+    --max-steps below the checkpoint's step (refused)."""
+    from masklm.training.trainer import Trainer
+
+    early = tmp_path / "early"
+    real_data = Trainer._data
+
+    def stopped_in_data_preparation(self, tok):
+        raise KeyboardInterrupt
+
+    flags = base_flags(toml, corpus) + ["--out", str(early), "--max-steps", "2"]
+    monkeypatch.setattr(Trainer, "_data", stopped_in_data_preparation)
+    assert main(flags) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was written before it" in err and "--resume auto starts the run again" in err
+    assert (early / "training_args.json").is_file() and (early / "tokenizer").is_dir()  # its start, recorded
+    monkeypatch.setattr(Trainer, "_data", real_data)
+    refused(flags, capsys, "holds the start of a run stopped before its first checkpoint", "--resume auto")
+    assert main(flags + ["--resume", "auto"]) == 0 and loss_steps(early) == [1, 2]
+    capsys.readouterr()
+    assert main(flags + ["--resume", "auto"]) == 0  # requeued after it ended: nothing to do, not a failure
+    assert "is finished (final/, no checkpoints); nothing to do" in capsys.readouterr().err
+    refused(["train", "--out", str(early), "--resume", "--max-steps", "4"], capsys,
+            "finished without checkpoints", f"--init-from {early / 'final'}")
+
+    out = tmp_path / "run"
+    job = base_flags(toml, corpus) + ["--out", str(out), "--save-every", "2", "--max-steps", "4"]
+    assert main(job) == 0
+    capsys.readouterr()
+    assert main(job + ["--resume", "auto"]) == 0
+    assert "is finished (4 of 4 steps); nothing to do" in capsys.readouterr().err
+    refused(["train", "--out", str(out), "--resume", "--max-steps", "3"], capsys,
+            "--max-steps 3 is below step 4, where step-4 stands")

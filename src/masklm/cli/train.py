@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -150,6 +151,10 @@ def _from_init(given: dict, names: dict[str, str]) -> dict:
     return given | {"arch": read_config(given["init_from"]).get("arch", "bert")}
 
 
+class _Finished(Exception):
+    """``--resume auto`` on a run that has ended: the job is done (exit 0, one line), not refused."""
+
+
 def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainConfig:
     """``--resume auto``, one command for a job that may be restarted at any point (a cluster's requeue):
     continue the run in --out when it has a checkpoint or a final model (as ``--resume``); else start it, in
@@ -159,15 +164,24 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
     # lazy: checking a TrainConfig imports torch, as in config_from_args
     from masklm.training import checkpoint as ckpt
     from masklm.training.config import TrainConfig
-    from masklm.training.run_folder import held_files
+    from masklm.training.run_folder import held_files, keeps_length
     from masklm.training.run_record import RECORD_FILE, check_same_run, read_record, resume_config
 
     if given.get("overwrite"):
         raise ConfigError("--resume auto keeps what a run saved and --overwrite deletes it; pass only one of them")
     cfg = TrainConfig.from_dict(given, where=where)
     run_dir = Path(cfg.out)
-    if ckpt.list_checkpoints(run_dir) or (run_dir / "final").exists():
-        return resume_config(given, names)
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if (run_dir / "final" / "model.safetensors").is_file() and not checkpoints:
+        raise _Finished(f"the run in {run_dir} is finished (final/, no checkpoints); nothing to do")
+    if checkpoints or (run_dir / "final").exists():
+        resumed = resume_config(given, names)
+        state = json.loads((ckpt.resume_point(run_dir, log=lambda _m: None) / "trainer_state.json").read_text())
+        if (run_dir / "final").exists() and keeps_length(resumed, state) and \
+                state["step"] >= state["schedule_total_steps"]:  # a requeued job that had ended: done, not failed
+            raise _Finished(f"the run in {run_dir} is finished ({state['step']} of {state['schedule_total_steps']} "
+                            "steps); nothing to do")
+        return resumed
     record = read_record(run_dir) if held_files(run_dir) else None
     if record is None:  # nothing there (or prepared shards), or files no run of ours wrote: a new run's rules
         return cfg
@@ -181,7 +195,11 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
 def run(args: argparse.Namespace) -> int:
     from masklm.training.trainer import train  # lazy: torch and the models load only when training
 
-    cfg = config_from_args(args)
+    try:
+        cfg = config_from_args(args)
+    except _Finished as done:
+        print(f"masklm: {done}", file=sys.stderr)
+        return 0
     try:
         train(cfg)
     except KeyboardInterrupt:  # Ctrl-C: say what a --resume continues from; main then says "interrupted"

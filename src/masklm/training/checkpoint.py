@@ -94,7 +94,8 @@ def what_is_kept(run_dir: Path) -> str:
     """For a run that stops early: the checkpoint ``--resume`` continues from, or that none was written."""
     kept = list_checkpoints(run_dir)
     return (f"the last checkpoint, {kept[-1]}, is kept (--resume continues from it)" if kept
-            else "no checkpoint was written before it (--save-every N keeps some)")
+            else "no checkpoint was written before it (--save-every N keeps some); the same command with "
+                 "--resume auto starts the run again over what it left, as --overwrite does")
 
 
 def verify(path: Path) -> str | None:
@@ -132,6 +133,10 @@ def resume_point(run_dir: Path, log=print) -> Path:
     if found is not None:
         return found
     damaged = list_checkpoints(run_dir)
+    if not damaged and (Path(run_dir) / "final" / "model.safetensors").is_file():
+        raise ConfigError(f"--resume: the run in {run_dir} finished without checkpoints (--save-every 0 keeps "
+                          "none), so there is no optimizer state to continue from; train further from its weights "
+                          f"with --init-from {Path(run_dir) / 'final'} --out NEW")
     what = (f"all {len(damaged)} checkpoints fail their checks ({', '.join(p.name for p in damaged)})"
             if damaged else "no checkpoint was written")
     raise ConfigError(f"--resume: nothing to resume in {run_dir}: {what}; nothing was changed. Start afresh with "

@@ -45,6 +45,9 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path,
         state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
         if keeps_length(cfg, state):
             refuse_finished(run_dir, state["step"], state["schedule_total_steps"])
+        elif cfg.max_steps is not None and cfg.max_steps < state["step"]:  # equal: the final model from there
+            raise ConfigError(f"--max-steps {cfg.max_steps} is below step {state['step']}, where {resume_from.name} "
+                              f"stands; pass --max-steps {state['step']} or more")
         run_record.check_corpus(record, cfg, where)
         return record, resume_from
     resolve_files(cfg.corpus)  # DataError now, not after "training a tokenizer on the corpus"
@@ -55,8 +58,12 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path,
         checkpoints = ckpt.list_checkpoints(run_dir)
         what = (f"already has checkpoints (up to {checkpoints[-1].name}); pass --resume to continue it, "
                 if checkpoints else
-                "holds a finished run (final/); pass --resume --max-steps N to train it further, "
-                if "final" in held else f"holds files ({', '.join(held[:3])}); ")
+                f"holds a finished run (final/, without checkpoints); train further from its weights with "
+                f"--init-from {run_dir / 'final'} --out NEW, or pass "
+                if "final" in held else
+                f"holds the start of a run stopped before its first checkpoint ({', '.join(held[:3])}); pass "
+                "--resume auto to start it again over that, "
+                if run_record.read_record(run_dir) is not None else f"holds files ({', '.join(held[:3])}); ")
         raise ConfigError(f"run folder {run_dir} {what}--overwrite to delete it and start afresh, "
                           "or choose another --out")
     return None, None

@@ -341,6 +341,10 @@ class Trainer:
             if cfg.overwrite and self.run_dir.is_dir():  # train() holds it: keep the lock file
                 empty_locked_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not cfg.resume:  # first, so whatever a run stopped early leaves (a tokenizer, half-made shards)
+                # is known as its start: --resume auto starts it again over that (the full record follows)
+                run_record.write_record(self.run_dir, cfg, corpus_files=[], tokenizer_fingerprint=None,
+                                        previous=None, step=0)
         barrier(info)
         self.tok = self._tokenizer()
         self.order, self.heldout = self._data(self.tok)
