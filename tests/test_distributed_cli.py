@@ -110,7 +110,7 @@ def logged(run: Path) -> list[tuple[int, str]]:
             if "loss" in r]
 
 
-def test_two_processes_match_one_and_survive_a_kill(tmp_path, inputs):
+def test_two_processes_match_one_and_survive_a_kill(tmp_path, inputs, capsys):
     """batch 4 on each of 2 processes == batch 8 on one; SIGKILL part-way, `--resume`, and still equal."""
     steps = 16
     one, two = tmp_path / "one", tmp_path / "two"
@@ -125,6 +125,11 @@ def test_two_processes_match_one_and_survive_a_kill(tmp_path, inputs):
     proc.communicate()
     assert (two / "checkpoints" / "step-3").is_dir() and not (two / "final").exists(), "killed too late to test"
 
+    before = sorted(p.name for p in (two / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert main(["train", "--out", str(two), "--resume"]) == 2  # one process would read other rows, in another order
+    assert "was trained by 2 processes and this resume has 1" in capsys.readouterr().err
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == before and not (two / "final").exists()
     out = finished(torchrun(["train", "--out", str(two), "--resume"]))
     assert "resumed from" in out
     assert [s for s, _ in logged(two)] == list(range(1, steps + 1))  # no step lost or repeated

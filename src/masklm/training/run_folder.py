@@ -31,8 +31,8 @@ from masklm.training import run_record
 from masklm.training.config import TrainConfig
 
 
-def check_run_folder(cfg: TrainConfig, run_dir: Path,
-                     log: Callable[[str], None]) -> tuple[dict[str, Any] | None, Path | None]:
+def check_run_folder(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None],
+                     world_size: int = 1) -> tuple[dict[str, Any] | None, Path | None]:
     """Refuse (ConfigError) what the module docstring lists, before anything is written -> (the run's
     record, the checkpoint to resume from); both None for a fresh run."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -48,6 +48,11 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path,
         elif cfg.max_steps is not None and cfg.max_steps < state["step"]:  # equal: the final model from there
             raise ConfigError(f"--max-steps {cfg.max_steps} is below step {state['step']}, where {resume_from.name} "
                               f"stands; pass --max-steps {state['step']} or more")
+        saved = state.get("world_size", 1)  # each step's rows and their order follow the number of processes
+        if saved != world_size:
+            raise ConfigError(f"{resume_from.name} was trained by {saved} process{'es' * (saved != 1)} and this resume "
+                              f"has {world_size}; a step's rows and their order depend on it, so resume with "
+                              f"{saved} (torchrun --nproc-per-node ...), or start a new run into another --out")
         run_record.check_corpus(record, cfg, where)
         return record, resume_from
     resolve_files(cfg.corpus)  # DataError now, not after "training a tokenizer on the corpus"

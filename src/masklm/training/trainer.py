@@ -280,7 +280,7 @@ class Trainer:
         if self.info.is_main:
             ckpt.save_checkpoint(self.run_dir, step, self.model, self.optimizer, {
                 "step": step, "tokens_seen": self.tokens_seen, "schedule_total_steps": self.total,
-                "epoch": epoch, "config": self.cfg.to_dict(),
+                "epoch": epoch, "config": self.cfg.to_dict(), "world_size": self.info.world_size,
             } | self._scaler_state(), keep_last=self.cfg.keep_last)
 
     def finish(self) -> Path:
@@ -335,7 +335,7 @@ class Trainer:
         checkpoint (with ``resume``), record the run's arguments, and wrap the model for DDP."""
         cfg, info = self.cfg, self.info
         # every rank, before any rank writes: refusals leave the folder as it was
-        self.record, self.resume_from = run_folder.check_run_folder(cfg, self.run_dir, self.log)
+        self.record, self.resume_from = run_folder.check_run_folder(cfg, self.run_dir, self.log, info.world_size)
         barrier(info)
         if info.is_main:
             if cfg.overwrite and self.run_dir.is_dir():  # train() holds it: keep the lock file
