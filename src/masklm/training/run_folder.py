@@ -48,8 +48,8 @@ def check_run_folder(cfg: TrainConfig, run_dir: Path, log: Callable[[str], None]
         elif cfg.max_steps is not None and cfg.max_steps < state["step"]:  # equal: the final model from there
             raise ConfigError(f"--max-steps {cfg.max_steps} is below step {state['step']}, where {resume_from.name} "
                               f"stands; pass --max-steps {state['step']} or more")
-        saved = state.get("world_size", 1)  # each step's rows and their order follow the number of processes
-        if saved != world_size:
+        saved = state.get("world_size")  # each step's rows and their order follow the number of processes
+        if saved is not None and saved != world_size:  # (checkpoints before stop 30 do not say)
             raise ConfigError(f"{resume_from.name} was trained by {saved} process{'es' * (saved != 1)} and this resume "
                               f"has {world_size}; a step's rows and their order depend on it, so resume with "
                               f"{saved} (torchrun --nproc-per-node ...), or start a new run into another --out")
