@@ -499,3 +499,15 @@ def test_plain_progress_lines_are_spaced_in_time():
     assert often.line(5, 10, records).endswith("(50%), 0 s: loss mntp 3.500, clm 4.250; 12,346 tokens/s")
     assert seldom.line(5, 10, records) is None and seldom.line(9, 10, records) is None
     assert seldom.line(10, 10, records).startswith("train: step 10/10 (100%)")
+
+
+def test_the_last_line_says_what_the_held_out_rows_measured():
+    from masklm.training.evaluate import held_out_line
+
+    assert held_out_line({"eval_loss": 0.0, "eval_accuracy": 0.0, "eval_tokens": 0}).startswith(
+        "held-out set too small to evaluate")  # not "accuracy 0.0000", which reads as a result
+    mlm = {"eval_loss": 3.84971, "eval_accuracy": 0.138, "eval_tokens": 500}
+    assert held_out_line(mlm) == "held-out masked-token accuracy 0.1380, loss 3.8497"
+    assert held_out_line(mlm | {"causal_loss": 3.86, "causal_ppl": 47.61}) == (
+        "held-out masked-token accuracy 0.1380, loss 3.8497; causal perplexity 47.6")  # clm and AntLM runs
+    assert held_out_line(mlm | {"diffusion_ppl_bound": 120.04}).endswith("; diffusion perplexity bound 120.0")

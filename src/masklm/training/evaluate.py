@@ -173,3 +173,18 @@ def evaluate_heldout(model: nn.Module, rows: PackedRows, tok: Tokenizer, evaluat
         result |= {k: bound[k] for k in ("diffusion_nelbo", "diffusion_ppl_bound", "diffusion_nelbo_stderr",
                                          "samples")}
     return result
+
+
+def held_out_line(result: dict[str, float]) -> str:
+    """The line a run ends with: what ``evaluate_heldout`` measured, or that the held-out rows held nothing
+    to measure (a tiny corpus: a score of 0 would read as a result)."""
+    if not result.get("eval_tokens"):
+        return ("held-out set too small to evaluate (no masked token in its rows); a larger corpus, or "
+                "--heldout-fraction above its share, gives one")
+    parts = [f"held-out masked-token accuracy {result['eval_accuracy']:.4f}, loss {result['eval_loss']:.4f}"]
+    if "causal_ppl" in result:
+        parts.append(f"causal perplexity {result['causal_ppl']:.1f}")
+    if "diffusion_ppl_bound" in result:
+        parts.append(f"diffusion perplexity bound {result['diffusion_ppl_bound']:.1f}")
+    return "; ".join(parts)
+

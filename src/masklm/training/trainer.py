@@ -54,7 +54,7 @@ from masklm.training import checkpoint as ckpt
 from masklm.training import run_folder, run_record
 from masklm.training.config import TrainConfig
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
-from masklm.training.evaluate import evaluate_heldout, heldout_rows
+from masklm.training.evaluate import evaluate_heldout, held_out_line, heldout_rows
 from masklm.training.metrics import LossWindow, MetricsLog, PlainProgress, StepStats
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.plots import plot_metrics
@@ -293,8 +293,7 @@ class Trainer:
             save_model_dir(self.run_dir / "final", self.model, self.tok, training_args=args)
             plot_metrics(self.metrics.path, self.run_dir / "loss.png")
             if final_eval:
-                self.log(f"held-out masked-token accuracy {final_eval['eval_accuracy']:.4f}, "
-                         f"loss {final_eval['eval_loss']:.4f}")
+                self.log(held_out_line(final_eval))
             self.log(f"model saved to {self.run_dir / 'final'}")
         barrier(self.info)
         return self.run_dir
