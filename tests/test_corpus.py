@@ -54,7 +54,7 @@ def test_folder_is_read_recursively_in_sorted_order(tmp_path):
     # what a folder holds but is not read is counted and named, never dropped in silence (hidden files aside)
     assert stats.ignored_files == [str(tmp_path / "b" / "scan.png"), str(tmp_path / "notes.md")]
     assert stats.to_dict()["ignored_files"] == 2
-    assert "2 file(s) in the folders not read" in stats.summary() and "notes.md" in stats.summary()
+    assert "2 files in the folders not read" in stats.summary() and "notes.md" in stats.summary()
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
@@ -69,6 +69,20 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert read([str(path)], stats) == ["\ufffdx"] and stats.bad_bytes == 1
 
 
+def test_a_jsonl_corpus_says_why_a_record_is_skipped_and_refuses_a_file_that_is_no_jsonl(tmp_path):
+    path = tmp_path / "kinds.jsonl"
+    path.write_text('{"text": 123}\n{"body": "x"}\n"just a string"\n{"text": "kept"}\n')
+    stats = CorpusStats()
+    assert read([str(path)], stats) == ["kept"]
+    assert stats.skipped == {"text_not_a_string": 1, "no_text": 1, "not_an_object": 1}
+    assert stats.summary() == ("1 document, 1 word from 1 file; 3 records skipped (no_text=1, not_an_object=1, "
+                               "text_not_a_string=1)")  # no "0 invalid UTF-8 bytes replaced"
+    csv = tmp_path / "table.jsonl"  # a CSV under the wrong name: one line, not a warning per row
+    csv.write_text("text,label\n" + "".join(f"row {i},a\n" for i in range(40)))
+    with pytest.raises(DataError, match=r"table.jsonl: its first 20 lines are not JSON; .*\.txt file"):
+        read([str(csv)], CorpusStats())
+
+
 def test_malformed_jsonl_records_are_counted_and_reported(tmp_path, caplog):
     path = tmp_path / "mixed.jsonl"
     lines = ['{"text": "good one"}', "{not json", '{"title": "no text"}', '["a list"]', "",
@@ -77,7 +91,7 @@ def test_malformed_jsonl_records_are_counted_and_reported(tmp_path, caplog):
     stats = CorpusStats()
     with caplog.at_level(logging.WARNING, logger="masklm.data"):
         assert read([str(path)], stats) == ["good one", "good two"]
-    assert stats.skipped == {"malformed_json": 1, "no_text": 2, "empty_text": 1}
+    assert stats.skipped == {"malformed_json": 1, "no_text": 1, "not_an_object": 1, "empty_text": 1}
     assert any(f"{path}:2" in w and "malformed" in w for w in stats.warnings)
     assert any(f"{path}:3" in w for w in stats.warnings) and any(f"{path}:6" in w for w in stats.warnings)
     assert f"{path}:4" in caplog.text
@@ -163,7 +177,7 @@ def test_cli_names_the_files_of_a_corpus_folder_it_does_not_read(cli, capsys, tm
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok"),
                 "--vocab-size", "40", "--min-frequency", "1"]) == 0
     err = capsys.readouterr().err
-    assert "from 1 file(s)" in err and "4 file(s) in the folders not read" in err
+    assert "from 1 file;" in err and "4 files in the folders not read" in err
     assert "b.md" in err and "rename them or pass them by name" in err
 
 

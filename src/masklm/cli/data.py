@@ -40,9 +40,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.load(args.tokenizer)
     manifest = prepare_shards(args.corpus, tokenizer, args.out, num_workers=args.workers,
                               overwrite=args.overwrite)
-    stats = manifest["corpus_stats"]
-    skipped = sum(stats["skipped"].values())
-    print(f"{stats['bad_bytes']} invalid UTF-8 bytes replaced, {skipped} records skipped", file=sys.stderr)
     if args.json:
         print(json.dumps(manifest, indent=2))
     else:

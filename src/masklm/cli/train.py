@@ -206,6 +206,6 @@ def run(args: argparse.Namespace) -> int:
         from masklm.training.checkpoint import what_is_kept  # lazy: torch is loaded by now anyway
 
         if Path(cfg.out).is_dir() and os.environ.get("RANK", "0") == "0":
-            print(f"{cfg.out}: {what_is_kept(Path(cfg.out))}", file=sys.stderr)
+            print(f"{cfg.out}: {what_is_kept(Path(cfg.out), cfg.save_every)}", file=sys.stderr)
         raise
     return 0

@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 
 from masklm.errors import DataError
+from masklm.wording import counted
 
 log = logging.getLogger("masklm.data")
 
@@ -38,6 +39,7 @@ MAX_RECORD_BYTES = 64 << 20
 _SPACE_BYTES = (b" ", b"\t", b"\r", b"\x0b", b"\x0c")
 _SPACE_CHARS = (" ", "\n", "\t", "\r", "\x0b", "\x0c")
 _MAX_WARNINGS = 100  # keep the first warnings in CorpusStats; counts stay exact
+NOT_JSONL_LINES = 20  # a .jsonl file whose first this many lines are all not JSON is refused, not skipped
 # A command reads its corpus more than once (the tokenizer, its coverage check, the shards): each skipped
 # record goes to stderr once per process, and every pass still counts it and keeps it in its stats.
 _LOGGED: set[str] = set()
@@ -92,14 +94,13 @@ class CorpusStats:
             bad = f" (in {_first_names(self.bad_byte_files)}: save it as UTF-8 to keep those characters)"
         ignored = ""
         if self.ignored_files:
-            ignored = (f"; {len(self.ignored_files)} file(s) in the folders not read, not "
+            ignored = (f"; {counted(len(self.ignored_files), 'file')} in the folders not read, not "
                        f"{'/'.join(TEXT_SUFFIXES)} ({_first_names(self.ignored_files)}): rename them or pass "
                        "them by name to read them")
-        return (
-            f"{self.documents} documents, {self.words} words from {self.files} file(s); "
-            f"{self.bad_bytes} invalid UTF-8 bytes replaced{bad}; {skipped} records skipped"
-            + (f" ({detail})" if detail else "") + split + ignored
-        )
+        bytes_note = f"; {counted(self.bad_bytes, 'invalid UTF-8 byte')} replaced{bad}" if self.bad_bytes else ""
+        skipped_note = f"; {counted(skipped, 'record')} skipped ({detail})" if skipped else ""
+        return (f"{counted(self.documents, 'document')}, {counted(self.words, 'word')} from "
+                f"{counted(self.files, 'file')}" + bytes_note + skipped_note + split + ignored)
 
 
 def _first_names(names: list[str]) -> str:
@@ -295,7 +296,7 @@ def _pieces(text: str, stats: CorpusStats) -> Iterator[str]:
 
 def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each JSON object line; malformed lines are counted and logged."""
-    number, skipping = 0, False
+    number, skipping, malformed = 0, False, 0
     for raw in _lines(path, MAX_RECORD_BYTES):
         if skipping or not raw.endswith(b"\n") and len(raw) == MAX_RECORD_BYTES:
             # a record longer than MAX_RECORD_BYTES: counted and passed over without being held whole
@@ -313,11 +314,19 @@ def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             stats.skip("malformed_json", f"{path}:{number}")
+            malformed += 1
+            if malformed == number == NOT_JSONL_LINES:  # a CSV or plain text named .jsonl: say so once
+                raise DataError(f"{path}: its first {NOT_JSONL_LINES} lines are not JSON; a .jsonl corpus holds one "
+                                '{"text": ...} object per line (plain text belongs in a .txt file)') from None
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        if not isinstance(record, dict):
+            stats.skip("not_an_object", f"{path}:{number}")
+        elif "text" not in record:
             stats.skip("no_text", f"{path}:{number}")
-            continue
-        yield number, record
+        elif not isinstance(record["text"], str):
+            stats.skip("text_not_a_string", f"{path}:{number}")
+        else:
+            yield number, record
 
 
 def jsonl_objects(file: Path, expected: str = "a JSON object") -> Iterator[tuple[str, dict]]:

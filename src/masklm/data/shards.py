@@ -36,6 +36,7 @@ from masklm.errors import DataError
 from masklm.files import atomic_dir, check_writable, file_record, sha256_file
 from masklm.tokenizer import Tokenizer, unknown_note, word_starts
 from masklm.version import __version__
+from masklm.wording import counted
 
 CHUNK_DOCUMENTS = 1000          # documents per worker task: amortises IPC
 CHUNK_CHARS = 1 << 20           # characters per worker task: bounds a worker's memory (~250k tokens)
@@ -312,8 +313,8 @@ def prepare_shards(
             "checksums": {name: file_record(tmp / name) for name in names},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    log(f"{out_dir}: {manifest['num_documents']} documents, {manifest['num_tokens']} tokens, "
-        f"{writer.unknown / max(writer.total, 1):.2%} [UNK] ({stats.summary()})")
+    log(f"{out_dir}: {counted(writer.total, 'token')} ({writer.unknown / max(writer.total, 1):.2%} [UNK]) from "
+        f"{stats.summary()}")
     if note := unknown_note(writer.unknown, writer.total, f"the corpus {' '.join(manifest['sources'])}"):
         log(note)
     return manifest

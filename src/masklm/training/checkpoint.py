@@ -90,12 +90,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def what_is_kept(run_dir: Path) -> str:
-    """For a run that stops early: the checkpoint ``--resume`` continues from, or that none was written."""
+def what_is_kept(run_dir: Path, save_every: int = 0) -> str:
+    """For a run that stops early: the checkpoint ``--resume`` continues from, or that none was written
+    (and, when the run saved none at all, how to keep some)."""
     kept = list_checkpoints(run_dir)
     return (f"the last checkpoint, {kept[-1]}, is kept (--resume continues from it)" if kept
-            else "no checkpoint was written before it (--save-every N keeps some); the same command with "
-                 "--resume auto starts the run again over what it left, as --overwrite does")
+            else "no checkpoint was written before it" + ("" if save_every else " (--save-every N keeps some)")
+                 + "; the same command with --resume auto starts the run again over what it left, as --overwrite "
+                   "does")
 
 
 def verify(path: Path) -> str | None:

@@ -67,6 +67,7 @@ from masklm.training.precision import (
     maybe_compile,
 )
 from masklm.training.row_order import RowOrder
+from masklm.wording import counted
 
 TIME_LIMIT_PROBE_STEPS = 5  # steps timed before a time limit fixes the run's length
 
@@ -211,7 +212,7 @@ class Trainer:
     def _stop(self, step: int, what: str) -> None:
         """Stop the run at ``step`` with one line; the last checkpoint (if any) and metrics.jsonl stay."""
         self.progress.close()
-        where = ckpt.what_is_kept(self.run_dir)
+        where = ckpt.what_is_kept(self.run_dir, self.cfg.save_every)
         fix = "use --precision bf16 or fp32, or lower --lr" if self.amp.scaler else "lower --lr or raise --warmup"
         raise TrainingStopped(f"training stopped at step {step}: {what}; the weights were not updated, {where}; "
                               f"{fix}")
@@ -474,9 +475,10 @@ class Trainer:
         train_rows = self.order.rows[0]
         self.log(
             f"{self.model.config.arch}: {sum(p.numel() for p in self.model.parameters()):,} parameters, "
-            f"{len(train_rows):,} training rows of {self.cfg.seq_len} tokens ({train_rows.num_tokens:,} tokens), "
-            f"{len(self.heldout):,} held-out rows; {self.total:,} steps of {self.order.rows_per_step[0]} rows "
-            f"({self.steps_per_epoch:,} steps per epoch)"
+            f"{counted(len(train_rows), 'training row')} of {self.cfg.seq_len} tokens "
+            f"({counted(train_rows.num_tokens, 'token')}), {counted(len(self.heldout), 'held-out row')}; "
+            f"{counted(self.total, 'step')} of {counted(self.order.rows_per_step[0], 'row')} "
+            f"({counted(self.steps_per_epoch, 'step')} per epoch)"
         )
         self.log(f"objective: {self.objectives.schedule.describe()}")
 
