@@ -120,6 +120,7 @@ def test_malformed_files(tmp_path):
 
 
 def test_cli(model_dir, pipe, tmp_path, capsys):
+    shipped = read_pairs(None)
     assert main(["eval", "minimal-pairs", "--model", str(model_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     want = evaluate(pipe, read_pairs(None))
@@ -145,3 +146,16 @@ def test_cli(model_dir, pipe, tmp_path, capsys):
     assert "broken.jsonl:2" in err and "Traceback" not in err
     assert main(["eval", "minimal-pairs", "--model", str(model_dir), "--plot", "x.pdf"]) == 2
     assert ".png" in capsys.readouterr().err
+
+    odd = tmp_path / "odd.jsonl"  # digits the tokenizer lacks: [UNK], not scored, so the pair ties; said
+    odd.write_text(json.dumps({"sentence_good": "He paid 5 coins.", "sentence_bad": "He paid 7 coins.",
+                               "field": "numbers"}) + "\n" +
+                   json.dumps({"sentence_good": shipped[0].good, "sentence_bad": shipped[0].bad}) + "\n")
+    assert main(["eval", "minimal-pairs", "--model", str(model_dir), "--data", str(odd)]) == 0
+    text = capsys.readouterr().out
+    assert "1 pair holds [UNK] tokens" in text and "(1 pair without a field: in no row above)" in text
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"sentence_good": "a", "sentence_bad": "b"}) + "\n" +
+                    json.dumps({"sentence_good": "x", "sentence_bad": " ".join(["the"] * 600)}) + "\n")
+    assert main(["eval", "minimal-pairs", "--model", str(model_dir), "--data", str(long)]) == 2
+    assert f"{long}:2: sentence_bad is 602 tokens long, more than the model's maximum" in capsys.readouterr().err

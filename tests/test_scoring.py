@@ -245,7 +245,14 @@ def test_cli(model_dir, tmp_path, capsys):
     assert first[1] == SENTENCES[0]
     assert any(line.startswith("  ") for line in lines)  # per-token lines
     assert main(["score", "--model", str(model_dir), ""]) == 2
-    assert "no tokens to score" in capsys.readouterr().err
+    assert "no tokens to score; remove empty sentences" in capsys.readouterr().err
+    assert main(["score", "--model", str(model_dir), "Über ÿ"]) == 2  # not empty: nothing this tokenizer can spell
+    assert "no tokens to score; every word of it is [UNK] to this tokenizer" in capsys.readouterr().err
+    unknown = pipe.tokenizer.encode(f"{SENTENCES[0]} 12345 Ø").ids.count(pipe.tokenizer.unk_id)
+    assert unknown >= 1
+    assert main(["score", "--model", str(model_dir), SENTENCES[1], f"{SENTENCES[0]} 12345 Ø"]) == 0
+    assert (f"1 of 2 sentences holds [UNK] tokens ({unknown} in all: text the tokenizer cannot spell), which are "
+            "not scored") in capsys.readouterr().err
     assert main(["score", "--model", str(model_dir), "--input", str(tmp_path / "missing.txt")]) == 2
     assert "missing.txt" in capsys.readouterr().err
     assert main(["score", "--model", str(model_dir)]) == 2

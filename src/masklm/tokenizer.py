@@ -445,6 +445,21 @@ def unknown_note(unknown: int, tokens: int, what: str) -> str | None:
             "train; --tokenizer-kind bpe spells every character), with a model trained on it")
 
 
+def unknown_counts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
+    """How many [UNK] tokens each text becomes (words with a character the vocabulary lacks)."""
+    return [enc.ids.count(tokenizer.unk_id) for enc in tokenizer.encode_batch(list(texts))]
+
+
+def unscored_note(counts: Sequence[int], noun: str = "sentence") -> str | None:
+    """The line saying how many of the texts hold [UNK] tokens, which no scoring metric scores (the model
+    never learns to predict [UNK]), so their scores leave those words out; None when none does."""
+    holding = sum(1 for c in counts if c)
+    if not holding:
+        return None
+    return (f"{holding} of {len(counts)} {noun}s {'holds' if holding == 1 else 'hold'} [UNK] tokens ({sum(counts)} in "
+            "all: text the tokenizer cannot spell), which are not scored: their scores leave those words out")
+
+
 def heldout_stride(fraction: float) -> int:
     """Every ``heldout_stride(f)``-th document is held out (about a share ``f``); 0 = none."""
     if not 0.0 <= fraction < 1.0:

@@ -11,6 +11,7 @@ from masklm.cli.model_flags import add_model_flags, load_pipeline
 from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError, InputError
 from masklm.scoring.pll import METRICS
+from masklm.tokenizer import unknown_counts, unscored_note
 from masklm.wording import counted
 
 
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"masklm: scoring with {metric} (the default for this model)", file=sys.stderr)
     results = pipe.score(texts, metric=metric, reduction=args.reduction, per_token=args.per_token,
                          batch_tokens=args.batch_tokens)
+    if note := unscored_note(unknown_counts(pipe.tokenizer, texts)):
+        print(f"masklm: {note}", file=sys.stderr)
     rows = [{"sentence": t, **(r if args.per_token else {"score": r})} for t, r in zip(texts, results)]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))

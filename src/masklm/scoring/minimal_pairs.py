@@ -22,6 +22,7 @@ from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError
 from masklm.files import atomic_file
 from masklm.scoring.pll import check_metric, score_sentences
+from masklm.wording import counted
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Pair:
     uid: str
     field: str | None = None
     term: str | None = None
+    where: str = ""  # "file:line"
 
 
 def shipped_data() -> list[Path]:
@@ -75,7 +77,7 @@ def read_pairs(paths: list[str | Path] | None) -> list[Pair]:
                                     "or leave it out")
             uid = record.get("UID") or path.name.removesuffix(".jsonl")
             pairs.append(Pair(record["sentence_good"], record["sentence_bad"], str(uid),
-                              record.get("field"), record.get("linguistics_term")))
+                              record.get("field"), record.get("linguistics_term"), where))
             count += 1
         if count == 0:
             raise DataError(f"{path} holds no pairs; add lines with sentence_good and sentence_bad")
@@ -109,6 +111,13 @@ def evaluate(pipe, pairs: list[Pair], metric: str | None = None, reduction: str 
         raise DataError("no minimal pairs to evaluate; pass BLiMP-format .jsonl files")
     # Each distinct sentence once, all in one call so the copies of all of them share batches.
     unique = list(dict.fromkeys(s for p in pairs for s in (p.good, p.bad)))
+    encoded = dict(zip(unique, pipe.tokenizer.encode_batch(unique)))
+    for p in pairs:  # a sentence too long for the model, named by its file and line (nothing is truncated)
+        for key, text in (("sentence_good", p.good), ("sentence_bad", p.bad)):
+            if len(encoded[text].ids) > pipe.max_length:
+                raise DataError(f"{p.where}: {key} is {len(encoded[text].ids)} tokens long, more than the model's "
+                                f"maximum of {pipe.max_length}; shorten it or leave the pair out")
+    unknown = {text: enc.ids.count(pipe.tokenizer.unk_id) for text, enc in encoded.items()}
     scores = dict(zip(unique, score_sentences(pipe.model, pipe.tokenizer, unique, metric, reduction,
                                               batch_tokens=batch_tokens, max_length=pipe.max_length)))
     rows = []
@@ -126,7 +135,10 @@ def evaluate(pipe, pairs: list[Pair], metric: str | None = None, reduction: str 
     by_paradigm = {uid: {"field": g[0]["field"], "linguistics_term": g[0]["linguistics_term"], **_tally(g)}
                    for uid, g in groups.items()}
     by_field = {field: _tally(g) for field, g in fields.items()}
+    # [UNK] tokens are not scored: a pair whose sentences differ only there ties (counted, not silent)
     result = {"rule": rule_text(metric, reduction), "metric": metric, "reduction": reduction, **_tally(rows),
+              "pairs_with_unknown_tokens": sum(1 for p in pairs if unknown[p.good] + unknown[p.bad]),
+              "pairs_without_field": sum(1 for p in pairs if not p.field),
               "macro_accuracy": sum(v["accuracy"] for v in by_paradigm.values()) / len(by_paradigm),
               "by_field": by_field, "by_paradigm": by_paradigm}
     if details:
@@ -141,10 +153,16 @@ def format_report(result: dict[str, Any]) -> str:
              f"{result['ties']} ties); macro average over {len(result['by_paradigm'])} paradigms: "
              f"{100 * result['macro_accuracy']:.1f}%"]
     width = max([len(k) for k in result["by_paradigm"]] + [len(k) for k in result["by_field"]] + [8])
+    if result.get("pairs_with_unknown_tokens"):
+        n = result["pairs_with_unknown_tokens"]
+        lines.append(f"{counted(n, 'pair')} {'holds' if n == 1 else 'hold'} [UNK] tokens (text the tokenizer cannot "
+                     "spell), which are not scored: a pair differing only there ties")
     if result["by_field"]:
         lines += ["", f"{'field':<{width}}  accuracy  pairs  ties"]
         lines += [f"{k:<{width}}  {100 * v['accuracy']:7.1f}%  {v['pairs']:5d}  {v['ties']:4d}"
                   for k, v in result["by_field"].items()]
+        if result.get("pairs_without_field"):
+            lines.append(f"({counted(result['pairs_without_field'], 'pair')} without a field: in no row above)")
     lines += ["", f"{'paradigm':<{width}}  accuracy  pairs  ties"]
     lines += [f"{k:<{width}}  {100 * v['accuracy']:7.1f}%  {v['pairs']:5d}  {v['ties']:4d}"
               for k, v in result["by_paradigm"].items()]

@@ -73,9 +73,9 @@ def encode_sentences(tokenizer, sentences: Sequence[str], max_length: int, metri
         if metric in ("causal", "mntp"):
             positions = [p for p in positions if p > 0]  # nothing to the left to read from
         if not positions:
-            raise InputError(
-                f"sentence {i} ({text[:40]!r}) has no tokens to score; remove empty sentences from the input"
-            )
+            why = ("every word of it is [UNK] to this tokenizer (text it cannot spell), and [UNK] is not scored"
+                   if tokenizer.unk_id in row else "remove empty sentences from the input")
+            raise InputError(f"sentence {i} ({text[:40]!r}) has no tokens to score; {why}")
         ids.append(row)
         words.append([-1 if w is None or t in special else w for t, w in zip(row, enc.word_ids)])
         scored.append(np.asarray(positions, dtype=np.int64))
