@@ -602,3 +602,25 @@ def test_ends_and_edges_of_a_resume(tmp_path, toml, corpus, straight, capsys, mo
     assert "is finished (4 of 4 steps); nothing to do" in capsys.readouterr().err
     refused(["train", "--out", str(out), "--resume", "--max-steps", "3"], capsys,
             "--max-steps 3 is below step 4, where step-4 stands")
+
+
+def test_a_bert_reads_no_further_than_the_rows_it_was_trained_on(tmp_path, toml, corpus, straight, capsys):
+    """BERT's positions past its training rows were never trained: the final folder's tokenizer says how
+    long the rows were (32 here), masklm reads no further (one line, or windows), and --init-from keeps
+    the longer of the two runs' rows."""
+    import masklm
+    from masklm.tokenizer import Tokenizer
+
+    final = straight / "final"
+    assert Tokenizer.load(final).model_max_length == 32
+    pipe = masklm.load(final)
+    assert pipe.max_length == 32 < pipe.config.max_position_embeddings
+    long = " ".join(["alpha"] * 40)
+    assert main(["embed", "--model", str(final), long]) == 2
+    assert "more than the model's maximum of 32" in capsys.readouterr().err
+    assert main(["embed", "--model", str(final), "--windows", long]) == 0
+    assert "1 input read as 2 windows" in capsys.readouterr().err
+    more = tmp_path / "more"
+    assert main(["train", "--init-from", str(final), "--corpus", str(corpus), "--seq-len", "16", "--max-steps", "1",
+                 "--batch-size", "4", "--no-progress", "--out", str(more)]) == 0
+    assert Tokenizer.load(more / "final").model_max_length == 32  # it has read rows of 32 before

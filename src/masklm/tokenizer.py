@@ -127,6 +127,13 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
 
+    def with_max_length(self, model_max_length: int) -> Tokenizer:
+        """The same tokenizer (same backend, same fingerprint) saying another ``model_max_length``."""
+        copy = Tokenizer.__new__(Tokenizer)
+        copy.__dict__.update(self.__dict__)
+        copy.model_max_length = int(model_max_length)
+        return copy
+
     def __len__(self) -> int:
         return self.vocab_size
 

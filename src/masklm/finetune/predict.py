@@ -34,7 +34,14 @@ from masklm.finetune.encode import (
     split_words,
 )
 from masklm.finetune.metrics import bio_spans
-from masklm.inference.batching import WindowSpec, as_windows, central_windows, pad, pool_windows
+from masklm.inference.batching import (
+    WindowSpec,
+    as_windows,
+    central_windows,
+    max_input_length,
+    pad,
+    pool_windows,
+)
 
 DEFAULT_MAX_ANSWER_LENGTH = 30  # tokens, Hugging Face's run_qa.py and pipeline default
 
@@ -157,7 +164,7 @@ def classify(model: torch.nn.Module, tokenizer: Any, inputs: Any, top_k: int | N
     spec = task_windows(task, windows)
     pairs = [item if isinstance(item, tuple) and len(item) == 2 else (item, None) for item in items]
     rows, groups = sequence_rows(tokenizer, pairs, [f"input {i}" for i in range(len(items))],
-                                 model.config.max_position_embeddings, spec)
+                                 max_input_length(model.config, tokenizer), spec)
     logits = pooled_logits(batched_logits(model, rows, tokenizer.pad_id, batch_size), groups,
                            spec.pool if spec else "mean")
     if windows_used is not None:
@@ -198,7 +205,7 @@ def tag(model: torch.nn.Module, tokenizer: Any, inputs: Any, aggregate: bool = T
     if not items:
         raise InputError("no inputs given; pass a text or a list of texts")
     spec = task_windows(task, windows)
-    max_length = model.config.max_position_embeddings
+    max_length = max_input_length(model.config, tokenizer)
     rows: list[list[int]] = []
     sentences = []  # (rows [lo, hi), window spans or None, first sub-tokens, words, char spans, text)
     for i, item in enumerate(items):
@@ -302,7 +309,7 @@ def answer(model: torch.nn.Module, tokenizer: Any, inputs: Any, max_answer_lengt
     rows: list[list[int]] = []
     encoded = []
     for i, (question, context) in enumerate(pairs):
-        qa = encode_qa(tokenizer, question, context, max_length or model.config.max_position_embeddings, spec,
+        qa = encode_qa(tokenizer, question, context, max_length or max_input_length(model.config, tokenizer), spec,
                        f"input {i}")
         encoded.append((len(rows), qa))
         rows.extend(qa.rows)

@@ -58,7 +58,7 @@ from masklm.finetune.predict import (
     word_tags,
 )
 from masklm.host_memory import keep_freed_memory
-from masklm.inference.batching import WINDOW_POOLS, WindowSpec, pad, pool_windows
+from masklm.inference.batching import WINDOW_POOLS, WindowSpec, max_input_length, pad, pool_windows
 from masklm.modeldir import save_model_dir
 from masklm.tokenizer import unknown_note
 from masklm.training.distributed import pick_device
@@ -387,7 +387,7 @@ def finetune(model_dir: str | Path, args: FinetuneArgs, log: Callable[[str], Non
     args.validate()
     metric = args.metric or DEFAULT_METRIC[args.task]
     base, _, tokenizer = load_folder(model_dir)
-    train_split, valid_split, task = _load_splits(args, tokenizer, base.config.max_position_embeddings)
+    train_split, valid_split, task = _load_splits(args, tokenizer, max_input_length(base.config, tokenizer))
     task["metric"] = metric
     torch.manual_seed(args.seed)
     model = build_finetuned(base, task)

@@ -3,9 +3,9 @@
 One owner for the plumbing that fill-mask, scoring, embeddings, fine-tuning, generation, the server and
 ``import-ltg``'s reading check share:
 
-- **Length check.** Nothing is ever truncated: a text longer than the limit (the model's
-  ``max_position_embeddings``, or the server's ``--max-tokens``) is an error that names it and its length.
-  The message is written once, in ``too_long``.
+- **Length check.** Nothing is ever truncated: a text longer than the limit (the model's, ``max_input_length``,
+  or the server's ``--max-tokens``) is an error that names it and its length. The message is written
+  once, in ``too_long``.
 - **Padding.** Rows are right-padded to the longest; the attention mask is 1 on real tokens. An all-ones
   mask is passed as None (``mask_or_none``): SDPA then takes its mask-free kernels.
 - **Windows.** Readers that can (fine-tuning, ``predict``, embeddings, question answering) read an input
@@ -28,6 +28,16 @@ from masklm.errors import InputError
 # in cache (1k-4k measured best, 8k ~7% slower); on a GPU larger batches amortise kernel launches
 # (benchmarks/score_speed.py on an H200: 65k tokens 1.7x faster than 8k).
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
+
+
+def max_input_length(config, tokenizer) -> int:
+    """The longest input a model reads in one piece. A BERT's absolute positions past the rows it was
+    trained on were never trained, so it stops at its tokenizer's ``model_max_length`` (the trainer saves
+    the longest rows the model read there; Hugging Face's tokenizer truncates there too); LTG-BERT and
+    GPT-BERT read relative positions, up to ``max_position_embeddings``."""
+    if getattr(config, "arch", "bert") == "bert":
+        return min(config.max_position_embeddings, tokenizer.model_max_length)
+    return config.max_position_embeddings
 
 
 def default_batch_tokens(device: torch.device) -> int:

@@ -36,6 +36,7 @@ from masklm.inference.batching import (
     encode,
     longest_first,
     mask_or_none,
+    max_input_length,
     pad,
     pool_windows,
     resolve_batch_tokens,
@@ -88,7 +89,7 @@ def embed_texts(
         raise InputError("no texts given; pass a text or a list of them")
     if spec is not None:
         check_strings(items, "text")
-    rows, groups = _rows(tokenizer, items, max_length or model.config.max_position_embeddings, spec)
+    rows, groups = _rows(tokenizer, items, max_length or max_input_length(model.config, tokenizer), spec)
     vectors = torch.empty((len(rows), model.config.hidden_size), dtype=torch.float32)
     order = longest_first([len(row) for row in rows])
     for lo, hi in token_batches([len(rows[i]) for i in order], batch_tokens):

@@ -27,6 +27,7 @@ import torch
 from masklm.finetune.folder import load_folder
 from masklm.finetune.predict import answer, classify, tag
 from masklm.generation import CALL_FIELDS, GenerationConfig, generate
+from masklm.inference.batching import max_input_length
 from masklm.inference.embed import embed_texts
 from masklm.inference.fill_mask import FillMask
 from masklm.modeldir import read_masklm_version, read_objectives, save_model_dir
@@ -77,7 +78,8 @@ class Pipeline:
 
     @property
     def max_length(self) -> int:
-        return self.config.max_position_embeddings
+        """The longest input read in one piece (``inference.batching.max_input_length``)."""
+        return max_input_length(self.config, self.tokenizer)
 
     @property
     def mask_shift(self) -> int:
