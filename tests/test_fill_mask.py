@@ -141,3 +141,14 @@ def test_mntp_models_read_masks_one_position_left(model_dir, tmp_path, capsys):
     plain.score(sentence, metric="mntp")   # the fill-mask fixture was trained with mlm only
     err = capsys.readouterr().err
     assert "causal score" not in err and "the mntp score reads this model" in err and "pll fits it" in err
+
+
+def test_cli_text_of_several_masks_shows_no_cls_or_sep(model_dir, capsys):
+    """The JSON keeps Hugging Face's sequence with the specials (the other masks show); the text a person
+    reads leaves [CLS] and [SEP] out and keeps the other mask."""
+    assert main(["fill-mask", "--model", str(model_dir), "the [MASK] sat on the [MASK] .", "--top-k", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "  mask 1:" and lines[3] == "  mask 2:"
+    for line in (lines[2], lines[4]):
+        assert "[CLS]" not in line and "[SEP]" not in line and "[MASK]" in line
+    assert "sat on the [MASK]" in lines[2]

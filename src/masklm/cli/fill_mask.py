@@ -28,12 +28,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
     per_input = [result] if len(args.texts) == 1 else result
+    tok = pipe.tokenizer
     for text, res in zip(args.texts, per_input):
         masks = res if res and isinstance(res[0], list) else [res]
         print(text)
         for m, candidates in enumerate(masks):
             if len(masks) > 1:
                 print(f"  mask {m + 1}:")
-            for c in candidates:
-                print(f"  {c['score']:.4f}  {c['token_str']:<16} {c['sequence']}")
+            for c in candidates:  # with several masks the sequence keeps the specials (Hugging Face's JSON):
+                # the other masks show; a person reading the text needs no [CLS] and [SEP] around it
+                seq = c["sequence"].removeprefix(f"{tok.cls_token} ").removesuffix(f" {tok.sep_token}")
+                print(f"  {c['score']:.4f}  {c['token_str']:<16} {seq}")
     return 0
