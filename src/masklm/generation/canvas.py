@@ -67,7 +67,8 @@ def prompt_rows(tokenizer, prompts: list[str | None], lengths: list[int]) -> lis
         if prompt is not None and not isinstance(prompt, str):
             raise InputError(f"prompt {i} is {type(prompt).__name__}, not a string; pass text or None")
         if prompt and tokenizer.mask_token in prompt:
-            raise InputError(f"prompt {i} contains {tokenizer.mask_token}; pass it as template=... to fill it in")
+            raise InputError(f"prompt {i} contains {tokenizer.mask_token}; pass it as the template to fill it in "
+                             "(template=... in Python, --template, or the server's parameters.template)")
         ids = _with_cls(tokenizer.encode(prompt or "", add_special_tokens=False).ids, tokenizer)
         rows.append((ids + [tokenizer.mask_id] * n, [False] * len(ids) + [True] * n))
     return rows
