@@ -198,7 +198,7 @@ def test_embed_cli_reports_windows(base, tmp_path, capsys):
 
 def test_tagging_trains_on_windows_with_each_word_labelled_where_it_is(base, tmp_path, capsys):
     from masklm.finetune.data import TaggedSentence
-    from masklm.finetune.train import _tagging_split  # lazy: the encoder of training rows, checked directly
+    from masklm.finetune.splits import tagging_split  # lazy: the encoder of training rows, checked directly
 
     tok = masklm.load(base).tokenizer
     rng = random.Random(10)
@@ -206,7 +206,7 @@ def test_tagging_trains_on_windows_with_each_word_labelled_where_it_is(base, tmp
     tags = ["O"] * 60
     words[5], words[40], tags[5], tags[40] = "Anna", "Anna", "B-PER", "B-PER"
     index = {"O": 0, "B-PER": 1, "I-PER": 2}
-    split = _tagging_split([TaggedSentence(words, tags, "x:1")], index, tok, MAX, WindowSpec(stride=6), "x")
+    split = tagging_split([TaggedSentence(words, tags, "x:1")], index, tok, MAX, WindowSpec(stride=6), "x")
     (lo, hi), spans, first = split.groups[0], split.spans[0], split.firsts[0]
     assert hi - lo == len(spans) == 3 and len(split.rows) == 3
     for row, labels, (a, b) in zip(split.rows, split.targets, spans):

@@ -27,7 +27,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,27 +36,11 @@ import torch.nn.functional as F
 
 from masklm.errors import ConfigError, DataError, DiskFull
 from masklm.finetune import data as fdata
-from masklm.finetune.encode import encode_qa, encode_words, encode_words_windows
 from masklm.finetune.folder import OutputGuard, load_folder
 from masklm.finetune.heads import POOLINGS, QA_LABELS, TASKS, TOKEN_TASKS, build_finetuned
-from masklm.finetune.metrics import (
-    DEFAULT_METRIC,
-    TASK_METRICS,
-    classification_metrics,
-    entity_scores,
-    qa_metrics,
-    regression_metrics,
-)
-from masklm.finetune.predict import (
-    DEFAULT_MAX_ANSWER_LENGTH,
-    batched_logits,
-    best_answer,
-    merge_word_logits,
-    pooled_logits,
-    sequence_rows,
-    sequence_values,
-    word_tags,
-)
+from masklm.finetune.metrics import DEFAULT_METRIC, TASK_METRICS
+from masklm.finetune.predict import DEFAULT_MAX_ANSWER_LENGTH
+from masklm.finetune.splits import Split, evaluate, qa_split, sequence_split, tagging_split
 from masklm.host_memory import keep_freed_memory
 from masklm.inference.batching import WINDOW_POOLS, WindowSpec, max_input_length, pad, pool_windows
 from masklm.modeldir import save_model_dir
@@ -136,94 +120,7 @@ class FinetuneArgs:
         return None
 
 
-@dataclass
-class _Split:
-    """One file, encoded. A training unit is an example (sequence tasks: ``targets`` per example, its
-    windows' logits pooled) or a row (tagging, question answering: ``targets`` per row)."""
-
-    rows: list[list[int]] = field(default_factory=list)       # model inputs, one per window
-    targets: list[Any] = field(default_factory=list)          # class index, standardised float, label row, (s, e)
-    gold: list[Any] = field(default_factory=list)             # per example: class, raw float, word tags, answers
-    groups: list[tuple[int, int]] = field(default_factory=list)  # per example: its rows [lo, hi)
-    firsts: list[list[int]] = field(default_factory=list)     # tagging: first sub-token of each word
-    spans: list[Any] = field(default_factory=list)            # tagging: window spans (None: no windows); QA: QAWindows
-    contexts: list[str] = field(default_factory=list)         # question answering
-    unanswerable: int = 0                                     # QA: gold answers no window holds whole
-    multiline: list[str] = field(default_factory=list)        # CSV/TSV: "file:first-last" of records over several lines
-
-    def windows(self) -> dict[str, int]:
-        """Examples, windows, and the most windows of one example."""
-        return {"examples": len(self.groups), "windows": len(self.rows),
-                "max_per_example": max((hi - lo for lo, hi in self.groups), default=0)}
-
-
-def _tagging_split(sentences: list[fdata.TaggedSentence], index: dict[str, int], tokenizer: Any,
-                   max_length: int, spec: WindowSpec | None, train_file: str) -> _Split:
-    split = _Split()
-    for s in sentences:
-        unknown = [t for t in s.tags if t not in index]
-        if unknown:
-            raise DataError(f"{s.where}: tag {unknown[0]!r} does not occur in the training file "
-                            f"{train_file}; the model can only learn tags it has seen")
-        if spec is None:
-            ids, first = encode_words(tokenizer, s.words, max_length, s.where)
-            rows, spans = [ids], None
-        else:
-            rows, spans, first = encode_words_windows(tokenizer, s.words, max_length, spec, s.where)
-        split.groups.append((len(split.rows), len(split.rows) + len(rows)))
-        for ids, span in zip(rows, spans or [None]):
-            row = [-100] * len(ids)
-            for pos, t in zip(first, s.tags):
-                if pos >= 0 and span is None:
-                    row[pos] = index[t]
-                elif pos >= 0 and span[0] <= pos < span[1]:
-                    row[pos - span[0] + 1] = index[t]  # +1: the window's [CLS]
-            split.rows.append(ids)
-            split.targets.append(row)
-        split.gold.append(s.tags)
-        split.firsts.append(first)
-        split.spans.append(spans)
-    return split
-
-
-def _qa_split(examples: list[fdata.QAExample], tokenizer: Any, max_length: int, spec: WindowSpec) -> _Split:
-    """Each window a row whose target is the first answer's (start, end) row positions when the window
-    holds all of it, else (0, 0): [CLS], "no answer here"."""
-    split = _Split()
-    for e in examples:
-        qa = encode_qa(tokenizer, e.question, e.context, max_length, spec, e.where)
-        tokens = None
-        if e.answers:
-            text, start = e.answers[0]
-            tokens = qa.token_span(start, start + len(text))
-            if tokens is None:
-                raise DataError(f"{e.where}: the answer {text!r} covers no token of the context; fix the answer")
-        held = False
-        for a, b in qa.spans:
-            inside = tokens is not None and a <= tokens[0] and tokens[1] < b
-            held |= inside
-            split.targets.append((qa.first + tokens[0] - a, qa.first + tokens[1] - a) if inside else (0, 0))
-        split.unanswerable += int(tokens is not None and not held)
-        split.groups.append((len(split.rows), len(split.rows) + len(qa.rows)))
-        split.rows.extend(qa.rows)
-        split.gold.append([t for t, _ in e.answers])
-        split.spans.append(qa)
-        split.contexts.append(e.context)
-    return split
-
-
-def _sequence_split(examples: list[fdata.SequenceExample], tokenizer: Any, max_length: int,
-                    spec: WindowSpec | None, encode_target: Callable[[Any, str], Any]) -> _Split:
-    split = _Split()
-    split.rows, split.groups = sequence_rows(tokenizer, [(e.text, e.pair) for e in examples],
-                                             [e.where for e in examples], max_length, spec)
-    split.targets = [encode_target(e.label, e.where) for e in examples]
-    split.gold = [e.label for e in examples]
-    split.multiline = [e.where for e in examples if e.lines > 1]
-    return split
-
-
-def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[_Split, _Split, dict[str, Any]]:
+def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[Split, Split, dict[str, Any]]:
     """Read, validate and encode both files; returns the splits and the task block."""
     task: dict[str, Any] = {"type": args.task}
     spec = args.window_spec()
@@ -236,14 +133,14 @@ def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[_
             threshold = 0.0
         task.update(labels=list(QA_LABELS), num_labels=2, max_answer_length=args.max_answer_length,
                     null_threshold=threshold)
-        return (*(_qa_split(x, tokenizer, max_length, spec) for x in (train, valid)), task)
+        return (*(qa_split(x, tokenizer, max_length, spec) for x in (train, valid)), task)
     if args.task == "tagging":
         keys = (args.text_column or "tokens", args.label_column or "tags")
         train, valid = (fdata.read_tagging_file(f, *keys) for f in (args.train, args.validation))
         labels = fdata.tag_list(train, args.train)
         index = {t: i for i, t in enumerate(labels)}
         task.update(labels=labels, num_labels=len(labels))
-        return (*(_tagging_split(x, index, tokenizer, max_length, spec, args.train) for x in (train, valid)), task)
+        return (*(tagging_split(x, index, tokenizer, max_length, spec, args.train) for x in (train, valid)), task)
 
     regression = args.task == "regression"
     cols = (args.text_column or "text", args.text_pair_column, args.label_column or "label")
@@ -266,28 +163,7 @@ def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[_
                 raise DataError(f"{where}: label {y!r} does not occur in the training file {args.train}; "
                                 f"known labels: {', '.join(labels)}")
             return index[y]
-    return (*(_sequence_split(x, tokenizer, max_length, spec, encode_target) for x in (train, valid)), task)
-
-
-def evaluate(model: torch.nn.Module, split: _Split, pad_id: int, batch_size: int) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``split``."""
-    logits = batched_logits(model, split.rows, pad_id, batch_size)
-    task = model.task
-    if task["type"] == "question-answering":
-        predicted = [best_answer(logits[lo:hi], qa, context, task["max_answer_length"],
-                                 task["null_threshold"])["answer"]
-                     for (lo, hi), qa, context in zip(split.groups, split.spans, split.contexts)]
-        return qa_metrics(split.gold, predicted)
-    if task["type"] == "tagging":
-        predicted = []
-        for (lo, hi), spans, first in zip(split.groups, split.spans, split.firsts):
-            merged, where = merge_word_logits(logits[lo:hi], spans, first)
-            predicted.append(word_tags(merged, where, task["labels"])[0])
-        return entity_scores(split.gold, predicted)
-    pooled = pooled_logits(logits, split.groups, task.get("windows", {}).get("pool", "mean"))
-    if task["type"] == "regression":
-        return regression_metrics(split.gold, sequence_values(model, pooled))
-    return classification_metrics(split.gold, [task["labels"][int(x.argmax())] for x in pooled])
+    return (*(sequence_split(x, tokenizer, max_length, spec, encode_target) for x in (train, valid)), task)
 
 
 def _loss(model: torch.nn.Module, logits: torch.Tensor, targets: list[Any], mask: torch.Tensor) -> torch.Tensor:
@@ -304,7 +180,7 @@ def _loss(model: torch.nn.Module, logits: torch.Tensor, targets: list[Any], mask
     return F.cross_entropy(logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100)
 
 
-def _batch_loss(model: torch.nn.Module, split: _Split, units: list[int], pad_id: int,
+def _batch_loss(model: torch.nn.Module, split: Split, units: list[int], pad_id: int,
                 device: torch.device) -> torch.Tensor:
     """The loss of one batch of training units (examples whose windows' logits are pooled, or rows)."""
     if model.task["type"] in TOKEN_TASKS:
@@ -327,7 +203,7 @@ def _stderr(message: str) -> None:
     print(f"masklm: {message}", file=sys.stderr, flush=True)
 
 
-def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _Split, task: dict[str, Any],
+def _describe(args: FinetuneArgs, model_dir: str | Path, train: Split, valid: Split, task: dict[str, Any],
               steps: int, metric: str, unk_id: int) -> list[str]:
     """The lines ``finetune`` logs before training: the data, the windows, the plan."""
     lines = [f"fine-tuning {model_dir} for {args.task}: {len(train.groups)} training and {len(valid.groups)} "
@@ -352,7 +228,7 @@ def _describe(args: FinetuneArgs, model_dir: str | Path, train: _Split, valid: _
     return lines
 
 
-def _train_epoch(model: torch.nn.Module, split: _Split, optimizer: Any, amp: MixedPrecision, args: FinetuneArgs,
+def _train_epoch(model: torch.nn.Module, split: Split, optimizer: Any, amp: MixedPrecision, args: FinetuneArgs,
                  pad_id: int, device: torch.device, generator: torch.Generator, step: int, total_steps: int
                  ) -> tuple[float, int]:
     """One pass over the training units in a seeded order -> (mean loss per unit, steps so far)."""
