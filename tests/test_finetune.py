@@ -180,6 +180,21 @@ def test_classification_learns_and_serves(root, base, capsys):
     assert "fine-tuned on single texts; leave it out" in capsys.readouterr().err
     assert main(["predict", "--model", str(base), "x"]) == 2  # not fine-tuned
     assert "not a fine-tuned model" in capsys.readouterr().err
+    # a labelled test file: the validation file gives the metrics finetune reported for the best epoch
+    assert main(["eval", "test", "--model", str(out), "--data", str(valid), "--json"]) == 0
+    captured = capsys.readouterr()
+    tested = json.loads(captured.out)
+    assert tested["accuracy"] == result["validation"]["accuracy"] and tested["examples"] == 80
+    assert tested["macro_f1"] == approx(result["validation"]["macro_f1"], dtype=float)
+    assert f"80 examples in {valid}" in captured.err
+    assert main(["eval", "test", "--model", str(out), "--data", str(renamed), "--text-column", "text"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"accuracy\t{result['validation']['accuracy']:.4f}"
+    other = root / "other-labels.csv"
+    other.write_text("sentence,label\nthe good cat,pos\nthe odd cat,meh\n")
+    assert main(["eval", "test", "--model", str(out), "--data", str(other)]) == 2
+    assert "other-labels.csv:3: label 'meh' is not one" in capsys.readouterr().err
+    assert main(["eval", "test", "--model", str(base), "--data", str(valid)]) == 2
+    assert "not a fine-tuned model" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +287,9 @@ def test_tagging_learns_and_serves(root, base, capsys):
         pipe.classify("Boris ran")
     assert main(["predict", "--model", str(root / "tag"), "Elena Berg went to the house"]) == 0
     assert "PER: Elena Berg" in capsys.readouterr().out
+    assert main(["eval", "test", "--model", str(root / "tag"), "--data", str(valid), "--json"]) == 0
+    tested = json.loads(capsys.readouterr().out)  # the validation file: the best epoch's entity F1
+    assert tested["entity_f1"] == result["validation"]["entity_f1"] and tested["task"] == "tagging"
 
 
 # ---- bad input: clear one-line errors, exit 2 ----------------------------------------------------------

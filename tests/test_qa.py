@@ -182,6 +182,9 @@ def test_question_answering_learns_and_answers(trained, finetuned, capsys):
     assert [x.split("\t")[0] for x in capsys.readouterr().out.splitlines()] == [a["answer"] for a in answers[:3]]
     assert main(["predict", "--model", str(root / "qa"), "some text"]) == 2
     assert "--question Q --context C" in capsys.readouterr().err
+    assert main(["eval", "test", "--model", str(root / "qa"), "--data", str(root / "valid.jsonl"), "--json"]) == 0
+    tested = json.loads(capsys.readouterr().out)  # the validation file: the best epoch's exact match and F1
+    assert (tested["exact_match"], tested["f1"]) == (result["validation"]["exact_match"], result["validation"]["f1"])
 
 
 def test_bad_qa_input_is_one_line(trained, capsys):

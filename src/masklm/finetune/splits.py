@@ -4,7 +4,7 @@
 A ``Split`` is one file, encoded for the model: its rows (one per window), each example's rows, the
 training targets and the gold answers the metrics compare with. ``evaluate`` reads a fine-tuned model's
 outputs on a split the way ``masklm predict`` does (pooled windows, word tags from the most central window,
-the best answer span) and scores them (``finetune.metrics``). ``test_split`` builds a split from a labelled
+the best answer span) and scores them (``finetune.metrics``). ``labelled_split`` builds a split from a labelled
 file for a fine-tuned folder, with the columns, labels and windows its task block recorded.
 """
 
@@ -27,9 +27,11 @@ from masklm.finetune.predict import (
     pooled_logits,
     sequence_rows,
     sequence_values,
+    task_windows,
     word_tags,
 )
 from masklm.inference.batching import WindowSpec
+from masklm.tokenizer import unknown_note
 
 
 @dataclass
@@ -46,6 +48,13 @@ class Split:
     contexts: list[str] = field(default_factory=list)         # question answering
     unanswerable: int = 0                                     # QA: gold answers no window holds whole
     multiline: list[str] = field(default_factory=list)        # CSV/TSV: "file:first-last" of records over several lines
+
+    def notes(self, file: str, unk_id: int) -> list[str]:
+        """What a reader of ``file`` should know: records that spanned several lines (a stray quote joins
+        rows), and a share of [UNK] tokens past ``tokenizer.UNKNOWN_ADVICE_RATE``."""
+        notes = [fdata.multiline_note(self.multiline, len(self.groups))] if self.multiline else []
+        unknown = sum(row.count(unk_id) for row in self.rows)
+        return notes + [n for n in [unknown_note(unknown, sum(map(len, self.rows)), file)] if n]
 
     def windows(self) -> dict[str, int]:
         """Examples, windows, and the most windows of one example."""
@@ -138,3 +147,31 @@ def evaluate(model: torch.nn.Module, split: Split, pad_id: int, batch_size: int)
     if task["type"] == "regression":
         return regression_metrics(split.gold, sequence_values(model, pooled))
     return classification_metrics(split.gold, [task["labels"][int(x.argmax())] for x in pooled])
+
+
+def labelled_split(task: dict[str, Any], tokenizer: Any, path: str, max_length: int,
+               columns: tuple[str | None, str | None, str | None] = (None, None, None), model: str = "") -> Split:
+    """A labelled file read for a fine-tuned folder's ``task`` block: with the columns it was fine-tuned
+    with (``columns``: text, pair and label column names that override them), its labels (a label or tag
+    it was never fine-tuned on is a DataError naming the line), and its windows. ``model`` names the folder
+    in messages."""
+    spec, kind = task_windows(task, None), task["type"]
+    text, pair, label = columns
+    if kind == "question-answering":
+        return qa_split(fdata.read_qa_file(path), tokenizer, max_length, spec)
+    labels = task["labels"]
+    if kind == "tagging":
+        sentences = fdata.read_tagging_file(path, text or "tokens", label or "tags")
+        return tagging_split(sentences, {t: i for i, t in enumerate(labels)}, tokenizer, max_length, spec,
+                             f"of {model}")
+    examples = fdata.read_sequence_file(path, text or task.get("text_column", "text"),
+                                        pair or task.get("text_pair_column"), label or task.get("label_column", "label"),
+                                        regression=kind == "regression")
+    index = {x: i for i, x in enumerate(labels)}
+
+    def target(y: Any, where: str) -> Any:  # only checked here: evaluate compares the gold labels themselves
+        if kind == "classification" and y not in index:
+            raise DataError(f"{where}: label {y!r} is not one {model} was fine-tuned on ({', '.join(labels)})")
+        return index.get(y, 0.0)
+    return sequence_split(examples, tokenizer, max_length, spec, target)
+

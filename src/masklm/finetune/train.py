@@ -44,7 +44,6 @@ from masklm.finetune.splits import Split, evaluate, qa_split, sequence_split, ta
 from masklm.host_memory import keep_freed_memory
 from masklm.inference.batching import WINDOW_POOLS, WindowSpec, max_input_length, pad, pool_windows
 from masklm.modeldir import save_model_dir
-from masklm.tokenizer import unknown_note
 from masklm.training.distributed import pick_device
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.precision import MixedPrecision, check_precision, enable_tf32
@@ -210,11 +209,7 @@ def _describe(args: FinetuneArgs, model_dir: str | Path, train: Split, valid: Sp
              f"validation examples, {task['num_labels']} output(s), {args.epochs} epochs of {steps} steps; "
              f"early stopping on validation {metric}"]
     for split, file in ((train, args.train), (valid, args.validation)):
-        if split.multiline:
-            lines.append(fdata.multiline_note(split.multiline, len(split.groups)))
-        unknown = sum(row.count(unk_id) for row in split.rows)
-        if note := unknown_note(unknown, sum(map(len, split.rows)), file):
-            lines.append(note)
+        lines.extend(split.notes(file, unk_id))
     if "windows" in task:
         counts = [f"{name} {s.windows()['examples']} examples as {s.windows()['windows']} windows (at most "
                   f"{s.windows()['max_per_example']} per example)" for name, s in (("training", train),
