@@ -511,3 +511,11 @@ def test_the_last_line_says_what_the_held_out_rows_measured():
     assert held_out_line(mlm | {"causal_loss": 3.86, "causal_ppl": 47.61}) == (
         "held-out masked-token accuracy 0.1380, loss 3.8497; causal perplexity 47.6")  # clm and AntLM runs
     assert held_out_line(mlm | {"diffusion_ppl_bound": 120.04}).endswith("; diffusion perplexity bound 120.0")
+
+
+def test_a_held_out_share_far_above_the_fraction_is_said():
+    from masklm.training.evaluate import heldout_share_note
+
+    assert heldout_share_note(2, 98, 0.02) is None and heldout_share_note(8, 92, 0.02) is None  # near enough
+    note = heldout_share_note(1769, 3039, 0.02)  # one large document held out whole
+    assert note.startswith("the held-out rows are 37% of the corpus's rows, against --heldout-fraction 0.02")

@@ -188,3 +188,14 @@ def held_out_line(result: dict[str, float]) -> str:
         parts.append(f"diffusion perplexity bound {result['diffusion_ppl_bound']:.1f}")
     return "; ".join(parts)
 
+
+def heldout_share_note(heldout: int, training: int, fraction: float) -> str | None:
+    """A line when the held-out rows are far more of the corpus than ``fraction`` asks: the split is by
+    documents, so one large document held out can take a third of the data from training. None otherwise."""
+    share = heldout / max(heldout + training, 1)
+    if share <= 2 * fraction + 0.05:
+        return None
+    return (f"the held-out rows are {share:.0%} of the corpus's rows, against --heldout-fraction {fraction:g}: "
+            "documents are held out whole, and a large one weighs more; split large files into documents (a "
+            "blank line between them) or lower --heldout-fraction")
+

@@ -54,7 +54,7 @@ from masklm.training import checkpoint as ckpt
 from masklm.training import run_folder, run_record
 from masklm.training.config import TrainConfig
 from masklm.training.distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup
-from masklm.training.evaluate import evaluate_heldout, held_out_line, heldout_rows
+from masklm.training.evaluate import evaluate_heldout, held_out_line, heldout_rows, heldout_share_note
 from masklm.training.metrics import LossWindow, MetricsLog, PlainProgress, StepStats
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.plots import plot_metrics
@@ -481,6 +481,8 @@ class Trainer:
             f"{counted(self.total, 'step')} of {counted(self.order.rows_per_step[0], 'row')} "
             f"({counted(self.steps_per_epoch, 'step')} per epoch)"
         )
+        if note := heldout_share_note(len(self.heldout), len(train_rows), self.cfg.heldout_fraction):
+            self.log(note)
         self.log(f"objective: {self.objectives.schedule.describe()}")
 
     def _fit_time_limit(self, done: int) -> None:
