@@ -260,8 +260,8 @@ def check_out(out: str | Path, *, overwrite: bool, sources: tuple[str | Path, ..
                           "replace a folder's contents)")
     holds = target.is_file() or target.is_symlink() or (target.is_dir() and any(target.iterdir()))
     if holds and not overwrite:
-        raise ConfigError(f"{flag} {out} already exists and holds files; pass --overwrite to replace it, "
-                          f"or choose another {flag}")
+        what = "already exists and holds files" if folder else "already exists"
+        raise ConfigError(f"{flag} {out} {what}; pass --overwrite to replace it, or choose another {flag}")
     check_writable(target, flag)
 
 
