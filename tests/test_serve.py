@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
 import re
 import subprocess
@@ -160,6 +161,11 @@ def test_fill_mask_matches_pipeline_and_is_deterministic(url, pipe):
         p = body.get("parameters", {})
         same_fill(r.json(), pipe.fill_mask(body["inputs"], top_k=p.get("top_k", 5), targets=p.get("targets")))
         assert post(url, "/fill-mask", body).json() == r.json()  # same input, same output, bit for bit
+        assert "x-targets-replaced" not in r.headers  # every target is a token of the vocabulary
+    odd = post(url, "/fill-mask", {"inputs": "the cat [MASK] .", "parameters": {"targets": ["sat", "zzq", "Øé"]}})
+    tok = pipe.tokenizer  # scored as their first pieces, as Hugging Face does; the client is told which
+    assert json.loads(odd.headers["x-targets-replaced"]) == {
+        w: tok.id_to_token(tok.encode(w, add_special_tokens=False).ids[0]) for w in ("zzq", "Øé")}
 
 
 def test_concurrent_requests_are_batched_correctly(servers, pipe):

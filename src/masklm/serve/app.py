@@ -15,6 +15,7 @@ canvas after every network call, which the page animates (``masklm.serve.steps``
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -105,7 +106,13 @@ class ModelRoutes:
             if not all(t.strip() for t in targets):
                 raise ServeError("parameters.targets holds an empty word; pass words the tokenizer knows")
         job = Job("fill_mask", (tuple(targets) if targets else None,), texts, {"top_k": p.top_k, "targets": targets})
-        return json_response(await self.batcher.submit(job))
+        result = await self.batcher.submit(job)
+        # a target outside the vocabulary is scored as its first piece (Hugging Face's rule); the server's log
+        # is no place to tell the client, so a header maps each one to the piece used (JSON, ASCII-escaped)
+        tok = self.pipe.tokenizer
+        replaced = {word: tok.id_to_token(tok.encode(word, add_special_tokens=False).ids[0])
+                    for word in targets or [] if tok.token_to_id(word) is None}
+        return json_response(result, headers={"X-Targets-Replaced": json.dumps(replaced)} if replaced else None)
 
     async def score(self, body: ScoreRequest) -> Response:
         texts = as_list(body.inputs)
