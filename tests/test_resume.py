@@ -593,6 +593,8 @@ def test_ends_and_edges_of_a_resume(tmp_path, toml, corpus, straight, capsys, mo
     assert "is finished (final/, no checkpoints); nothing to do" in capsys.readouterr().err
     refused(["train", "--out", str(early), "--resume", "--max-steps", "4"], capsys,
             "finished without checkpoints", f"--init-from {early / 'final'}")
+    longer = [f if f != "2" else "4" for f in flags]  # --max-steps 4: more than the run can give without checkpoints
+    refused(longer + ["--resume", "auto"], capsys, "finished without checkpoints", "--init-from")
 
     out = tmp_path / "run"
     job = base_flags(toml, corpus) + ["--out", str(out), "--save-every", "2", "--max-steps", "4"]

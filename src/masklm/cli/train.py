@@ -165,7 +165,13 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
     from masklm.training import checkpoint as ckpt
     from masklm.training.config import TrainConfig
     from masklm.training.run_folder import held_files, keeps_length
-    from masklm.training.run_record import RECORD_FILE, check_same_run, read_record, resume_config
+    from masklm.training.run_record import (
+        LENGTH_FIELDS,
+        RECORD_FILE,
+        check_same_run,
+        read_record,
+        resume_config,
+    )
 
     if given.get("overwrite"):
         raise ConfigError("--resume auto keeps what a run saved and --overwrite deletes it; pass only one of them")
@@ -173,6 +179,9 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
     run_dir = Path(cfg.out)
     checkpoints = ckpt.list_checkpoints(run_dir)
     if (run_dir / "final" / "model.safetensors").is_file() and not checkpoints:
+        record = read_record(run_dir) or {}
+        if any(key in given and given[key] != record.get(key) for key in LENGTH_FIELDS):
+            ckpt.resume_point(run_dir)  # a longer run asked of one without checkpoints: says --init-from
         raise _Finished(f"the run in {run_dir} is finished (final/, no checkpoints); nothing to do")
     if checkpoints or (run_dir / "final").exists():
         resumed = resume_config(given, names)
