@@ -63,7 +63,9 @@ class Split:
 
 
 def tagging_split(sentences: list[fdata.TaggedSentence], index: dict[str, int], tokenizer: Any,
-                   max_length: int, spec: WindowSpec | None, train_file: str) -> Split:
+                  max_length: int, spec: WindowSpec | None, train_file: str) -> Split:
+    """Each window a row whose targets are the tags (``index``) at the first sub-token of each word it holds;
+    a tag outside ``index`` is a DataError naming the sentence and ``train_file``."""
     split = Split()
     for s in sentences:
         unknown = [t for t in s.tags if t not in index]
@@ -118,7 +120,8 @@ def qa_split(examples: list[fdata.QAExample], tokenizer: Any, max_length: int, s
 
 
 def sequence_split(examples: list[fdata.SequenceExample], tokenizer: Any, max_length: int,
-                    spec: WindowSpec | None, encode_target: Callable[[Any, str], Any]) -> Split:
+                   spec: WindowSpec | None, encode_target: Callable[[Any, str], Any]) -> Split:
+    """Each example its rows (one per window), its target ``encode_target(label, where)`` and its gold label."""
     split = Split()
     split.rows, split.groups = sequence_rows(tokenizer, [(e.text, e.pair) for e in examples],
                                              [e.where for e in examples], max_length, spec)
