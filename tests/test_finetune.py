@@ -234,7 +234,7 @@ def test_precision_flag_is_checked_in_one_line(root, base, capsys):
 
 # ---- regression on an LTG-style encoder (gpt-bert) -----------------------------------------------------
 
-def test_regression_learns_on_gpt_bert(root):
+def test_regression_learns_on_gpt_bert(root, capsys):
     base = _base(root, "gpt-bert")
     rng = random.Random(2)
     files = []
@@ -251,6 +251,10 @@ def test_regression_learns_on_gpt_bert(root):
     pipe = masklm.load(root / "reg")
     values = [v["value"] for v in pipe.classify(["the cat sat on the mat", "good good good cat"])]
     assert values[0] < 0.5 < 2.0 < values[1]  # back in the targets' scale (-1 and 3.5)
+    assert main(["eval", "test", "--model", str(root / "reg"), "--data", str(files[1]), "--json"]) == 0
+    tested = json.loads(capsys.readouterr().out)  # the validation file: the best epoch's correlations
+    # batches of 32 here, 16 in fine-tuning: the same values up to float32 summation order
+    assert tested["pearson"] == approx(result["validation"]["pearson"], n=80) and tested["examples"] == 80
 
 
 # ---- tagging: CoNLL in, entities out -----------------------------------------------------------------
