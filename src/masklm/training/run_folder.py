@@ -4,13 +4,17 @@ The rule of the project: no command replaces what a user made unless told to. Be
 ``check_run_folder`` refuses, with one line that names the folder and the flag that would proceed:
 
 - an ``--out`` that is a file;
-- with ``--resume``: a folder without a usable checkpoint, a config or corpus other than the recorded one
-  (``run_record``), or a run that is already finished at its length;
+- with ``--resume``: a folder without a usable checkpoint (a run finished without checkpoints is pointed
+  to ``--init-from``), a config or corpus other than the recorded one (``run_record``), a run that is
+  already finished at its length, a ``--max-steps`` below the checkpoint's step, or another number of
+  processes than the checkpoint's (a step's rows and their order depend on it);
 - without it: a corpus path that does not exist or holds no text files (before a tokenizer is trained on
   it); a folder that holds anything (a run's checkpoints, a finished model, other files) unless
   ``--overwrite``, or one that is, holds or sits inside a folder the run reads (corpus, tokenizer,
   ``--init-from``). A ``data/`` folder of prepared shards alone is not a run (``masklm data prepare`` wrote
-  it for this run), and neither is the lock file of a run that is checking the folder right now.
+  it for this run), and neither is the lock file of a run that is checking the folder right now. A folder
+  whose record (``training_args.json``, written first by every new run) shows the start of a run stopped
+  before its first checkpoint is named as such, with ``--resume auto`` to start it again.
 
 The trainer (``training.trainer``) calls these; they read the folder and write nothing.
 """
