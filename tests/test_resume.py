@@ -605,6 +605,16 @@ def test_ends_and_edges_of_a_resume(tmp_path, toml, corpus, straight, capsys, mo
     refused(["train", "--out", str(out), "--resume", "--max-steps", "3"], capsys,
             "--max-steps 3 is below step 4, where step-4 stands")
 
+    odd = tmp_path / "odd"  # --save-every 3 of 4 steps: the last checkpoint is older than the final model
+    job = base_flags(toml, corpus) + ["--out", str(odd), "--save-every", "3", "--max-steps", "4"]
+    assert main(job) == 0
+    before = snapshot(odd / "final")
+    capsys.readouterr()
+    assert main(job + ["--resume", "auto"]) == 0  # finished: it is not trained again from step-3
+    assert "is finished (4 of 4 steps); nothing to do" in capsys.readouterr().err
+    refused(["train", "--out", str(odd), "--resume"], capsys, "is finished (4 of 4 steps)")
+    assert snapshot(odd / "final") == before and loss_steps(odd) == [1, 2, 3, 4]
+
 
 def test_a_bert_reads_no_further_than_the_rows_it_was_trained_on(tmp_path, toml, corpus, straight, capsys):
     """BERT's positions past its training rows were never trained: the final folder's tokenizer says how

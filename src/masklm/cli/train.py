@@ -164,7 +164,7 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
     # lazy: checking a TrainConfig imports torch, as in config_from_args
     from masklm.training import checkpoint as ckpt
     from masklm.training.config import TrainConfig
-    from masklm.training.run_folder import held_files, keeps_length
+    from masklm.training.run_folder import finished_at, held_files, keeps_length
     from masklm.training.run_record import (
         LENGTH_FIELDS,
         RECORD_FILE,
@@ -186,10 +186,9 @@ def _resume_or_start(given: dict, names: dict[str, str], where: str) -> TrainCon
     if checkpoints or (run_dir / "final").exists():
         resumed = resume_config(given, names)
         state = json.loads((ckpt.resume_point(run_dir, log=lambda _m: None) / "trainer_state.json").read_text())
-        if (run_dir / "final").exists() and keeps_length(resumed, state) and \
-                state["step"] >= state["schedule_total_steps"]:  # a requeued job that had ended: done, not failed
-            raise _Finished(f"the run in {run_dir} is finished ({state['step']} of {state['schedule_total_steps']} "
-                            "steps); nothing to do")
+        done, total = finished_at(run_dir, state["step"]), state["schedule_total_steps"]
+        if done is not None and keeps_length(resumed, state) and done >= total:  # a requeued job that had ended
+            raise _Finished(f"the run in {run_dir} is finished ({done} of {total} steps); nothing to do")
         return resumed
     record = read_record(run_dir) if held_files(run_dir) else None
     if record is None:  # nothing there (or prepared shards), or files no run of ours wrote: a new run's rules
@@ -207,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
     except _Finished as done:
-        print(f"masklm: {done}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+            print(f"masklm: {done}", file=sys.stderr)
         return 0
     try:
         train(cfg)

@@ -96,8 +96,23 @@ def keeps_length(cfg: TrainConfig, state: dict[str, Any]) -> bool:
     return all(saved.get(k) == getattr(cfg, k) for k in run_record.LENGTH_FIELDS)
 
 
+def finished_at(run_dir: Path, step: int) -> int | None:
+    """The step the run's final model was saved at (its ``training_args.json`` says; a checkpoint may be
+    older: --save-every need not divide the run's length), at least ``step``; None without a final model."""
+    final = run_dir / "final"
+    if not (final / "model.safetensors").is_file():
+        return None
+    try:
+        saved = json.loads((final / "training_args.json").read_text(encoding="utf-8")).get("steps")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    return max(step, saved if isinstance(saved, int) else 0)
+
+
 def refuse_finished(run_dir: Path, step: int, total: int) -> None:
-    """ConfigError when the run has its final model and ``step`` reaches ``total``: nothing is left to train."""
-    if step >= total and (run_dir / "final" / "model.safetensors").is_file():
-        raise ConfigError(f"the run in {run_dir} is finished ({step} of {total} steps); "
-                          f"pass --max-steps above {step} (or --epochs) to train it further")
+    """ConfigError when the run has its final model at ``total`` steps or more (``finished_at``, from the
+    checkpoint's ``step``): nothing is left to train."""
+    done = finished_at(run_dir, step)
+    if done is not None and done >= total:
+        raise ConfigError(f"the run in {run_dir} is finished ({done} of {total} steps); "
+                          f"pass --max-steps above {done} (or --epochs) to train it further")
