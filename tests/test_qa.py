@@ -201,6 +201,11 @@ def test_bad_qa_input_is_one_line(trained, capsys):
                  str(trained / "never"), "--null-threshold", "nan"])  # NaN would be stored as invalid JSON
     err = capsys.readouterr().err
     assert code == 2 and "--null-threshold must be a number" in err and not (trained / "never").exists()
+    code = main(["finetune", "--model", str(trained / "base"), "--task", "question-answering", "--train",
+                 str(trained / "train.jsonl"), "--validation", str(trained / "valid.jsonl"), "--out",
+                 str(trained / "never-empty"), "--epochs", "1", "--null-threshold", "inf"])
+    text = (trained / "never-empty" / "config.json").read_text()  # inf: never answer '', stored as JSON can
+    assert code == 0 and json.loads(text)["task"]["null_threshold"] is None and "Infinity" not in text
 
 
 def test_predict_refuses_a_nan_null_threshold(trained, finetuned, capsys):

@@ -98,8 +98,8 @@ class FinetuneArgs:
             raise ConfigError(f"--warmup is the share of the steps spent warming up, in [0, 1), got {self.warmup}")
         if not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.null_threshold is not None and math.isnan(self.null_threshold):
-            raise ConfigError("--null-threshold must be a number (inf: never answer ''), got nan")
+        if self.null_threshold is not None and (math.isnan(self.null_threshold) or self.null_threshold == -math.inf):
+            raise ConfigError(f"--null-threshold must be a number (inf: never answer ''), got {self.null_threshold}")
         if self.metric is not None and self.metric not in TASK_METRICS[self.task]:
             raise ConfigError(f"metric {self.metric!r} does not fit {self.task}; choose one of: "
                               f"{', '.join(TASK_METRICS[self.task])}")
@@ -130,6 +130,8 @@ def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[S
         threshold = args.null_threshold
         if threshold is None and any(not e.answers for e in train):
             threshold = 0.0
+        if threshold == math.inf:  # never answer '': what None means, and JSON has no Infinity
+            threshold = None
         task.update(labels=list(QA_LABELS), num_labels=2, max_answer_length=args.max_answer_length,
                     null_threshold=threshold)
         return (*(qa_split(x, tokenizer, max_length, spec) for x in (train, valid)), task)
