@@ -195,6 +195,10 @@ def test_classification_learns_and_serves(root, base, capsys):
     assert "other-labels.csv:3: label 'meh' is not one" in capsys.readouterr().err
     assert main(["eval", "test", "--model", str(base), "--data", str(valid)]) == 2
     assert "not a fine-tuned model" in capsys.readouterr().err
+    for strategy in ([], ["--strategy", "threshold"], ["--strategy", "autoregressive"]):  # no LM head: one line
+        assert main(["generate", "--model", str(out), "the cat", "--length", "4", *strategy]) == 2
+        err = capsys.readouterr().err
+        assert "fine-tuned classification model: it has no masked-LM head" in err and err.count("\n") == 1, err
 
 
 @pytest.fixture(scope="module")

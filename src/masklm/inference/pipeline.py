@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from masklm.errors import InputError
 from masklm.finetune.folder import load_folder
 from masklm.finetune.predict import answer, classify, tag
 from masklm.generation import CALL_FIELDS, GenerationConfig, generate
@@ -148,6 +149,9 @@ class Pipeline:
         model folder's ``training_args.json`` supplies ``objectives`` unless given. ``kwargs`` are
         ``template`` and the fields of ``masklm.generation.GenerationConfig``.
         """
+        if (task := getattr(self.model, "task", None)) is not None:  # before any strategy meets the missing head
+            raise InputError(f"this folder is a fine-tuned {task['type']} model: it has no masked-LM head, so it "
+                             "cannot generate text; generate with the pretrained folder it was fine-tuned from")
         template = kwargs.pop("template", None)
         kwargs.setdefault("strategy", None)  # None: picked from the objectives (docs/generation.md, "The default")
         config = GenerationConfig(**{"objectives": self.objectives, "max_length": self.max_length, **kwargs})
