@@ -386,7 +386,15 @@ def test_bad_input(root, base, capsys):
     unclosed = root / "unclosed.tsv"  # a quote never closed swallows the rest: named where it opened
     unclosed.write_text('text\tlabel\nthe cat\ta\n"the dog\tb\nthe cow\ta\n')
     err = _cli_error(capsys, base, root, "classification", unclosed)
-    assert "unclosed.tsv:3-4: 1 fields but the header has 2; a quote opened on line 3 may not be closed" in err
+    assert "unclosed.tsv:3-4: 1 field but the header has 2; a quote opened on line 3 may not be closed" in err
+    stray = root / "stray.csv"  # the same in the label column: the rows after it became one label
+    stray.write_text('text,label\nthe cat,a\nthe dog,"b\nthe cow,a\nthe hen,b\n')
+    err = _cli_error(capsys, base, root, "classification", stray)
+    assert "stray.csv:3-5: label 'label' runs over several lines" in err and "quote opened on line 3" in err
+    last = root / "last.csv"  # left open on the last line: one field holding the separator
+    last.write_text('text,label\nthe cat,a\n"the dog,b\n')
+    assert "last.csv:3: 1 field but the header has 2; a quote opened on line 3 may not be closed" in _cli_error(
+        capsys, base, root, "classification", last)
     empty = _write_jsonl(root / "empty.jsonl", [{"text": " ", "label": "a"}])
     assert "empty.jsonl:1: 'text' is empty" in _cli_error(capsys, base, root, "classification", empty)
     unseen = _write_jsonl(root / "unseen.jsonl", [{"text": "the cat", "label": "c"}])

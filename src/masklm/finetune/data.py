@@ -25,6 +25,7 @@ from typing import Any
 
 from masklm.data.corpus import jsonl_objects
 from masklm.errors import DataError
+from masklm.wording import counted
 
 SEQUENCE_FORMATS = (".csv", ".tsv", ".jsonl")
 _BIO = re.compile(r"^(O|[BI]-\S+)$")
@@ -79,7 +80,8 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any], int]]:
     reader = None
     try:
         with open(file, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            delimiter = "\t" if suffix == ".tsv" else ","
+            reader = csv.reader(f, delimiter=delimiter)
             header = next(reader, None)
             if not header:
                 raise DataError(f"{file} is empty; it needs a header row naming the columns, then data rows")
@@ -92,10 +94,11 @@ def _records(file: Path) -> Iterator[tuple[str, dict[str, Any], int]]:
                 where = f"{file}:{start}" if end == start else f"{file}:{start}-{end}"
                 if not row or all(not cell.strip() for cell in row):
                     continue
-                if len(row) != len(header):
-                    hint = (f"a quote opened on line {start} may not be closed" if end > start
+                if len(row) != len(header):  # a separator inside a field: quoting swallowed it, a quote left open
+                    unclosed = end > start or any(delimiter in cell for cell in row)
+                    hint = (f"a quote opened on line {start} may not be closed" if unclosed
                             else "quote fields that contain the separator")
-                    raise DataError(f"{where}: {len(row)} fields but the header has {len(header)}; {hint}")
+                    raise DataError(f"{where}: {counted(len(row), 'field')} but the header has {len(header)}; {hint}")
                 yield where, dict(zip(header, row)), end - start + 1
     except UnicodeDecodeError as exc:
         raise DataError(f"{file} is not UTF-8 text ({exc.reason}); re-save it as UTF-8") from None
@@ -150,6 +153,10 @@ def read_sequence_file(path: str | Path, text_column: str = "text", pair_column:
 
 
 def _class_label(raw: Any, column: str, where: str) -> str:
+    if isinstance(raw, str) and "\n" in raw.strip():  # no class name holds a line break: a quote left open
+        first = where.rsplit(":", 1)[1].split("-")[0]
+        raise DataError(f"{where}: label {column!r} runs over several lines ({raw[:40]!r}...); a quote opened on "
+                        f"line {first} may not be closed")
     if isinstance(raw, bool):
         return str(raw).lower()
     if isinstance(raw, (int, str)) and str(raw).strip():

@@ -162,7 +162,7 @@ def _load_splits(args: FinetuneArgs, tokenizer: Any, max_length: int) -> tuple[S
         def encode_target(y: Any, where: str) -> int:
             if y not in index:
                 raise DataError(f"{where}: label {y!r} does not occur in the training file {args.train}; "
-                                f"known labels: {', '.join(labels)}")
+                                f"known labels: {', '.join(map(repr, labels))}")
             return index[y]
     return (*(sequence_split(x, tokenizer, max_length, spec, encode_target) for x in (train, valid)), task)
 
