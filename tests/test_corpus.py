@@ -80,7 +80,8 @@ def test_a_jsonl_corpus_says_why_a_record_is_skipped_and_refuses_a_file_that_is_
     csv = tmp_path / "table.jsonl"  # a CSV under the wrong name: one line, not a warning per row
     csv.write_text("text,label\n" + "".join(f"row {i},a\n" for i in range(40)))
     with pytest.raises(DataError, match=r"table.jsonl: its first 20 lines are not JSON; .*\.txt file"):
-        read([str(csv)], CorpusStats())
+        read([str(csv)], stats := CorpusStats())
+    assert stats.warnings == []  # refused in one line: no skipped-record line before it
 
 
 def test_malformed_jsonl_records_are_counted_and_reported(tmp_path, caplog):

@@ -295,8 +295,10 @@ def _pieces(text: str, stats: CorpusStats) -> Iterator[str]:
 
 
 def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
-    """(line number, record) for each JSON object line; malformed lines are counted and logged."""
-    number, skipping, malformed = 0, False, 0
+    """(line number, record) for each JSON object line; malformed lines are counted and logged. While every
+    line so far is malformed their skips wait (``pending``): at ``NOT_JSONL_LINES`` of them the file is
+    refused in one line instead (a CSV or plain text named .jsonl), with nothing logged before it."""
+    number, skipping, pending = 0, False, []
     for raw in _lines(path, MAX_RECORD_BYTES):
         if skipping or not raw.endswith(b"\n") and len(raw) == MAX_RECORD_BYTES:
             # a record longer than MAX_RECORD_BYTES: counted and passed over without being held whole
@@ -313,12 +315,17 @@ def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            stats.skip("malformed_json", f"{path}:{number}")
-            malformed += 1
-            if malformed == number == NOT_JSONL_LINES:  # a CSV or plain text named .jsonl: say so once
+            if pending is None:
+                stats.skip("malformed_json", f"{path}:{number}")
+                continue
+            pending.append(f"{path}:{number}")
+            if len(pending) == NOT_JSONL_LINES:
                 raise DataError(f"{path}: its first {NOT_JSONL_LINES} lines are not JSON; a .jsonl corpus holds one "
                                 '{"text": ...} object per line (plain text belongs in a .txt file)') from None
             continue
+        for where in pending or ():  # a JSON line: the malformed ones before it were records gone wrong
+            stats.skip("malformed_json", where)
+        pending = None
         if not isinstance(record, dict):
             stats.skip("not_an_object", f"{path}:{number}")
         elif "text" not in record:
@@ -327,6 +334,8 @@ def _iter_records(path: Path, stats: CorpusStats) -> Iterator[tuple[int, dict]]:
             stats.skip("text_not_a_string", f"{path}:{number}")
         else:
             yield number, record
+    for where in pending or ():
+        stats.skip("malformed_json", where)
 
 
 def jsonl_objects(file: Path, expected: str = "a JSON object") -> Iterator[tuple[str, dict]]:
