@@ -193,3 +193,12 @@ def test_fine_tuned_folders_are_loaded_above_modeldir(tmp_path, saved):
     tree = ast.parse(Path(modeldir.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if m.startswith(("masklm.finetune", "masklm.hf.ltg_import", "masklm.inference"))}
+
+
+def test_a_folder_never_says_a_longer_input_than_its_positions(tmp_path, model, tokenizer):
+    """A tokenizer that allows 512 tokens beside a model with 64 positions: the folder says 64, where Hugging
+    Face's tokenizer truncates (a longer input crashed transformers' pipeline)."""
+    assert tokenizer.model_max_length > model.config.max_position_embeddings == 64
+    folder = save_model_dir(tmp_path / "m", model, tokenizer)
+    assert json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"] == 64
+    assert tokenizer.model_max_length > 64  # the caller's tokenizer is left as it was

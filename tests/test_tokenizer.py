@@ -165,6 +165,9 @@ def test_cli_tokenizer_train(cli, capsys, tmp_path, documents):
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "100",
                 "--json", "--overwrite"]) == 0
     summary = json.loads(capsys.readouterr().out)  # WordPiece reads the corpus twice; counted once
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok0"), "--model-max-length",
+                "0"]) == 2 and not (tmp_path / "tok0").exists()
+    assert "--model-max-length must be >= 1" in capsys.readouterr().err
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path), "--vocab-size", "100",
                 "--overwrite"]) == 2  # never into the folder of the corpus it reads
     assert f"would replace {corpus}, which this command reads" in capsys.readouterr().err

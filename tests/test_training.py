@@ -519,3 +519,13 @@ def test_a_held_out_share_far_above_the_fraction_is_said():
     assert heldout_share_note(2, 98, 0.02) is None and heldout_share_note(8, 92, 0.02) is None  # near enough
     note = heldout_share_note(1769, 3039, 0.02)  # one large document held out whole
     assert note.startswith("the held-out rows are 37% of the corpus's rows, against --heldout-fraction 0.02")
+
+
+def test_the_final_tokenizer_says_how_far_the_model_reads():
+    from masklm.training.config import TrainConfig
+
+    cfg = TrainConfig(seq_len=128)
+    assert cfg.rows_read(512, 512, "bert") == 128  # absolute positions: the rows it was trained on
+    assert cfg.rows_read(512, 512, "gpt-bert") == cfg.rows_read(512, 512, "ltg-bert") == 512  # relative ones
+    longer = TrainConfig(seq_len=64, init_from="base/final")
+    assert longer.rows_read(256, 512, "bert") == 256 and longer.rows_read(1024, 512, "bert") == 512

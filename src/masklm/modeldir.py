@@ -87,6 +87,9 @@ def write_model_dir(
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise ModelDirError(f"{out} exists and is not a folder; choose another output path or remove it")
+    positions = config_json.get("max_position_embeddings")
+    if isinstance(positions, int) and tokenizer.model_max_length > positions:  # no input past the positions
+        tokenizer = tokenizer.with_max_length(positions)  # (Hugging Face's tokenizer truncates at it)
     with atomic_dir(out) as tmp:
         _write_json(tmp / CONFIG_FILE, config_json)
         # "format": "pt" is what transformers checks before trusting a safetensors file

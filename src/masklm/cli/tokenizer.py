@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from masklm.errors import ConfigError
 from masklm.files import check_out
 
 
@@ -105,6 +106,8 @@ def run_train(args: argparse.Namespace) -> int:
     # lazy: tokenizers load only when this command runs
     from masklm.tokenizer import heldout_coverage, train_tokenizer, vocab_shortfall
 
+    if args.model_max_length < 1:
+        raise ConfigError(f"--model-max-length must be >= 1 token, got {args.model_max_length}")
     documents = _Documents(args)
     check_out(args.out, overwrite=args.overwrite, sources=_read(args))  # a model folder's tokenizer stays unless asked
     print(f"training {args.kind} tokenizer (vocab {args.vocab_size}) on {' '.join(args.corpus)}", file=sys.stderr)

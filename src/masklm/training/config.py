@@ -199,11 +199,14 @@ class TrainConfig:
         """The longest rows the run reads (the last phase of a sequence-length schedule)."""
         return self.seq_lengths().max_seq_len
 
-    def rows_read(self, init_length: int, positions: int) -> int:
-        """The longest rows the model has read: this run's, or with ``init_from`` that folder's if longer
-        (``init_length``, its tokenizer's model_max_length), within its ``positions``. The final folder's
-        tokenizer says it, so Hugging Face's tokenizer truncates there and masklm reads a BERT no further
-        (``inference.batching.max_input_length``)."""
+    def rows_read(self, init_length: int, positions: int, arch: str) -> int:
+        """The model_max_length of the final folder's tokenizer, which Hugging Face's tokenizer truncates at
+        and masklm reads to (``inference.batching.max_input_length``): for a BERT (absolute positions) the
+        longest rows it has read, this run's or with ``init_from`` that folder's if longer (``init_length``,
+        its tokenizer's), within its ``positions``; LTG-BERT and GPT-BERT read relative positions, so all
+        ``positions``."""
+        if arch != "bert":
+            return positions
         return min(max(self.max_seq_len, init_length if self.init_from else 0), positions)
 
     # ---- what the fields build ------------------------------------------------------------------

@@ -291,7 +291,8 @@ class Trainer:
         if self.info.is_main:
             args = self.cfg.to_dict() | {"objectives": list(self.objectives.names), "steps": self.total,
                                          "tokens_seen": self.tokens_seen}
-            read = self.cfg.rows_read(self.tok.model_max_length, self.model.config.max_position_embeddings)
+            read = self.cfg.rows_read(self.tok.model_max_length, self.model.config.max_position_embeddings,
+                                      self.model.config.arch)
             save_model_dir(self.run_dir / "final", self.model, self.tok.with_max_length(read), training_args=args)
             plot_metrics(self.metrics.path, self.run_dir / "loss.png")
             if final_eval:
