@@ -66,7 +66,7 @@ def test_unknown_tokens_are_counted_and_a_corpus_the_tokenizer_cannot_spell_is_r
     assert manifest["num_unknown_tokens"] == unknown >= 30  # six words a document, each one [UNK]
     rate = unknown / manifest["num_tokens"]
     assert f"{rate:.2%} [UNK]" in messages[-2]
-    assert messages[-1].startswith(f"the corpus {foreign}: {rate:.1%} of its {manifest['num_tokens']} tokens are "
+    assert messages[-1].startswith(f"the corpus {foreign}: {rate:.1%} of its {manifest['num_tokens']:,} tokens are "
                                    "[UNK]") and "masklm tokenizer train" in messages[-1]
 
 

@@ -447,7 +447,7 @@ def unknown_note(unknown: int, tokens: int, what: str) -> str | None:
     rate = unknown / max(tokens, 1)
     if rate <= UNKNOWN_ADVICE_RATE:
         return None
-    return (f"{what}: {rate:.1%} of its {tokens} tokens are [UNK] (characters the tokenizer lacks; the words "
+    return (f"{what}: {rate:.1%} of its {tokens:,} tokens are [UNK] (characters the tokenizer lacks; the words "
             "holding them are lost to the model); a tokenizer trained on such text reads them (masklm tokenizer "
             "train; --tokenizer-kind bpe spells every character), with a model trained on it")
 

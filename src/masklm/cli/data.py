@@ -7,6 +7,7 @@ import json
 import sys
 
 from masklm.errors import ConfigError
+from masklm.wording import counted
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +44,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest, indent=2))
     else:
-        print(f"{args.out}  ({manifest['num_documents']} documents, {manifest['num_tokens']} tokens, "
+        print(f"{args.out}  ({counted(manifest['num_documents'], 'document')}, {counted(manifest['num_tokens'], 'token')}, "
               f"{manifest['dtype']})")
     return 0

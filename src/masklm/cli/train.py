@@ -147,7 +147,7 @@ def _from_init(given: dict, names: dict[str, str]) -> dict:
     clash = [names[key] for key in FROM_INIT if key in given]
     if clash:
         raise ConfigError(f"{names['init_from']} {given['init_from']} starts from that folder's model and tokenizer; "
-                          f"leave out {', '.join(clash)} (they would be ignored)")
+                          f"leave out {', '.join(clash)} ({'it' if len(clash) == 1 else 'they'} would be ignored)")
     return given | {"arch": read_config(given["init_from"]).get("arch", "bert")}
 
 

@@ -271,7 +271,8 @@ def prepare_shards(
         raise DataError(f"--out {out_dir} is a file; choose a folder for the shards")
     manifest = _up_to_date(out_dir, fingerprint, described, overwrite, log)
     if manifest is not None:
-        log(f"{out_dir}: up to date ({manifest['num_documents']} documents, {manifest['num_tokens']} tokens)")
+        log(f"{out_dir}: up to date ({counted(manifest['num_documents'], 'document')}, "
+            f"{counted(manifest['num_tokens'], 'token')})")
         return manifest
     if out_dir.exists() and any(out_dir.iterdir()):
         if not is_shard_folder(out_dir):

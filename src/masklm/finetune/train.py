@@ -48,6 +48,7 @@ from masklm.training.distributed import pick_device
 from masklm.training.optim import build_optimizer, set_lr
 from masklm.training.precision import MixedPrecision, check_precision, enable_tf32
 from masklm.training.progress import build_lr_schedule
+from masklm.wording import counted
 
 
 @dataclass
@@ -207,9 +208,9 @@ def _stderr(message: str) -> None:
 def _describe(args: FinetuneArgs, model_dir: str | Path, train: Split, valid: Split, task: dict[str, Any],
               steps: int, metric: str, unk_id: int) -> list[str]:
     """The lines ``finetune`` logs before training: the data, the windows, the plan."""
-    lines = [f"fine-tuning {model_dir} for {args.task}: {len(train.groups)} training and {len(valid.groups)} "
-             f"validation examples, {task['num_labels']} output(s), {args.epochs} epochs of {steps} steps; "
-             f"early stopping on validation {metric}"]
+    lines = [f"fine-tuning {model_dir} for {args.task}: {counted(len(train.groups), 'training example')} and "
+             f"{counted(len(valid.groups), 'validation example')}, {counted(task['num_labels'], 'output')}, "
+             f"{counted(args.epochs, 'epoch')} of {counted(steps, 'step')}; early stopping on validation {metric}"]
     for split, file in ((train, args.train), (valid, args.validation)):
         lines.extend(split.notes(file, unk_id))
     if "windows" in task:
