@@ -576,3 +576,6 @@ def test_export_hf_of_a_mean_pooled_head_warns_that_only_the_encoder_loads(root,
     err = capsys.readouterr().err
     assert "pools the mean of the tokens, which no transformers class does" in err and err.count("\n") == 1
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["BertModel"]
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if k.startswith("head.")]  # the encoder alone: nothing left unexpected

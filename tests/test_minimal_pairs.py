@@ -156,6 +156,10 @@ def test_cli(model_dir, pipe, tmp_path, capsys):
     assert "1 pair holds [UNK] tokens" in text and "(1 pair without a field: in no row above)" in text
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"sentence_good": "a", "sentence_bad": "b"}) + "\n" +
-                    json.dumps({"sentence_good": "x", "sentence_bad": " ".join(["the"] * 600)}) + "\n")
+                    json.dumps({"sentence_good": "a", "sentence_bad": " ".join(["the"] * 600)}) + "\n")
     assert main(["eval", "minimal-pairs", "--model", str(model_dir), "--data", str(long)]) == 2
     assert f"{long}:2: sentence_bad is 602 tokens long, more than the model's maximum" in capsys.readouterr().err
+    long.write_text(json.dumps({"sentence_good": "a", "sentence_bad": "b"}) + "\n" +
+                    json.dumps({"sentence_good": "中文", "sentence_bad": "b"}) + "\n")
+    assert main(["eval", "minimal-pairs", "--model", str(model_dir), "--data", str(long)]) == 2
+    assert f"{long}:2: sentence_good '中文' is all [UNK] to this tokenizer" in capsys.readouterr().err

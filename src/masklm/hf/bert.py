@@ -220,7 +220,7 @@ def _hf_head(data: dict[str, Any], state: dict[str, torch.Tensor], where: str) -
         log.warning(f"{where}: its {kind} head pools the mean of the tokens, which no transformers class does "
                     "(BertForSequenceClassification reads [CLS] through its pooler), so the export loads as a "
                     "BertModel, the encoder alone; fine-tune with --pooling cls for a head transformers loads")
-        return state
+        return {name: t for name, t in state.items() if not name.startswith("head.")}  # no tensor it cannot place
     cls_name, names = _HF_HEADS[kind]
     renamed = {}
     for name, tensor in state.items():

@@ -112,11 +112,16 @@ def evaluate(pipe, pairs: list[Pair], metric: str | None = None, reduction: str 
     # Each distinct sentence once, all in one call so the copies of all of them share batches.
     unique = list(dict.fromkeys(s for p in pairs for s in (p.good, p.bad)))
     encoded = dict(zip(unique, pipe.tokenizer.encode_batch(unique)))
-    for p in pairs:  # a sentence too long for the model, named by its file and line (nothing is truncated)
+    special, unk = set(pipe.tokenizer.special_ids) - {pipe.tokenizer.unk_id}, pipe.tokenizer.unk_id
+    for p in pairs:  # what no score can be given for, named by its file and line (nothing is truncated)
         for key, text in (("sentence_good", p.good), ("sentence_bad", p.bad)):
-            if len(encoded[text].ids) > pipe.max_length:
-                raise DataError(f"{p.where}: {key} is {len(encoded[text].ids)} tokens long, more than the model's "
+            ids = encoded[text].ids
+            if len(ids) > pipe.max_length:
+                raise DataError(f"{p.where}: {key} is {len(ids)} tokens long, more than the model's "
                                 f"maximum of {pipe.max_length}; shorten it or leave the pair out")
+            if all(t == unk for t in ids if t not in special):
+                raise DataError(f"{p.where}: {key} {text[:40]!r} is all [UNK] to this tokenizer (text it cannot "
+                                "spell): nothing in it can be scored; leave the pair out")
     unknown = {text: enc.ids.count(pipe.tokenizer.unk_id) for text, enc in encoded.items()}
     scores = dict(zip(unique, score_sentences(pipe.model, pipe.tokenizer, unique, metric, reduction,
                                               batch_tokens=batch_tokens, max_length=pipe.max_length)))
