@@ -241,3 +241,14 @@ def test_cli_json_and_errors(model_dirs, capsys):
         assert main(["generate", "--model", str(hybrid), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("masklm: error:") and "\n" not in err
+
+
+def test_cli_says_when_num_samples_gives_one_text_n_times(model_dirs, capsys):
+    _, hybrid, _ = model_dirs
+    assert main(["generate", "--model", str(hybrid), "--template", "the [MASK]*3 sat", "--num-samples", "3"]) == 0
+    captured = capsys.readouterr()  # confidence at temperature 0: the same text three times, and said why
+    assert len(set(captured.out.splitlines())) == 1 and "the 3 samples of each input are the same text" in captured.err
+    assert main(["generate", "--model", str(hybrid), "--template", "the [MASK]*3 sat", "--num-samples", "3",
+                 "--temperature", "1", "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert len(set(captured.out.splitlines())) > 1 and "same text" not in captured.err

@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     first = results[0]
     if first["why"]:
         print(f"masklm: strategy {first['strategy']} ({first['why']}; --strategy chooses another)", file=sys.stderr)
+    n = args.num_samples
+    if n > 1 and all(len({r["text"] for r in results[i:i + n]}) == 1 for i in range(0, len(results), n)):
+        print(f"masklm: the {n} samples of each input are the same text: {first['strategy']} picks the likeliest "
+              "tokens at temperature 0 (its default); --temperature 1 samples", file=sys.stderr)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
         return 0
