@@ -252,3 +252,20 @@ def test_cli_says_when_num_samples_gives_one_text_n_times(model_dirs, capsys):
                  "--temperature", "1", "--seed", "0"]) == 0
     captured = capsys.readouterr()
     assert len(set(captured.out.splitlines())) > 1 and "same text" not in captured.err
+
+
+@pytest.mark.parametrize("strategy", ["mask-predict", "confidence", "diffusion", "threshold"])
+def test_ids_past_the_tokenizer_are_never_emitted(tok, strategy):
+    """A model whose embedding table is padded past the tokenizer (as imported BERTs can be): those ids have
+    no text, so no strategy emits them, even when the model favours them."""
+    from masklm.config import ModelConfig
+    from masklm.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("bert", "tiny", vocab_size=tok.vocab_size + 8,
+                                                max_position_embeddings=128)).eval()
+    with torch.no_grad():
+        model.cls.predictions.bias[tok.vocab_size:] = 50.0  # the padded rows win every argmax
+    out = generate(model, tok, "the river", strategy=strategy, length=6, seed=0)
+    ids = [i for r in out["results"] for i in r["token_ids"]]
+    assert ids and max(ids) < tok.vocab_size

@@ -198,3 +198,19 @@ def test_export_and_import_never_replace_a_folder_without_overwrite(tmp_path, to
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == files
     assert cli(["export-hf", "--model", str(folder), "--out", str(project), "--overwrite"]) == 0
     assert (project / "config.json").is_file() and not (project / "notes.txt").exists()
+
+
+def test_import_hf_of_a_padded_vocabulary_warns(tmp_path, tokenizer, cli, capsys):
+    """A BERT whose embedding table is larger than its tokenizer (padded, as some published models are): the
+    ids past the tokenizer have no text, and the import says so."""
+    torch.manual_seed(3)
+    config = hf_config(tokenizer)
+    config.vocab_size = tokenizer.vocab_size + 6
+    src = tmp_path / "padded"
+    transformers.BertForMaskedLM(config).save_pretrained(src)
+    tokenizer.save(src)
+    capsys.readouterr()
+    assert cli(["import-hf", "--from", str(src), "--out", str(tmp_path / "ours")]) == 0
+    err = capsys.readouterr().err
+    assert f"vocab_size {tokenizer.vocab_size + 6} is above its tokenizer's {tokenizer.vocab_size}" in err
+    assert "generation never emits them" in err

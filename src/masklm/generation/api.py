@@ -95,6 +95,7 @@ def generate(model: torch.nn.Module, tokenizer, prompt: str | None | Sequence[st
     banned = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
     banned[[i for i in tokenizer.special_ids
             if i < banned.numel() and not (config.stop_at_sep and i == tokenizer.sep_id)]] = True
+    banned[tokenizer.vocab_size:] = True  # rows of a padded embedding table (imported models): no text
     causal = config.strategy in ("autoregressive", "speculative")
     shift = 1 if causal else TrainedAs.from_names(config.objectives).mask_shift
     net = Network(model, shift, banned, trace=config.trace, repetition_penalty=config.repetition_penalty,

@@ -143,6 +143,10 @@ def import_bert(src: str | Path, out: str | Path) -> tuple[Path, list[str]]:
             f"{folder} has no MLM head (a bare encoder); the head is freshly initialised, "
             "so fine-tune or pretrain before using fill-mask"
         )
+    if config.vocab_size > tokenizer.vocab_size:  # a padded embedding table, or a tokenizer short of the model
+        warnings.append(f"{folder}: config.json's vocab_size {config.vocab_size} is above its tokenizer's "
+                        f"{tokenizer.vocab_size}; the {config.vocab_size - tokenizer.vocab_size} ids past the tokenizer "
+                        "have no text: generation never emits them, fill-mask may list them with an empty token_str")
     check_state_dict(state, model.state_dict(), where=str(folder))
     model.load_state_dict(state, strict=True)
     for message in warnings:
