@@ -168,6 +168,10 @@ def test_cli_tokenizer_train(cli, capsys, tmp_path, documents):
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok0"), "--model-max-length",
                 "0"]) == 2 and not (tmp_path / "tok0").exists()
     assert "--model-max-length must be >= 1" in capsys.readouterr().err
+    assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path / "tok0"), "--vocab-size",
+                "0"]) == 2  # one line: refused before "training a tokenizer" is said
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vocab_size 0 is too small" in err
     assert cli(["tokenizer", "train", "--corpus", str(corpus), "--out", str(tmp_path), "--vocab-size", "100",
                 "--overwrite"]) == 2  # never into the folder of the corpus it reads
     assert f"would replace {corpus}, which this command reads" in capsys.readouterr().err

@@ -298,6 +298,17 @@ def vocab_shortfall(tokenizer: Tokenizer, asked: int, min_frequency: int | None 
             f"more pieces that occur often enough ({fix} gives more)")
 
 
+def check_tokenizer_settings(kind: str, vocab_size: int, min_frequency: int) -> None:
+    """ConfigError (one line) for settings ``train_tokenizer`` cannot train with, before any text is read."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; use one of {', '.join(KINDS)}")
+    floor = len(SPECIAL_TOKENS) + (256 if kind == "bpe" else 1)
+    if vocab_size < floor:
+        raise ConfigError(f"vocab_size {vocab_size} is too small for {kind}; use at least {floor}")
+    if min_frequency < 1:
+        raise ConfigError(f"min_frequency must be >= 1 (got {min_frequency})")
+
+
 def train_tokenizer(
     texts: Iterable[str] | Callable[[], Iterable[str]],
     kind: str = "wordpiece",
@@ -310,13 +321,7 @@ def train_tokenizer(
     ``texts`` is a list of texts, or a function that returns a fresh stream of them (so a corpus is never
     held in memory: WordPiece reads it twice). Another one-shot iterable is read into a list first.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"unknown tokenizer kind {kind!r}; use one of {', '.join(KINDS)}")
-    floor = len(SPECIAL_TOKENS) + (256 if kind == "bpe" else 1)
-    if vocab_size < floor:
-        raise ConfigError(f"vocab_size {vocab_size} is too small for {kind}; use at least {floor}")
-    if min_frequency < 1:
-        raise ConfigError(f"min_frequency must be >= 1 (got {min_frequency})")
+    check_tokenizer_settings(kind, vocab_size, min_frequency)
     if not callable(texts):
         texts = texts if isinstance(texts, (list, tuple)) else list(texts)
         stream = lambda: texts  # noqa: E731 - the same list each pass

@@ -104,10 +104,11 @@ def _read(args: argparse.Namespace) -> tuple[str, ...]:
 
 def run_train(args: argparse.Namespace) -> int:
     # lazy: tokenizers load only when this command runs
-    from masklm.tokenizer import heldout_coverage, train_tokenizer, vocab_shortfall
+    from masklm.tokenizer import check_tokenizer_settings, heldout_coverage, train_tokenizer, vocab_shortfall
 
     if args.model_max_length < 1:
         raise ConfigError(f"--model-max-length must be >= 1 token, got {args.model_max_length}")
+    check_tokenizer_settings(args.kind, args.vocab_size, args.min_frequency)  # before the line saying it starts
     documents = _Documents(args)
     check_out(args.out, overwrite=args.overwrite, sources=_read(args))  # a model folder's tokenizer stays unless asked
     print(f"training {args.kind} tokenizer (vocab {args.vocab_size}) on {' '.join(args.corpus)}", file=sys.stderr)

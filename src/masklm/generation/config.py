@@ -111,10 +111,10 @@ class GenerationConfig:
             raise InputError(f"unknown commit rule {self.commit!r}; choose one of: {', '.join(COMMITS)}")
         if self.length_beam < 1:
             raise InputError(f"length_beam must be >= 1, got {self.length_beam}")
-        if self.block_length is not None and (self.strategy not in ("confidence", "threshold", None)
-                                              or self.block_length < 1):
-            raise InputError(f"block_length (>= 1) works with strategy confidence or threshold only, got "
-                             f"{self.block_length} with {self.strategy}")
+        if self.block_length is not None and self.strategy not in ("confidence", "threshold", None):
+            raise InputError(f"block_length works with strategy confidence or threshold only, not {self.strategy}")
+        if self.block_length is not None and self.block_length < 1:
+            raise InputError(f"block_length must be >= 1 (tokens per block), got {self.block_length}")
         if self.steps is not None:
             _whole("steps", self.steps)
         self._check_new_fields()
@@ -131,7 +131,7 @@ class GenerationConfig:
         penalty = self.repetition_penalty
         if penalty is not None and (isinstance(penalty, bool) or not isinstance(penalty, (int, float))
                                     or not (0.0 < penalty and math.isfinite(penalty))):
-            raise InputError(f"repetition_penalty must be a number > 0 (1 = none, above 1 discourages repeats), "
+            raise InputError(f"repetition_penalty must be a finite number > 0 (1 = none, above 1 discourages repeats), "
                              f"got {penalty!r}")
         if self.strategy in STEPLESS and self.steps is not None:
             raise InputError(f"steps does not apply to strategy {self.strategy}: it decides per call how many "
