@@ -34,6 +34,7 @@ def test_demo_beats_unigram_baseline(tmp_path, capsys):
     assert (out / "final" / "model.safetensors").is_file() and (out / "loss.png").is_file()
     # a second demo into the same non-empty folder is refused instead of mixing runs
     assert main(["demo", "--out", str(out), "--minutes", "0.1"]) == 2
+    assert "pass another --out, or --overwrite to replace it" in capsys.readouterr().err
 
 
 def test_demo_refuses_an_unknown_precision_in_one_line_before_writing(tmp_path, capsys):
@@ -52,3 +53,25 @@ def test_demo_trains_in_the_precision_it_is_given(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--max-steps", "10", "--precision", "bf16", "--no-progress"]) == 0
     args = json.loads((out / "training_args.json").read_text(encoding="utf-8"))
     assert args["precision"] == "bf16" and "held-out masked-token accuracy" in capsys.readouterr().out
+
+
+def test_demo_stopped_early_leaves_no_folder_it_made(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the demo's training: the folder it made holds nothing worth resuming, so it goes, and a
+    rerun starts cleanly; a folder that was there before is kept."""
+    from masklm.training.trainer import Trainer
+
+    def interrupted(self, step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--max-steps", "5", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"removed {out}, which it had made" in err and "or 5 steps, whichever comes first" in err
+    assert not out.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["demo", "--out", str(mine), "--max-steps", "5", "--no-progress"]) == 130
+    assert mine.is_dir() and "removed" not in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "x"), "--minutes", "nan"]) == 2
+    assert "--minutes must be a number > 0, got nan" in capsys.readouterr().err

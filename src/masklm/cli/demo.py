@@ -9,6 +9,8 @@ parallel. An MLM-only model could not generate usable text (issue #13).
 from __future__ import annotations
 
 import argparse
+import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ PROMPT = "And God said,"
 # Held-out rows are few (2% of the documents, about 2,500 masked tokens per masking: +-0.9 points of standard
 # error); the accuracy printed pools this many different 15% maskings of them.
 MASKINGS = 5
+MAX_STEPS = 100_000  # the default: the time budget ends the run first
 
 EXAMPLES = [
     "In the beginning God created the [MASK] and the earth.",
@@ -41,12 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="masklm-demo", help="run folder (default ./masklm-demo)")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default 3)")
     p.add_argument("--corpus", default="kjv", help="built-in corpus or path (default kjv)")
-    p.add_argument("--max-steps", type=int, default=100_000,
+    p.add_argument("--max-steps", type=int, default=MAX_STEPS,
                    help="stop after this many steps even if time is left (for reproducible short runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="fp32",
                    help="fp32 (default), bf16 or fp16, as in masklm train; bf16 trains faster on a CPU with AMX")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (as masklm train does)")
     p.set_defaults(func=run)
 
 
@@ -55,16 +59,26 @@ def run(args: argparse.Namespace) -> int:
     from masklm.inference.pipeline import load
     from masklm.training.trainer import train
 
-    if args.minutes <= 0:
-        raise ConfigError(f"--minutes must be > 0, got {args.minutes}")
+    if not 0 < args.minutes < math.inf:
+        raise ConfigError(f"--minutes must be a number > 0, got {args.minutes}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} already exists and is not empty; pass another --out or remove it")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ConfigError(f"{out} already exists and is not empty; pass another --out, or --overwrite to replace it")
     cfg = demo_config(out, args.corpus, args.minutes, args.max_steps, args.seed, progress=not args.no_progress,
                       precision=args.precision)  # TrainConfig checks the fields, before anything is written
-    print(f"masklm demo: training a tiny GPT-BERT hybrid ({OBJECTIVE}) on {args.corpus!r} for about "
-          f"{args.minutes:g} min (run folder {out})", file=sys.stderr)
-    train(cfg)
+    cfg.overwrite = args.overwrite
+    budget = f"{args.minutes:g} min" + (f" or {args.max_steps:,} steps, whichever comes first"
+                                        if args.max_steps != MAX_STEPS else "")
+    print(f"masklm demo: training a tiny GPT-BERT hybrid ({OBJECTIVE}) on {args.corpus!r} for about {budget} "
+          f"(run folder {out})", file=sys.stderr)
+    made = not out.exists()
+    try:
+        train(cfg)
+    except KeyboardInterrupt:  # a demo stopped early keeps nothing worth resuming: leave no folder it made
+        if made and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"masklm demo: removed {out}, which it had made", file=sys.stderr)
+        raise
 
     pipe = load(out / "final")
     show_fill_mask(pipe)
