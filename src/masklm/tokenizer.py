@@ -454,7 +454,8 @@ def unknown_note(unknown: int, tokens: int, what: str) -> str | None:
         return None
     return (f"{what}: {rate:.1%} of its {tokens:,} tokens are [UNK] (characters the tokenizer lacks; the words "
             "holding them are lost to the model); a tokenizer trained on such text reads them (masklm tokenizer "
-            "train; --tokenizer-kind bpe spells every character), with a model trained on it")
+            "train --kind bpe, or masklm train --tokenizer-kind bpe: byte-level BPE spells every character), "
+            "with a model trained on it")
 
 
 def unknown_counts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
