@@ -269,3 +269,26 @@ def test_ids_past_the_tokenizer_are_never_emitted(tok, strategy):
     out = generate(model, tok, "the river", strategy=strategy, length=6, seed=0)
     ids = [i for r in out["results"] for i in r["token_ids"]]
     assert ids and max(ids) < tok.vocab_size
+
+
+def test_cli_refuses_a_flag_the_strategy_never_reads(model_dirs, capsys):
+    """--threshold with mask-predict, --draft-length with the default picked for an MLM model, and the like
+    were accepted and ignored; each is one line naming the flag and the strategies that read it."""
+    _, hybrid, _ = model_dirs
+    cases = [(["--strategy", "mask-predict", "--threshold", "0.5"], "--threshold is for threshold, not mask-predict"),
+             (["--strategy", "diffusion", "--commit", "margin"], "--commit is for confidence, not diffusion"),
+             (["--strategy", "mask-predict", "--no-cache"], "--no-cache is for autoregressive and diffusion and "
+                                                           "threshold, not mask-predict"),
+             (["--strategy", "threshold", "--choice-temperature", "2"], "--choice-temperature is for confidence"),
+             (["--draft-length", "2", "--template", "the [MASK] sat"], "--draft-length is for speculative, not "
+                                                                        "confidence; leave it out (or pass --strategy)")]
+    for extra, message in cases:
+        prompt = [] if "--template" in extra else ["the river"]
+        code = main(["generate", "--model", str(hybrid), *prompt, "--length", "4", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+    assert main(["generate", "--model", str(hybrid), "the river", "--length", "4", "--strategy", "confidence",
+                 "--choice-temperature", "-1"]) == 2
+    assert "choice_temperature must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["generate", "--model", str(hybrid), "the river", "--length", "4", "--strategy", "threshold",
+                 "--threshold", "0.5", "--no-cache", "--block-length", "2"]) == 0  # what threshold reads

@@ -128,6 +128,10 @@ class GenerationConfig:
             _whole("draft_length", self.draft_length)
         if self.no_repeat_ngram_size is not None:
             _whole("no_repeat_ngram_size", self.no_repeat_ngram_size)
+        choice = self.choice_temperature
+        if isinstance(choice, bool) or not isinstance(choice, (int, float)) or not 0.0 <= choice < math.inf:
+            raise InputError(f"choice_temperature must be a finite number >= 0 (0: no noise on the ranking), got "
+                             f"{choice!r}")
         penalty = self.repetition_penalty
         if penalty is not None and (isinstance(penalty, bool) or not isinstance(penalty, (int, float))
                                     or not (0.0 < penalty and math.isfinite(penalty))):
