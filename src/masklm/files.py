@@ -72,6 +72,15 @@ def sha256_file(path: Path) -> str:
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
 
 
+def known_sha256(path: Path) -> str:
+    """``sha256_file``, read once per process while the file is unchanged (``_DIGESTS``)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
 def file_record(path: Path) -> dict[str, int | str]:
     """What a folder's checksum list records of one of its files: ``{"bytes", "sha256", "mtime_ns"}``."""
     st = path.stat()
@@ -89,10 +98,7 @@ def check_record(path: Path, record: dict, error: type[MaskLMError], fix: str, *
         raise error(f"{path} is {st.st_size} bytes, but {record['bytes']} were written; {fix}")
     if trust_mtime and record.get("mtime_ns") == st.st_mtime_ns:
         return
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = sha256_file(path)
-    if _DIGESTS[key] != record["sha256"]:
+    if known_sha256(path) != record["sha256"]:
         raise error(f"{path} does not match its checksum (it changed or was damaged after it was written); {fix}")
 
 
