@@ -79,23 +79,11 @@ class FillMask:
         return results
 
     def _target_ids(self, targets: str | list[str]) -> list[int]:
-        """Vocabulary ids for ``targets``; a word outside the vocabulary uses its first piece, as HF does."""
-        if isinstance(targets, str):
-            targets = [targets]
-        if not targets:
-            raise InputError("targets is empty; pass at least one word or leave it out")
-        ids = []
-        for word in targets:
-            tid = self.tokenizer.token_to_id(word)
-            if tid is None:
-                pieces = self.tokenizer.encode(word, add_special_tokens=False).ids
-                if not pieces:
-                    raise InputError(f"target {word!r} gives no tokens; pass a word the tokenizer knows")
-                tid = pieces[0]
-                print(f"masklm: target {word!r} is not in the vocabulary; using its first piece "
-                      f"{self.tokenizer.id_to_token(tid)!r}", file=sys.stderr)
-            ids.append(tid)
-        return list(dict.fromkeys(ids))
+        """Vocabulary ids for ``targets`` (``target_ids``), saying on stderr which words were replaced."""
+        ids, replaced = target_ids(self.tokenizer, targets)
+        for word, piece in replaced.items():
+            print(f"masklm: target {word!r} is not in the vocabulary; using its first piece {piece!r}", file=sys.stderr)
+        return ids
 
     def _candidates(self, chunk: list[list[int]], scores: list[list[float]], idx: list[list[int]]) -> list:
         """The pipeline's dicts for each row of ``chunk``; ``scores``/``idx`` hold one row per mask.
@@ -131,3 +119,25 @@ class FillMask:
                     for s, tid, skip, slot in cands] for cands in per_mask]
             results.append(out[0] if len(out) == 1 else out)
         return results
+
+
+def target_ids(tokenizer, targets: str | list[str]) -> tuple[list[int], dict[str, str]]:
+    """Vocabulary ids for ``targets`` (each once) and ``{word: piece}`` for the words outside the vocabulary,
+    which are scored as their first piece, as Hugging Face's fill-mask pipeline does. InputError for no
+    targets or a word that gives no tokens."""
+    if isinstance(targets, str):
+        targets = [targets]
+    if not targets:
+        raise InputError("targets is empty; pass at least one word or leave it out")
+    ids, replaced = [], {}
+    for word in targets:
+        tid = tokenizer.token_to_id(word)
+        if tid is None:
+            pieces = tokenizer.encode(word, add_special_tokens=False).ids
+            if not pieces:
+                raise InputError(f"target {word!r} gives no tokens; pass a word the tokenizer knows")
+            tid = pieces[0]
+            replaced[word] = tokenizer.id_to_token(tid)
+        ids.append(tid)
+    return list(dict.fromkeys(ids)), replaced
+

@@ -31,6 +31,7 @@ from masklm.errors import MaskLMError
 from masklm.generation import STRATEGIES
 from masklm.generation.config import pick_strategy
 from masklm.inference.batching import too_long
+from masklm.inference.fill_mask import target_ids
 from masklm.serve.batching import Batcher, Job, Runner
 from masklm.serve.gate import Gate
 from masklm.serve.generation import check_generate
@@ -109,9 +110,7 @@ class ModelRoutes:
         result = await self.batcher.submit(job)
         # a target outside the vocabulary is scored as its first piece (Hugging Face's rule); the server's log
         # is no place to tell the client, so a header maps each one to the piece used (JSON, ASCII-escaped)
-        tok = self.pipe.tokenizer
-        replaced = {word: tok.id_to_token(tok.encode(word, add_special_tokens=False).ids[0])
-                    for word in targets or [] if tok.token_to_id(word) is None}
+        replaced = target_ids(self.pipe.tokenizer, targets)[1] if targets else {}
         return json_response(result, headers={"X-Targets-Replaced": json.dumps(replaced)} if replaced else None)
 
     async def score(self, body: ScoreRequest) -> Response:
